@@ -1,0 +1,1 @@
+"""Entry points: `python -m jobs.X` or `ray job submit --working-dir . -- python -m jobs.X`."""

@@ -1,0 +1,29 @@
+"""Plumbing every job shares: parse the config, turn user errors into one clear line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from framecast.config import ConfigError, parse_args
+from framecast.data import DatasetError
+
+T = TypeVar("T")
+
+# Errors that mean "the user asked for something that cannot be done": one line, exit code 2.
+USER_ERRORS = (ConfigError, DatasetError, FileNotFoundError, ValueError)
+
+
+def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str] | None,
+            description: str, epilog: str = "") -> int:
+    config = parse_args(cls, argv, description=description, epilog=epilog)
+    try:
+        main(config)
+    except USER_ERRORS as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1 @@
+"""framecast: video prediction on Ray."""

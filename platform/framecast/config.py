@@ -1,0 +1,145 @@
+"""Dataclass configs <-> command-line flags and dicts, strictly.
+
+Every job has one dataclass config; its flags are generated from the fields so `--help` and the
+config cannot disagree. Field help comes from `field(metadata={"help": ...})`. Unknown keys and
+wrong types are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: one line naming the bad value and what is accepted."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of the dataclass `cls` (fields named `x_y` become `--x-y`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, optional = _unwrap_optional(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
+        kwargs["help"] = f"{help_text} (default: {shown})"
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            # `--flag` sets True; `--flag false` is accepted too, so a config value can be undone.
+            kwargs.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+        elif origin is Literal:
+            choices = typing.get_args(tp)
+            kwargs.update(choices=choices, type=type(choices[0]))
+        elif origin is tuple:
+            item_types = typing.get_args(tp)
+            metavar = ("LO", "HI") if len(item_types) == 2 else None
+            kwargs.update(nargs=len(item_types), type=item_types[0], metavar=metavar)
+        elif tp in (int, float, str):
+            kwargs.update(type=tp, metavar=tp.__name__.upper())
+        else:
+            raise TypeError(f"unsupported config field type {tp!r} for {f.name}")
+        if optional:
+            kwargs["help"] += " (optional)"
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build `cls` from a dict, checking every key and converting lists to tuples.
+
+    Raises ConfigError on an unknown key or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} for {cls.__name__}; "
+                          f"accepted: {sorted(names)}")
+    kwargs = {}
+    for name, value in values.items():
+        tp, optional = _unwrap_optional(hints[name])
+        if value is None and optional:
+            kwargs[name] = None
+            continue
+        kwargs[name] = _coerce(name, tp, value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        item_types = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
+            raise ConfigError(f"{name} must be a list of {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(name, t, v) for t, v in zip(item_types, value, strict=True))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{name}={value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str = "",
+               epilog: str = "") -> T:
+    """Parse command-line flags into a `cls` instance; `__post_init__` validates it.
+
+    A ConfigError raised while building the config becomes a one-line argparse error (exit 2).
+    """
+    parser = argparse.ArgumentParser(
+        description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataclass_arguments(parser, cls)
+    namespace = parser.parse_args(argv)
+    try:
+        return cls(**vars(namespace))
+    except ConfigError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
+    """Config fields as flat string params (for MLflow `log_params`)."""
+    return {prefix + k: str(v) for k, v in to_dict(config).items()}

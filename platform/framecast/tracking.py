@@ -1,0 +1,76 @@
+"""MLflow helpers: one default store, experiments with artifacts beside it, thin loggers.
+
+With MLFLOW_TRACKING_URI set (e.g. an `mlflow server`), that server is used as is. Otherwise runs
+go to a SQLite file under FRAMECAST_HOME (default: ./mlruns in the current folder) with artifacts
+beside it: MLflow's own default would put artifacts under the *current* folder, which under
+`ray job submit` is a temporary copy that disappears.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_EXPERIMENT = "framecast"
+
+
+def framecast_home() -> Path:
+    return Path(os.environ.get("FRAMECAST_HOME", Path.cwd() / "mlruns")).resolve()
+
+
+def default_tracking_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{framecast_home() / 'mlflow.db'}"
+
+
+def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
+    """Point MLflow at the default store and experiment `name` (created if new); its id."""
+    import mlflow
+
+    uri = default_tracking_uri()
+    # Decide before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
+    local_default = uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    elif local_default:
+        artifacts = framecast_home() / "artifacts" / name
+        artifacts.mkdir(parents=True, exist_ok=True)
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    else:
+        experiment_id = mlflow.create_experiment(name)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def ui_command() -> str:
+    """The command a user runs to browse the default store."""
+    return f"mlflow ui --backend-store-uri {default_tracking_uri()}"
+
+
+def log_image(image: np.ndarray, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_image(image, artifact_file=artifact_file)
+
+
+def log_file_bytes(data: bytes, artifact_path: str, name: str) -> None:
+    """Log raw bytes (a GIF, a JSON document) as an artifact file called `name`."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})

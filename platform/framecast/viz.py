@@ -1,0 +1,43 @@
+"""Pictures of videos for people: contact sheets and animated GIFs (numpy + Pillow)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def _as_rgb(videos: np.ndarray) -> np.ndarray:
+    """(N, T, H, W, C) uint8 with C in {1, 3} -> (N, T, H, W, 3)."""
+    if videos.ndim != 5 or videos.shape[-1] not in (1, 3):
+        raise ValueError(f"expected videos (N, T, H, W, C) with C 1 or 3, got {videos.shape}")
+    return np.repeat(videos, 3, axis=-1) if videos.shape[-1] == 1 else videos
+
+
+def contact_sheet(videos: np.ndarray, *, gap: int = 2, scale: int = 2) -> np.ndarray:
+    """One image: a row per video, a column per frame, separated by grey gaps; (H', W', 3)."""
+    rgb = _as_rgb(videos)
+    n, t, h, w, _ = rgb.shape
+    sheet = np.full((n * (h + gap) + gap, t * (w + gap) + gap, 3), 96, np.uint8)
+    for i in range(n):
+        for j in range(t):
+            y, x = gap + i * (h + gap), gap + j * (w + gap)
+            sheet[y:y + h, x:x + w] = rgb[i, j]
+    return np.kron(sheet, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else sheet
+
+
+def gif_bytes(videos: np.ndarray, *, fps: int = 6, scale: int = 2) -> bytes:
+    """An animated GIF showing the videos side by side, looping."""
+    from PIL import Image
+
+    rgb = _as_rgb(videos)
+    n, t, h, w, _ = rgb.shape
+    frames = []
+    for j in range(t):
+        strip = np.concatenate([rgb[i, j] for i in range(n)], axis=1)
+        strip = np.kron(strip, np.ones((scale, scale, 1), np.uint8))
+        frames.append(Image.fromarray(strip))
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
