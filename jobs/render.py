@@ -20,7 +20,6 @@ from pathlib import Path
 from framecast import data as fdata
 from framecast.config import ConfigError, flat_params, to_dict
 from framecast.render.spec import RenderConfig
-
 from jobs.common import run_job
 
 

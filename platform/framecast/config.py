@@ -134,7 +134,7 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
     add_dataclass_arguments(parser, cls)
     namespace = parser.parse_args(argv)
     try:
-        return cls(**vars(namespace))
+        return from_dict(cls, vars(namespace))
     except ConfigError as err:
         parser.error(str(err))
         raise  # unreachable: parser.error exits

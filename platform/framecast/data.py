@@ -190,7 +190,7 @@ def load_numpy(root: str | Path, split: str = "train", *, verify: bool = False
         paths = [root / p for p in manifest.shards[name]]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise DatasetError(f"{root}: shard(s) listed in the manifest are missing: {missing[:3]}")
+            raise DatasetError(f"{root}: shard(s) in the manifest are missing: {missing[:3]}")
         table = _read_tables(paths, ["index", "frames", "sha256", "meta"])
         if table.num_rows != manifest.counts[name]:
             raise DatasetError(f"{root}: split {name!r} has {table.num_rows} sequences, "

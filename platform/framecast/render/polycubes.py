@@ -52,7 +52,7 @@ def canonical(cells: Shape | list[Cell] | np.ndarray) -> Shape:
     return min(_normalise(r) for r in rotated)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def enumerate_polycubes(n: int) -> tuple[Shape, ...]:
     """All polycubes of n cubes, distinct up to rotation, in a fixed (sorted) order."""
     if not 1 <= n <= MAX_CUBES:
@@ -83,7 +83,7 @@ def bounding_radius(shape: Shape) -> float:
     return float(np.linalg.norm(centres[:, None, :] + corners[None], axis=-1).max())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def max_bounding_radius(n_max: int) -> float:
     """Worst-case bounding radius over all polycubes of at most n_max cubes (the straight rod)."""
     return max(bounding_radius(s) for n in range(1, n_max + 1) for s in enumerate_polycubes(n))
@@ -100,7 +100,7 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def axis_angle(vector_deg: np.ndarray) -> np.ndarray:
-    """Rotation matrix for the rotation vector `vector_deg` (axis * angle, degrees), by Rodrigues."""
+    """Rotation matrix of the rotation vector `vector_deg` (axis * angle in degrees): Rodrigues."""
     angle = np.radians(np.linalg.norm(vector_deg))
     if angle == 0.0:
         return np.eye(3)

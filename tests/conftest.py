@@ -1,0 +1,32 @@
+"""Shared fixtures: every test session gets its own MLflow store and, when asked, a local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Workers must not see a cluster from the environment: tests start their own.
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private MLflow home per test session, so tests never write into the project folder."""
+    home = tmp_path_factory.mktemp("framecast-home")
+    os.environ["FRAMECAST_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A fresh local Ray with 2 CPUs for the whole session (started once: ~5 s)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, log_to_driver=False)
+    yield ray
+    ray.shutdown()
