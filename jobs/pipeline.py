@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from framecast.config import ConfigError, flat_params
+from framecast.config import ConfigError, flat_params, project_home
 from jobs.common import run_job
 from jobs.render import RenderJobConfig, render
 
@@ -30,7 +30,8 @@ PRESETS = {
 class PipelineConfig:
     preset: Literal["demo", "paper"] = field(
         default="demo", metadata={"help": "scale: demo (minutes on 2 CPU cores) or paper"})
-    data_dir: str = field(default="data", metadata={"help": "where the data sets are written"})
+    data_dir: str = field(default="", metadata={
+        "help": "where the data sets are written (default: $FRAMECAST_HOME/data)"})
     workers: int = field(default=2, metadata={"help": "Ray Data rendering actors"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
@@ -42,9 +43,10 @@ class PipelineConfig:
 
 def render_configs(config: PipelineConfig) -> list[RenderJobConfig]:
     scale = PRESETS[config.preset]
+    data_dir = Path(config.data_dir) if config.data_dir else project_home() / "data"
     return [
         RenderJobConfig(kind=kind, seed=config.seed, workers=config.workers,
-                        out=str(Path(config.data_dir) / f"{kind}-{config.preset}-s{config.seed}"),
+                        out=str(data_dir / f"{kind}-{config.preset}-s{config.seed}"),
                         experiment=config.experiment, **scale)
         for kind in ("2d", "3d")
     ]

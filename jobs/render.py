@@ -18,14 +18,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from framecast import data as fdata
-from framecast.config import ConfigError, flat_params, to_dict
+from framecast.config import ConfigError, flat_params, project_home, to_dict
 from framecast.render.spec import RenderConfig
 from jobs.common import run_job
 
 
 @dataclass(frozen=True)
 class RenderJobConfig(RenderConfig):
-    out: str = field(default="", metadata={"help": "output folder (default: data/<kind>)"})
+    out: str = field(default="", metadata={
+        "help": "output folder (default: $FRAMECAST_HOME/data/<kind>, home = current folder)"})
     workers: int = field(default=2, metadata={"help": "Ray Data actors, each with a warm plotter"})
     cpus_per_worker: float = field(
         default=0.0, metadata={"help": "CPUs reserved per actor; 0 = auto, leaving room for Ray "
@@ -51,7 +52,7 @@ class RenderJobConfig(RenderConfig):
 
     @property
     def out_path(self) -> Path:
-        return Path(self.out or f"data/{self.kind}").resolve()
+        return Path(self.out).resolve() if self.out else project_home() / "data" / self.kind
 
 
 @dataclass

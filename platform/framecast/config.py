@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
+
+
+def project_home() -> Path:
+    """Where framecast keeps its defaults: `mlruns/` (the MLflow store) and `data/`.
+
+    FRAMECAST_HOME when set, else the current folder. Under `ray job submit` the current folder
+    is a temporary copy of the working dir, so submitted jobs set FRAMECAST_HOME.
+    """
+    return Path(os.environ.get("FRAMECAST_HOME") or Path.cwd()).resolve()
 
 
 class ConfigError(ValueError):

@@ -1,9 +1,9 @@
 """MLflow helpers: one default store, experiments with artifacts beside it, thin loggers.
 
 With MLFLOW_TRACKING_URI set (e.g. an `mlflow server`), that server is used as is. Otherwise runs
-go to a SQLite file under FRAMECAST_HOME (default: ./mlruns in the current folder) with artifacts
-beside it: MLflow's own default would put artifacts under the *current* folder, which under
-`ray job submit` is a temporary copy that disappears.
+go to a SQLite file in `mlruns/` under the project home (FRAMECAST_HOME, default: the current
+folder) with artifacts beside it: MLflow's own default would put artifacts under the *current*
+folder, which under `ray job submit` is a temporary copy that disappears.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from framecast.config import project_home
+
 DEFAULT_EXPERIMENT = "framecast"
 
 
-def framecast_home() -> Path:
-    return Path(os.environ.get("FRAMECAST_HOME", Path.cwd() / "mlruns")).resolve()
+def store_dir() -> Path:
+    return project_home() / "mlruns"
 
 
 def default_tracking_uri() -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{framecast_home() / 'mlflow.db'}"
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
 def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
@@ -40,7 +42,7 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     elif local_default:
-        artifacts = framecast_home() / "artifacts" / name
+        artifacts = store_dir() / "artifacts" / name
         artifacts.mkdir(parents=True, exist_ok=True)
         experiment_id = mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
     else:

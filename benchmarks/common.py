@@ -1,0 +1,60 @@
+"""Shared by every benchmark: machine description, a Markdown table, RESULTS.md, RESULT line."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB{gpu}, Python {platform.python_version()}"
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def result_line(name: str, values: dict[str, float | int | str]) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()]
+    return f"RESULT {name} " + " ".join(parts)
+
+
+def report(name: str, title: str, table: str, notes: str, result: str) -> None:
+    """Print the table and append it, with machine and date, to benchmarks/RESULTS.md; the RESULT
+    line is printed last."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    section = (f"\n## {name}: {title}\n\n{stamp}, {machine()}\n\n{table}\n\n{notes}\n\n"
+               f"`{result}`\n")
+    print(table)
+    print(notes)
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nAppended by `benchmarks/*.py`; newest last.\n")
+    with RESULTS.open("a") as f:
+        f.write(section)
+    print(result)
