@@ -1,0 +1,144 @@
+"""Building blocks shared by the video transformers: block-causal masks, 3D RoPE, attention.
+
+Token layout everywhere: a video of S time slices with P tokens each is unrolled slice by slice
+into a sequence of S * P tokens; `grid_positions` gives each token its (t, y, x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def block_causal_mask(num_blocks: int, block_size: int, device: torch.device | None = None
+                      ) -> torch.Tensor:
+    """Boolean (L, L) mask, L = num_blocks * block_size, True where attention is allowed:
+    full inside a block, causal across blocks (V-BLT figure 4; NBP's block-wise mask)."""
+    block = torch.arange(num_blocks * block_size, device=device) // block_size  # (L,)
+    return block[:, None] >= block[None, :]
+
+
+def grid_positions(t: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """(t * h * w, 3) float positions (t, y, x) in row-major (slice, row, column) order."""
+    tt, yy, xx = torch.meshgrid(torch.arange(t, device=device), torch.arange(h, device=device),
+                                torch.arange(w, device=device), indexing="ij")
+    return torch.stack([tt, yy, xx], dim=-1).reshape(-1, 3).float()
+
+
+def rope_3d_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Rotation angle of every complex pair, (L, dim / 2), for positions (L, 3) = (t, y, x).
+
+    V-BLT eq. (1)-(4): the dim/2 pairs form three groups of dim/6, one per axis; pair k of a
+    group turns by pos_axis * w_k with w_k = base^(-6k/dim), k = 1..dim/6.
+    """
+    if dim % 6:
+        raise ValueError(f"3D RoPE needs a dimension divisible by 6, got {dim}")
+    sixth = dim // 6
+    k = torch.arange(1, sixth + 1, device=positions.device, dtype=torch.float32)
+    freqs = base ** (-6.0 * k / dim)  # (dim/6,)
+    angles = positions.float()[:, :, None] * freqs[None, None, :]  # (L, 3, dim/6)
+    return angles.reshape(positions.shape[0], 3 * sixth)  # groups t | y | x
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x_2m, x_2m+1) of x (..., L, dim) by angles (L, dim / 2):
+    eq. (5), each pair times e^{i theta}."""
+    x_pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (..., L, dim/2, 2)
+    cos, sin = angles.cos(), angles.sin()
+    real = x_pairs[..., 0] * cos - x_pairs[..., 1] * sin
+    imag = x_pairs[..., 0] * sin + x_pairs[..., 1] * cos
+    return torch.stack([real, imag], dim=-1).flatten(-2).type_as(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with 3D RoPE on queries and keys; self- or cross-attention."""
+
+    def __init__(self, dim: int, heads: int, *, cross: bool = False, dropout: float = 0.0
+                 ) -> None:
+        super().__init__()
+        if dim % heads or (dim // heads) % 6:
+            raise ValueError(f"dim={dim} with heads={heads}: the per-head dimension must be a "
+                             "multiple of 6 for 3D RoPE")
+        self.heads, self.head_dim = heads, dim // heads
+        self.cross = cross
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hd)
+
+    def forward(self, x: torch.Tensor, q_angles: torch.Tensor, *,
+                context: torch.Tensor | None = None, kv_angles: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, D) queries; context (B, M, D) keys/values (x itself when None);
+        angles (N or M, head_dim / 2); mask (N, M) bool, True = may attend."""
+        context = x if context is None else context
+        kv_angles = q_angles if kv_angles is None else kv_angles
+        q = apply_rope(self._split(self.q(x)), q_angles)
+        k, v = self.kv(context).chunk(2, dim=-1)
+        k = apply_rope(self._split(k), kv_angles)
+        y = F.scaled_dot_product_attention(
+            q, k, self._split(v), attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, N, hd)
+        return self.out(y.transpose(1, 2).reshape(x.shape))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: (masked) self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, cross: bool = False,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout=dropout)
+        self.cross_norm = nn.LayerNorm(dim) if cross else None
+        self.cross_attn = Attention(dim, heads, cross=True, dropout=dropout) if cross else None
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None, *,
+                context: torch.Tensor | None = None, context_angles: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), angles, mask=mask)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_norm(x), angles, context=context,
+                                    kv_angles=context_angles)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module: nn.Module) -> None:
+    """GPT-style init: small normal weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv3d, nn.ConvTranspose3d, nn.Conv2d)):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy H = -sum p log2 p of softmax(logits) over the last axis, in bits (V-BLT eq. 6)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(2.0)

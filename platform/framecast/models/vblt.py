@@ -1,0 +1,184 @@
+"""V-BLT: the Vision Byte Latent Transformer (paper 000, digest section 1).
+
+Raw pixel bytes in, a 256-way distribution per predicted pixel byte out; no tokenizer.
+
+    bytes (B, T, H, W, C) --embed--> local encoder: per-frame conv, patch conv (pt, ph, pw),
+    shallow block-causal transformer --> one latent per patch --> global transformer (block-
+    causal: full inside a time slice, causal across slices; 3D RoPE) --> local decoder: the
+    latents of slice s, upsampled by a transposed conv and refined by cross-attention to all
+    latents of slice s, predict every byte of slice s + 1.
+
+Causality: the encoder's convolutions never mix frames of different slices and every attention
+is block-causal, so the logits for slice s + 1 depend only on slices <= s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast.models.layers import (
+    MLP,
+    Attention,
+    Block,
+    block_causal_mask,
+    grid_positions,
+    init_weights,
+    rope_3d_angles,
+)
+
+
+@dataclass(frozen=True)
+class VBLTConfig:
+    patch: tuple[int, int, int] = (4, 4, 4)  # (pt, ph, pw): a static spatio-temporal patch
+    channels: int = 1
+    byte_dim: int = 16  # embedding width of one byte
+    conv_dim: int = 64  # local encoder's per-frame convolution width
+    dim: int = 384  # latent width (paper: 384)
+    heads: int = 8  # per-head width dim / heads must be a multiple of 6 (3D RoPE)
+    encoder_layers: int = 1  # shallow transformer blocks in the local encoder
+    global_layers: int = 6
+    decoder_dim: int = 96  # per-pixel width in the local decoder
+    decoder_heads: int = 4
+    decoder_layers: int = 1
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name, dim, heads in (("dim", self.dim, self.heads),
+                                 ("decoder_dim", self.decoder_dim, self.decoder_heads)):
+            if dim % heads or (dim // heads) % 6:
+                raise ValueError(f"{name}={dim} / heads={heads} must give a per-head width that "
+                                 "is a multiple of 6 (3D RoPE splits it over t, y, x)")
+        if min(self.patch) < 1 or len(self.patch) != 3:
+            raise ValueError(f"patch={self.patch} must be three positive sizes (pt, ph, pw)")
+
+
+class LocalEncoder(nn.Module):
+    """Bytes -> one latent per (pt, ph, pw) patch: per-frame conv, patch conv, shallow blocks."""
+
+    def __init__(self, cfg: VBLTConfig) -> None:
+        super().__init__()
+        self.byte_embed = nn.Embedding(256, cfg.byte_dim)
+        # kernel 1 in time: convolutions see one frame, never the next slice.
+        self.frame_conv = nn.Conv3d(cfg.channels * cfg.byte_dim, cfg.conv_dim, (1, 3, 3),
+                                    padding=(0, 1, 1))
+        self.patch_conv = nn.Conv3d(cfg.conv_dim, cfg.dim, cfg.patch, stride=cfg.patch)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
+            for _ in range(cfg.encoder_layers))
+
+    def forward(self, video: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
+                ) -> torch.Tensor:
+        x = self.byte_embed(video.long())  # (B, T, H, W, C, e)
+        x = x.flatten(-2).permute(0, 4, 1, 2, 3)  # (B, C*e, T, H, W)
+        x = self.patch_conv(F.gelu(self.frame_conv(x)))  # (B, D, S, Hp, Wp)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, S*Hp*Wp, D), slice-major
+        for block in self.blocks:
+            tokens = block(tokens, angles, mask)
+        return tokens
+
+
+class DecoderBlock(nn.Module):
+    """Pixel queries cross-attend to the latents of the previous slice, then an MLP.
+
+    No self-attention over pixels: pt * H * W queries would make it quadratic in pixels.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross = Attention(dim, heads, cross=True, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, context: torch.Tensor,
+                context_angles: torch.Tensor) -> torch.Tensor:
+        x = x + self.cross(self.norm1(x), angles, context=context, kv_angles=context_angles)
+        return x + self.mlp(self.norm2(x))
+
+
+class LocalDecoder(nn.Module):
+    """Latents of slice s -> 256-way logits for every byte of slice s + 1."""
+
+    def __init__(self, cfg: VBLTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.upsample = nn.ConvTranspose3d(cfg.dim, cfg.decoder_dim, cfg.patch, stride=cfg.patch)
+        self.context = nn.Linear(cfg.dim, cfg.decoder_dim)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, cfg.dropout)
+            for _ in range(cfg.decoder_layers))
+        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.head = nn.Linear(cfg.decoder_dim, cfg.channels * 256)
+
+    def positions(self, hp: int, wp: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """RoPE angles of pixel queries and latent keys, both in patch units, so attention sees
+        the pixel's offset from each latent; queries sit one slice after their keys."""
+        pt, ph, pw = self.cfg.patch
+        head_dim = self.cfg.decoder_dim // self.cfg.decoder_heads
+        pix = grid_positions(pt, hp * ph, wp * pw, device)  # (pt*H*W, 3)
+        pix = (pix + 0.5) / torch.tensor([pt, ph, pw], device=device) - 0.5
+        pix[:, 0] += 1.0
+        lat = grid_positions(1, hp, wp, device)  # (P, 3)
+        base = self.cfg.rope_base
+        return rope_3d_angles(pix, head_dim, base), rope_3d_angles(lat, head_dim, base)
+
+    def forward(self, latents: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
+        """latents (B, S', P, D) of source slices -> logits (B, S', pt, H, W, C, 256)."""
+        b, s, p, d = latents.shape
+        pt, ph, pw = self.cfg.patch
+        flat = latents.reshape(b * s, p, d)
+        grid = flat.transpose(1, 2).reshape(b * s, d, 1, hp, wp)  # (B*S', D, 1, Hp, Wp)
+        x = self.upsample(grid)  # (B*S', Dd, pt, H, W): each latent paints its own patch
+        x = x.flatten(2).transpose(1, 2)  # (B*S', pt*H*W, Dd)
+        context = self.context(flat)  # (B*S', P, Dd)
+        q_angles, k_angles = self.positions(hp, wp, latents.device)
+        for block in self.blocks:
+            x = block(x, q_angles, context, k_angles)
+        logits = self.head(self.norm(x))  # (B*S', pt*H*W, C*256)
+        return logits.view(b, s, pt, hp * ph, wp * pw, self.cfg.channels, 256)
+
+
+class VBLT(nn.Module):
+    """forward(uint8 video (B, T, H, W, C)) -> logits (B, T - pt, H, W, C, 256) for every frame
+    after the first time slice; the logits of a frame depend only on earlier slices."""
+
+    def __init__(self, cfg: VBLTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = LocalEncoder(cfg)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
+            for _ in range(cfg.global_layers))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.decoder = LocalDecoder(cfg)
+        init_weights(self)
+
+    @property
+    def context_frames(self) -> int:
+        """Frames at the start that are given, never predicted: the first time slice."""
+        return self.cfg.patch[0]
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, c = video.shape
+        pt, ph, pw = self.cfg.patch
+        if t % pt or h % ph or w % pw or t < 2 * pt:
+            raise ValueError(f"video (T, H, W) = ({t}, {h}, {w}) must be divisible by the patch "
+                             f"{self.cfg.patch} with at least two time slices")
+        if c != self.cfg.channels:
+            raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
+        s, hp, wp = t // pt, h // ph, w // pw
+        angles = rope_3d_angles(grid_positions(s, hp, wp, video.device),
+                                self.cfg.dim // self.cfg.heads, self.cfg.rope_base)
+        mask = block_causal_mask(s, hp * wp, video.device)
+        x = self.encoder(video, angles, mask)  # (B, S*P, D)
+        for block in self.blocks:
+            x = block(x, angles, mask)
+        latents = self.norm(x).view(b, s, hp * wp, -1)[:, :-1]  # slices 0..S-2 predict 1..S-1
+        logits = self.decoder(latents, hp, wp)  # (B, S-1, pt, H, W, C, 256)
+        return logits.reshape(b, t - pt, h, w, c, 256)

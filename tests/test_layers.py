@@ -1,0 +1,81 @@
+"""Masks, 3D RoPE and entropy: the pure building blocks."""
+
+import math
+
+import torch
+
+from framecast.models.layers import (
+    apply_rope,
+    block_causal_mask,
+    entropy_bits,
+    grid_positions,
+    rope_3d_angles,
+)
+
+
+def test_mask_for_three_frames_of_2x2_tokens_equals_the_papers_figure_4():
+    # 12 tokens: full 4x4 blocks on the diagonal, past blocks allowed, future blocks masked.
+    ones, zeros = torch.ones(4, 4, dtype=torch.bool), torch.zeros(4, 4, dtype=torch.bool)
+    expected = torch.cat([
+        torch.cat([ones, zeros, zeros], dim=1),
+        torch.cat([ones, ones, zeros], dim=1),
+        torch.cat([ones, ones, ones], dim=1),
+    ])
+    assert torch.equal(block_causal_mask(3, 4), expected)
+
+
+def test_block_size_one_is_the_ordinary_causal_mask():
+    assert torch.equal(block_causal_mask(5, 1), torch.tril(torch.ones(5, 5, dtype=torch.bool)))
+
+
+def test_grid_positions_are_slice_major():
+    pos = grid_positions(2, 2, 3)
+    assert pos.shape == (12, 3)
+    assert pos[0].tolist() == [0, 0, 0] and pos[1].tolist() == [0, 0, 1]
+    assert pos[3].tolist() == [0, 1, 0] and pos[6].tolist() == [1, 0, 0]
+
+
+def test_rope_frequencies_follow_the_paper():
+    # w_k = 10000^(-6k/d), k = 1..d/6, one group per axis (t | y | x).
+    d = 12
+    angles = rope_3d_angles(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]), d)
+    w = [10000 ** (-6 * k / d) for k in (1, 2)]
+    assert torch.allclose(angles[0], torch.tensor([w[0], w[1], 0, 0, 0, 0]))
+    assert torch.allclose(angles[1], torch.tensor([0, 0, w[0], w[1], 0, 0]))
+    assert torch.allclose(angles[2], torch.tensor([0, 0, 0, 0, 2 * w[0], 2 * w[1]]))
+
+
+def test_rope_preserves_norms():
+    x = torch.randn(5, 24)
+    rotated = apply_rope(x, rope_3d_angles(torch.randn(5, 3) * 10, 24))
+    assert torch.allclose(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+
+
+def test_rope_makes_q_dot_k_depend_only_on_the_txy_offset():
+    torch.manual_seed(0)
+    q, k = torch.randn(48), torch.randn(48)
+
+    def score(pq, pk):
+        a = rope_3d_angles(torch.tensor([pq, pk], dtype=torch.float32), 48)
+        rq, rk = apply_rope(torch.stack([q, k]), a)
+        return float(rq @ rk)
+
+    base = score([1, 2, 3], [0, 5, 1])
+    for shift in ([4, 0, 0], [0, -3, 7], [2.5, 1, -1]):
+        moved = score([1 + shift[0], 2 + shift[1], 3 + shift[2]],
+                      [0 + shift[0], 5 + shift[1], 1 + shift[2]])
+        assert math.isclose(moved, base, rel_tol=1e-4, abs_tol=1e-4)
+    # ...and it does depend on the offset along each axis.
+    assert not math.isclose(score([2, 2, 3], [0, 5, 1]), base, abs_tol=1e-3)
+    assert not math.isclose(score([1, 3, 3], [0, 5, 1]), base, abs_tol=1e-3)
+    assert not math.isclose(score([1, 2, 4], [0, 5, 1]), base, abs_tol=1e-3)
+
+
+def test_entropy_of_uniform_is_8_bits_and_of_one_hot_is_zero():
+    assert torch.allclose(entropy_bits(torch.zeros(3, 256)), torch.full((3,), 8.0))
+    one_hot = torch.full((256,), -1e9)
+    one_hot[17] = 0.0
+    assert torch.allclose(entropy_bits(one_hot), torch.tensor(0.0), atol=1e-6)
+    two = torch.full((256,), -1e9)
+    two[[3, 9]] = 0.0
+    assert torch.allclose(entropy_bits(two), torch.tensor(1.0))

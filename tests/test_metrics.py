@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from framecast import metrics
+
+
+def video(value, shape=(2, 3, 16, 16, 1)):
+    return np.full(shape, value, np.uint8)
+
+
+def test_mse_and_psnr_against_known_values():
+    zeros, white = video(0), video(255)
+    assert np.allclose(metrics.mse_per_frame(zeros, white), 1.0)
+    assert np.allclose(metrics.psnr_per_frame(zeros, white), 0.0)
+    # 51/255 = 0.2 everywhere: MSE 0.04, PSNR 10 log10(25) = 13.98 dB
+    assert np.allclose(metrics.mse_per_frame(zeros, video(51)), 0.04)
+    assert np.allclose(metrics.psnr_per_frame(zeros, video(51)), 10 * np.log10(25))
+
+
+def test_identical_frames_give_perfect_scores():
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    assert np.allclose(metrics.mse_per_frame(v, v), 0.0)
+    assert np.allclose(metrics.psnr_per_frame(v, v), 100.0)
+    assert np.allclose(metrics.ssim_per_frame(v, v), 1.0)
+
+
+def test_ssim_drops_with_noise():
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(40, 200, 32)
+    v = np.broadcast_to((ramp[:, None] + ramp[None, :])[None, None, :, :, None] / 2,
+                        (1, 2, 32, 32, 1)).astype(np.uint8)
+    noisy = np.clip(v.astype(int) + rng.integers(-60, 60, v.shape), 0, 255).astype(np.uint8)
+    assert (metrics.ssim_per_frame(noisy, v) < 0.5).all()
+    assert (metrics.ssim_per_frame(v, v) > 0.999).all()
+
+
+def test_copy_last_frame_predicts_each_frame_by_its_predecessor():
+    v = np.arange(6, dtype=np.uint8).reshape(1, 6, 1, 1, 1) * 10
+    pred = metrics.copy_last_frame(v, context_frames=2)
+    assert pred[0, :, 0, 0, 0].tolist() == [10, 20, 30, 40]
+    with pytest.raises(ValueError):
+        metrics.copy_last_frame(v, context_frames=6)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="must both be"):
+        metrics.mse_per_frame(video(0), video(0, (2, 2, 16, 16, 1)))
+    with pytest.raises(TypeError):
+        metrics.mse_per_frame(np.zeros((1, 1, 4, 4, 1)), np.zeros((1, 1, 4, 4, 1)))

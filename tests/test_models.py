@@ -1,0 +1,106 @@
+"""Every registered model: interface, gradients, causality, learning (tiny presets)."""
+
+import pytest
+import torch
+
+from framecast.config import ConfigError, to_dict
+from framecast.models import available_models, create, create_from_config, model_config
+
+MODELS = available_models()
+
+
+def moving_square(batch: int = 2, frames: int = 8, size: int = 16) -> torch.Tensor:
+    """A bright square moving one pixel right per frame: uint8 (B, T, H, W, 1)."""
+    video = torch.zeros(batch, frames, size, size, 1, dtype=torch.uint8)
+    for b in range(batch):
+        for t in range(frames):
+            y, x = 3 + 2 * b, 2 + t
+            video[b, t, y:y + 4, x:x + 4] = 200
+    return video
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_dtype_and_finite(name):
+    torch.manual_seed(0)
+    model = create(name, "tiny")
+    video = torch.randint(0, 256, (2, 8, 16, 16, 1), dtype=torch.uint8)
+    logits = model(video)
+    k = model.context_frames
+    assert logits.shape == (2, 8 - k, 16, 16, 1, 256)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name):
+    model = create(name, "tiny")
+    video = torch.randint(0, 256, (1, 8, 16, 16, 1), dtype=torch.uint8)
+    model(video).float().logsumexp(-1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_changing_future_frames_leaves_past_predictions(name):
+    torch.manual_seed(0)
+    model = create(name, "tiny").eval()
+    k = model.context_frames
+    video = torch.randint(0, 256, (1, 4 * k, 16, 16, 1), dtype=torch.uint8)
+    changed = video.clone()
+    cut = 2 * k  # frames from here on are replaced
+    changed[:, cut:] = torch.randint(0, 256, changed[:, cut:].shape, dtype=torch.uint8)
+    with torch.no_grad():
+        a, b = model(video), model(changed)
+    # Output j is frame k + j; frames before cut + k are predicted from frames before cut.
+    unchanged = cut  # = (cut + k) - k outputs
+    assert torch.equal(a[:, :unchanged], b[:, :unchanged])
+    assert not torch.allclose(a[:, unchanged:], b[:, unchanged:])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_model_accepts_other_frame_sizes(name):
+    model = create(name, "tiny")
+    video = torch.randint(0, 256, (1, 4, 8, 12, 1), dtype=torch.uint8)
+    assert model(video).shape[2:4] == (8, 12)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_tiny_model_overfits_one_batch(name):
+    torch.manual_seed(0)
+    model = create(name, "tiny")
+    video = moving_square()
+    target = video[:, model.context_frames:].long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        logits = model(video)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), target.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_model_rebuilds_from_its_saved_config(name):
+    config = model_config(name, "tiny")
+    model = create_from_config(name, to_dict(config))
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in create(name, "tiny").parameters())
+
+
+def test_bad_names_presets_and_overrides_are_refused():
+    with pytest.raises(ConfigError, match="unknown; available"):
+        create("gpt5")
+    with pytest.raises(ConfigError, match="preset 'huge'"):
+        create("vblt", "huge")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        create("vblt", "tiny", dimm=12)
+    with pytest.raises(ValueError, match="multiple of 6"):
+        create("vblt", "tiny", dim=32, heads=2)
+
+
+def test_frames_not_divisible_by_the_patch_are_refused():
+    model = create("vblt", "tiny")  # patch (2, 4, 4)
+    with pytest.raises(ValueError, match="divisible by the patch"):
+        model(torch.zeros(1, 5, 16, 16, 1, dtype=torch.uint8))
