@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import markdown_table, report, result_line
+from benchmarks.common import markdown_table, report, result_line  # noqa: E402
 from framecast import data as fdata
 from framecast.render.scene import SequenceRenderer
 from framecast.render.spec import RenderConfig

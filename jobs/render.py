@@ -138,8 +138,7 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
 
     tracking.use_experiment(config.experiment)
     videos, _ = fdata.load_preview(result.out, config.preview)
-    with mlflow.start_run(run_name=f"render-{config.kind}", nested=mlflow.active_run() is not None
-                          ) as run:
+    with tracking.start_run(run_name=f"render-{config.kind}") as run:
         mlflow.set_tags({"framecast.job": "render", "framecast.dataset": str(result.out)})
         tracking.log_params(flat_params(config))
         mlflow.log_metrics({

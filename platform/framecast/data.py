@@ -240,15 +240,17 @@ def _decode(table: pa.Table, shape: tuple[int, ...]) -> np.ndarray:
     return np.stack([np.frombuffer(b, np.uint8).reshape(shape) for b in raw])
 
 
-def load_ray_dataset(root: str | Path, split: str = "train"):
-    """A split as a `ray.data.Dataset` with columns index, frames (uint8 tensor T x H x W x C),
-    meta: what Ray Train workers shard with `get_dataset_shard`."""
+def load_ray_dataset(root: str | Path, split: str = "train",
+                     columns: tuple[str, ...] = ("index", "frames", "meta")):
+    """A split as a `ray.data.Dataset` with columns index, frames (uint8 tensor T x H x W x C)
+    and meta (JSON text): what Ray Train workers shard with `get_dataset_shard`. Training asks
+    for ("index", "frames") only: torch batches cannot hold text."""
     import ray.data
 
     manifest = read_manifest(root)
     paths = [str(p) for p in shard_paths(root, split)]
     return ray.data.read_parquet(
-        paths, columns=["index", "frames", "meta"],
+        paths, columns=list(columns),
         tensor_column_schema={"frames": (np.uint8, manifest.config.frame_shape)},
     )
 

@@ -76,3 +76,18 @@ def log_params(params: dict[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def start_run(**kwargs: Any):
+    """`mlflow.start_run`, nested under the active run when there is one (a pipeline stage)."""
+    import mlflow
+
+    return mlflow.start_run(nested=mlflow.active_run() is not None, **kwargs)
+
+
+def parent_tags() -> dict[str, str]:
+    """Tags that make a run created through the client a child of the active run, if any."""
+    import mlflow
+
+    active = mlflow.active_run()
+    return {"mlflow.parentRunId": active.info.run_id} if active else {}

@@ -41,3 +41,39 @@ def gif_bytes(videos: np.ndarray, *, fps: int = 6, scale: int = 2) -> bytes:
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
                    duration=int(1000 / fps), loop=0)
     return buf.getvalue()
+
+
+def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, *,
+                      title: str = "") -> bytes:
+    """PNG like V-BLT figures 7-8 for one sequence: rows ground truth, prediction, entropy map
+    (bits, shared colour scale 0..8); a column per predicted frame. Inputs (T, H, W, C)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = truth.shape[0]
+    fig, axes = plt.subplots(3, frames, figsize=(1.2 * frames + 1.0, 4.0), squeeze=False)
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255}
+    image = None
+    for j in range(frames):
+        for row, (img, kwargs) in enumerate((
+            (truth[j].squeeze(-1) if truth.shape[-1] == 1 else truth[j], grey),
+            (pred[j].squeeze(-1) if pred.shape[-1] == 1 else pred[j], grey),
+            (entropy[j].mean(-1), {"cmap": "inferno", "vmin": 0.0, "vmax": 8.0}),
+        )):
+            shown = axes[row, j].imshow(img, **kwargs)
+            if row == 2:
+                image = shown
+            axes[row, j].set_xticks([])
+            axes[row, j].set_yticks([])
+        axes[0, j].set_title(f"t+{j + 1}", fontsize=8)
+    for row, label in enumerate(("truth", "prediction", "entropy")):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, label="bits")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,113 @@
+"""Save and load models as tensors + JSON (never pickles), locally and through MLflow.
+
+A saved model is a folder: `model.pt` (a state dict, loaded with weights_only=True) and
+`model.json` (registry name, config, context frames, what data it was trained on). In MLflow it is
+logged as a pyfunc model whose loader is this module, so the registry can hold it and
+`mlflow.pyfunc.load_model` works, without pickled Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from framecast.config import to_dict
+from framecast.models.registry import create_from_config
+
+WEIGHTS, META = "model.pt", "model.json"
+ARTIFACT = "model"  # the MLflow artifact name of a logged model
+
+
+def save_model(directory: str | Path, model: nn.Module, name: str, extra: dict | None = None
+               ) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / WEIGHTS)
+    meta = {"name": name, "config": to_dict(model.cfg), "context_frames": model.context_frames,
+            **(extra or {})}
+    (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / META).read_text())
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from its JSON config and load its tensors (weights_only=True)."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    model = create_from_config(meta["name"], meta["config"])
+    state = torch.load(directory / WEIGHTS, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+class _PyfuncModel:
+    """What `mlflow.pyfunc.load_model` returns: predict(uint8 video array) -> predicted frames."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def predict(self, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        from framecast.predict import predict
+
+        return predict(self.model, np.asarray(model_input, dtype=np.uint8))[0]
+
+
+def _load_pyfunc(data_path: str) -> _PyfuncModel:
+    """MLflow's pyfunc loader hook (loader_module=framecast.model_io)."""
+    return _PyfuncModel(load_model(data_path))
+
+
+def log_model(model: nn.Module, name: str, *, registered_name: str | None = None,
+              extra: dict | None = None) -> str:
+    """Log to the active MLflow run (and register it when `registered_name`); returns the
+    model URI."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(Path(tmp) / "framecast_model", model, name, extra)
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT, loader_module="framecast.model_io", data_path=str(folder),
+            registered_model_name=registered_name, pip_requirements=["framecast", "torch"])
+    return info.model_uri
+
+
+def resolve_model_uri(ref: str) -> str:
+    """A run id, `runs:/...`, `models:/name@alias`, `models:/name/3` or a registered name."""
+    if ref.startswith(("runs:/", "models:/")):
+        return ref
+    if len(ref) == 32 and all(c in "0123456789abcdef" for c in ref):
+        return f"runs:/{ref}/{ARTIFACT}"
+    return f"models:/{ref}@latest" if "@" not in ref else f"models:/{ref}"
+
+
+def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Download a logged model from MLflow and load it; returns (model, its meta dict)."""
+    import os
+
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file: noise
+    uri = resolve_model_uri(ref)
+    if uri.endswith("@latest"):
+        client = mlflow.MlflowClient()
+        name = uri.removeprefix("models:/").removesuffix("@latest")
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ValueError(f"no registered model named {name!r}")
+        uri = f"models:/{name}/{max(int(v.version) for v in versions)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        data = next(p.parent for p in local.rglob(META))
+        model, meta = load_model(data, device), read_meta(data)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, meta

@@ -1,0 +1,75 @@
+"""Run a model over videos: predicted frames, entropy maps, and metrics against the baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from framecast import metrics
+from framecast.models.layers import entropy_bits
+
+DECODES = ("mean", "argmax")
+
+
+def decode_bytes(logits: torch.Tensor, decode: str = "mean") -> torch.Tensor:
+    """One byte per pixel from its 256-way distribution: 'mean' (the expected value, rounded:
+    what minimises squared error, hence best for MSE/PSNR) or 'argmax' (the most likely byte)."""
+    if decode == "argmax":
+        return logits.argmax(-1).to(torch.uint8)
+    if decode != "mean":
+        raise ValueError(f"decode={decode!r} is unknown; accepted: {', '.join(DECODES)}")
+    values = torch.arange(256, device=logits.device, dtype=torch.float32)
+    expected = torch.softmax(logits.float(), dim=-1) @ values
+    return expected.round().clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
+            device: torch.device | None = None, decode: str = "mean"
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Decoded byte per pixel (see `decode_bytes`), its entropy in bits, and the mean
+    cross-entropy (nats) against the true frames.
+
+    videos uint8 (N, T, H, W, C) -> predictions uint8 (N, T', H, W, C), entropy float32 (same
+    shape), mean cross-entropy against the true frames; T' = T - model.context_frames.
+    """
+    device = device or next(model.parameters()).device
+    model.eval()
+    k = model.context_frames
+    preds, ents, ce_sum, n_bytes = [], [], 0.0, 0
+    for start in range(0, len(videos), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
+        logits = model(batch.to(device)).float()  # (B, T', H, W, C, 256)
+        target = batch[:, k:].to(device).long()
+        ce_sum += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, 256), target.reshape(-1), reduction="sum").item()
+        n_bytes += target.numel()
+        preds.append(decode_bytes(logits, decode).cpu().numpy())
+        ents.append(entropy_bits(logits).cpu().numpy().astype(np.float32))
+    return np.concatenate(preds), np.concatenate(ents), ce_sum / max(n_bytes, 1)
+
+
+def evaluate(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8, decode: str = "mean"
+             ) -> dict[str, dict[str, np.ndarray] | float]:
+    """Per-frame MSE/PSNR/SSIM of the model and of copy-last-frame on the same frames, plus the
+    model's mean cross-entropy and entropy."""
+    pred, entropy, ce = predict(model, videos, batch_size=batch_size, decode=decode)
+    k = model.context_frames
+    truth = videos[:, k:]
+    return {
+        "model": metrics.frame_metrics(pred, truth),
+        "copy_last": metrics.frame_metrics(metrics.copy_last_frame(videos, k), truth),
+        "cross_entropy": ce,
+        "entropy_bits": float(entropy.mean()),
+    }
+
+
+def flat_summary(result: dict, prefix: str = "val_") -> dict[str, float]:
+    """{'val_psnr': .., 'val_psnr_copy_last': .., ...}: metrics averaged over frames."""
+    out = {f"{prefix}{k}": v for k, v in metrics.summary(result["model"]).items()}
+    out.update({f"{prefix}{k}_copy_last": v
+                for k, v in metrics.summary(result["copy_last"]).items()})
+    out[f"{prefix}cross_entropy"] = float(result["cross_entropy"])
+    out[f"{prefix}entropy_bits"] = float(result["entropy_bits"])
+    return out

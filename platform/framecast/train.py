@@ -1,0 +1,142 @@
+"""The training loop, plain PyTorch: next-frame prediction with pixel-wise cross-entropy.
+
+Ray Train runs `train_loop` on every worker; the loop knows nothing of Ray or MLflow. It calls
+`report(metrics, checkpoint_dir)`: the job passes a function that reports to Ray Train and MLflow,
+tests pass `lambda m, c: seen.append(m)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Report = Callable[[dict[str, float], str | None], None]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = field(default=300, metadata={"help": "optimizer steps in total"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per step and worker"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final lr / peak lr (cosine)"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    log_every: int = field(default=10, metadata={"help": "steps between loss reports"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr_ratio * peak at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper, if any."""
+    return model.module if hasattr(model, "module") else model
+
+
+def next_frame_loss(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of the predicted byte distributions against the true bytes."""
+    logits = model(video)  # (B, T', H, W, C, 256)
+    target = video[:, unwrap(model).context_frames:].long()
+    return F.cross_entropy(logits.reshape(-1, 256).float(), target.reshape(-1))
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (1-D or embedding tables)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    step: int) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(unwrap(model).state_dict(), directory / "model.pt")
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    (directory / "state.json").write_text(json.dumps({"step": step}))
+
+
+def load_checkpoint(directory: str | Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Restore weights (and optimizer state); returns the step to continue from. Tensors only:
+    `weights_only=True` never runs code from the file."""
+    directory = Path(directory)
+    unwrap(model).load_state_dict(
+        torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
+    if optimizer is not None:
+        optimizer.load_state_dict(
+            torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True))
+    return int(json.loads((directory / "state.json").read_text())["step"])
+
+
+def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
+               batches: Iterator[torch.Tensor], cfg: OptimConfig, report: Report, *,
+               start_step: int = 0, device: torch.device | None = None,
+               bf16: bool = False, is_chief: bool = True,
+               evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+               eval_every: int = 0) -> int:
+    """Train from `start_step` to `cfg.steps`; returns the final step.
+
+    Every `log_every` steps: report({'step', 'loss', 'lr'}, None). Every `checkpoint_every`
+    steps and at the end: save a checkpoint (chief only) and report it. Every `eval_every`
+    steps the chief adds `evaluate(model)` to that report.
+    """
+    device = device or torch.device("cpu")
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
+                else nullcontext())
+    model.train()
+    running, count = 0.0, 0
+    step = start_step
+    while step < cfg.steps:
+        video = next(batches).to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast:
+            loss = next_frame_loss(model, video)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        running += loss.item()
+        count += 1
+        last = step == cfg.steps
+        want_ckpt = last or step % cfg.checkpoint_every == 0
+        want_eval = evaluate is not None and eval_every > 0 and (last or step % eval_every == 0)
+        if not (want_ckpt or want_eval or step % cfg.log_every == 0):
+            continue
+        metrics = {"step": float(step), "loss": running / count, "lr": lr_at(step - 1, cfg)}
+        running, count = 0.0, 0
+        if want_eval and is_chief:
+            model.eval()
+            metrics.update(evaluate(unwrap(model)))
+            model.train()
+        if want_ckpt:
+            with tempfile.TemporaryDirectory() as tmp:
+                if is_chief:
+                    save_checkpoint(tmp, model, optimizer, step)
+                report(metrics, tmp if is_chief else None)
+        else:
+            report(metrics, None)
+    return step

@@ -1,0 +1,115 @@
+"""The plain-torch training loop, checkpoints and model files (no Ray)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from framecast import model_io
+from framecast.models import create
+from framecast.predict import evaluate, predict
+from framecast.train import (
+    OptimConfig,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    train_loop,
+)
+from tests.test_models import moving_square
+
+
+def batches(seed: int = 0):
+    """An endless, deterministic stream of small videos."""
+    base = moving_square(batch=4)
+    for i in itertools.count():
+        yield torch.roll(base, shifts=(seed + i) % 3, dims=3)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    cfg = OptimConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.55)
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_loop_reports_losses_and_checkpoints_at_the_asked_steps(tmp_path):
+    torch.manual_seed(0)
+    model = create("vblt", "tiny")
+    cfg = OptimConfig(steps=12, batch_size=4, log_every=3, checkpoint_every=5, warmup_steps=2)
+    seen = []
+
+    def report(metrics, checkpoint_dir):
+        seen.append((int(metrics["step"]), checkpoint_dir is not None))
+        if checkpoint_dir:
+            assert load_checkpoint(checkpoint_dir, create("vblt", "tiny")) == metrics["step"]
+
+    final = train_loop(model, make_optimizer(model, cfg), batches(), cfg, report)
+    assert final == 12
+    assert seen == [(3, False), (5, True), (6, False), (9, False), (10, True), (12, True)]
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_weights_as_never_stopping(tmp_path):
+    cfg = OptimConfig(steps=8, batch_size=4, log_every=100, checkpoint_every=4, warmup_steps=2)
+
+    def run(stream, start_dir=None):
+        torch.manual_seed(0)
+        model = create("vblt", "tiny")
+        opt = make_optimizer(model, cfg)
+        start = load_checkpoint(start_dir, model, opt) if start_dir else 0
+
+        def report(metrics, ckpt):
+            if ckpt:
+                save_checkpoint(tmp_path / "ckpt", model, opt, int(metrics["step"]))
+        train_loop(model, opt, stream, cfg, report, start_step=start)
+        return model
+
+    straight = run(batches())
+    with pytest.raises(StopIteration):  # the run dies when its 5th batch never comes
+        run(itertools.islice(batches(), 4))
+    resumed = run(itertools.islice(batches(), 4, None), start_dir=tmp_path / "ckpt")
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_saved_model_reloads_with_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = create("vblt", "tiny").eval()
+    model_io.save_model(tmp_path / "m", model, "vblt", {"preset": "tiny"})
+    again = model_io.load_model(tmp_path / "m")
+    video = moving_square()
+    with torch.no_grad():
+        assert torch.equal(model(video), again(video))
+    assert model_io.read_meta(tmp_path / "m")["preset"] == "tiny"
+
+
+def test_model_files_hold_no_pickled_code(tmp_path):
+    model_io.save_model(tmp_path / "m", create("vblt", "tiny"), "vblt")
+    state = torch.load(tmp_path / "m" / model_io.WEIGHTS, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_predict_and_evaluate_compare_with_copy_last_on_the_same_frames():
+    model = create("vblt", "tiny")
+    videos = moving_square(batch=3).numpy()
+    pred, entropy, ce = predict(model, videos, batch_size=2)
+    k = model.context_frames
+    assert pred.shape == videos[:, k:].shape and pred.dtype == np.uint8
+    assert entropy.shape == pred.shape and ((entropy >= 0) & (entropy <= 8.0001)).all()
+    assert 0 < ce < 6.0
+    result = evaluate(model, videos)
+    assert set(result) == {"model", "copy_last", "cross_entropy", "entropy_bits"}
+    assert result["copy_last"]["mse"].shape == (videos.shape[1] - k,)
+
+
+@pytest.mark.parametrize("ref, uri", [
+    ("0123456789abcdef0123456789abcdef", "runs:/0123456789abcdef0123456789abcdef/model"),
+    ("vblt-2d", "models:/vblt-2d@latest"),
+    ("vblt-2d@candidate", "models:/vblt-2d@candidate"),
+    ("models:/vblt-2d/3", "models:/vblt-2d/3"),
+])
+def test_model_references_resolve_to_mlflow_uris(ref, uri):
+    assert model_io.resolve_model_uri(ref) == uri

@@ -1,0 +1,62 @@
+"""Ray Train on CPU with 2 workers: trains, checkpoints, logs to MLflow, resumes; evaluation."""
+
+import mlflow
+import pytest
+
+from framecast import model_io
+from jobs.evaluate import EvaluateConfig, evaluate_job
+from jobs.render import RenderJobConfig, render
+from jobs.train import TrainJobConfig, main, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "tri"
+    render(RenderJobConfig(num_sequences=20, frames=4, size=16, out=str(out), mlflow=False,
+                           val_fraction=0.2, test_fraction=0.1))
+    return out
+
+
+def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
+    base = {"data": str(tiny_data), "preset": "tiny", "batch_size": 2, "workers": 2,
+            "checkpoint_every": 3, "log_every": 1, "name": "resume-me",
+            "storage": str(tmp_path / "ray"), "register": "vblt-test"}
+    first = train(TrainJobConfig(steps=6, **base))
+    assert first["step"] == 6
+    checkpoints = [p for p in (tmp_path / "ray" / "resume-me").glob("checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # num_to_keep=2 of the ones at steps 3 and 6
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.data.params["workers"] == "2"
+    assert "final_val_psnr" in run.data.metrics and "final_val_psnr_copy_last" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "figures")}
+    assert artifacts == {"figures/prediction.png"}
+
+    # Same name, larger budget: continues from step 6 into the same MLflow run.
+    second = train(TrainJobConfig(steps=9, **base))
+    assert second["step"] == 9 and second["run_id"] == first["run_id"]
+    steps = [m.step for m in client.get_metric_history(first["run_id"], "loss")]
+    assert steps == list(range(1, 10))  # each step logged once: nothing redone, nothing skipped
+    versions = client.search_model_versions("name='vblt-test'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+    model, meta = model_io.load_logged_model("vblt-test")
+    assert meta["step"] == 9 and meta["name"] == "vblt"
+    result = evaluate_job(EvaluateConfig(model="vblt-test", data=str(tiny_data), split="val"))
+    assert len(result["rows"]) == 4 - model.context_frames
+    assert result["summary"]["val_psnr_copy_last"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--data is required"),
+    (["--data", "/nonexistent"], "not a complete framecast data set"),
+    (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
+])
+def test_bad_train_input_exits_2_with_one_line(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2
+    assert message in capsys.readouterr().err
