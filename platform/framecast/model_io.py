@@ -9,7 +9,6 @@ logged as a pyfunc model whose loader is this module, so the registry can hold i
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -108,6 +107,4 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         data = next(p.parent for p in local.rglob(META))
-        model, meta = load_model(data, device), read_meta(data)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return model, meta
+        return load_model(data, device), read_meta(data)
