@@ -68,6 +68,7 @@ def _worker_cpus(config: TrainJobConfig) -> float:
 
 def train_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker: build, maybe restore, train, report."""
+    import itertools
     import time
 
     import mlflow
@@ -101,10 +102,10 @@ def train_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
 
     def batches():
-        while True:  # epochs until the step budget is spent
+        for epoch in itertools.count():  # epochs until the step budget is spent
             for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True,
                                                   local_shuffle_buffer_size=4 * config.batch_size,
-                                                  local_shuffle_seed=config.seed):
+                                                  local_shuffle_seed=config.seed + epoch):
                 yield batch["frames"]
 
     val = fdata.load_numpy(config.data, "val")[0][:config.eval_sequences] if chief else None
