@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import torch  # noqa: E402
 
-from benchmarks.common import markdown_table, report, result_line  # noqa: E402
+from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from framecast.models import available_models, create  # noqa: E402
 from framecast.models.profile import model_cost  # noqa: E402
 from framecast.models.registry import presets  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
              "convolutions, attention; a multiply-add counts 2). Paper table 1, V-BLT: 6.5 MB, "
              "51.2 GFLOPs per sequence.")
     report("model_cost", "size and compute per preset", table, notes,
-           result_line("model_cost", values))
+           f"RESULT model_cost {key_values(values)}")
 
 
 if __name__ == "__main__":

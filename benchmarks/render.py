@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import markdown_table, report, result_line  # noqa: E402
+from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from framecast import data as fdata
 from framecast.render.scene import SequenceRenderer
 from framecast.render.spec import RenderConfig
@@ -87,7 +87,7 @@ def main() -> None:
              f"Ray Data actor start-up (a few seconds, fixed), rendering, Parquet write and the "
              f"manifest check. `scaling_*` = Ray rate with {args.workers[-1]} workers / with "
              f"{args.workers[0]}; `seq_per_s_*` = one warm plotter alone.")
-    report("render", "rendering throughput", table, notes, result_line("render", values))
+    report("render", "rendering throughput", table, notes, f"RESULT render {key_values(values)}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.common import markdown_table, report, result_line  # noqa: E402
+from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 
 def run_kind(kind: str, args: argparse.Namespace, root: Path) -> dict[str, float]:
@@ -78,7 +78,7 @@ def main() -> None:
         values[f"psnr_copy_{kind}"] = r["psnr_copy_last"]
     values["steps"] = args.steps
     report("vblt_quality", "V-BLT vs copy-last-frame on CPU", table, notes,
-           result_line("vblt_quality", values))
+           f"RESULT vblt_quality {key_values(values)}")
 
 
 if __name__ == "__main__":

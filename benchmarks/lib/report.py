@@ -1,4 +1,4 @@
-"""Shared by every benchmark: machine description, a Markdown table, RESULTS.md, RESULT line."""
+"""Shared by the benchmarks: machine description, a Markdown table, appending to RESULTS.md."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def machine() -> str:
@@ -40,9 +40,10 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def result_line(name: str, values: dict[str, float | int | str]) -> str:
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()]
-    return f"RESULT {name} " + " ".join(parts)
+def key_values(values: dict[str, float | int | str]) -> str:
+    """'k=v k=v ...' for a benchmark's closing RESULT line."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in values.items())
 
 
 def report(name: str, title: str, table: str, notes: str, result: str) -> None:
