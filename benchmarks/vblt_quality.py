@@ -51,13 +51,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per data set (default 1000; 100 with --quick)")
+                        help="training steps per data set (default 1000; 60 with --quick)")
     parser.add_argument("--sequences", type=int, default=None,
-                        help="sequences per data set (default 2000; 400 with --quick)")
+                        help="sequences per data set (default 2000; 320 with --quick)")
     parser.add_argument("--size", type=int, default=32, help="frame size (default 32)")
     args = parser.parse_args()
-    args.steps = args.steps or (100 if args.quick else 1000)
-    args.sequences = args.sequences or (400 if args.quick else 2000)
+    args.steps = args.steps or (60 if args.quick else 1000)
+    args.sequences = args.sequences or (320 if args.quick else 2000)
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)  # keep benchmark runs out of the user store

@@ -17,13 +17,14 @@ USER_ERRORS = (ConfigError, DatasetError, FileNotFoundError, ValueError)
 
 def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str] | None,
             description: str, epilog: str = "") -> int:
-    config = parse_args(cls, argv, description=description, epilog=epilog)
+    prog = f"python -m jobs.{name}"
+    config = parse_args(cls, argv, description=description, epilog=epilog, prog=prog)
     try:
         main(config)
     except USER_ERRORS as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0

@@ -32,8 +32,9 @@ class RenderJobConfig(RenderConfig):
         default=0.0, metadata={"help": "CPUs reserved per actor; 0 = auto, leaving room for Ray "
                                        "Data's read tasks (a full reservation hangs on 2 cores)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per map_batches call"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a different data set "
-                                                             "already in --out"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace a different framecast data set already in --out (other files are "
+                "never deleted)"})
     experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
     mlflow: bool = field(default=True, metadata={"help": "log the run to MLflow"})
     preview: int = field(default=4, metadata={"help": "sequences in the logged contact sheet/GIF"})
@@ -71,10 +72,17 @@ class RenderResult:
 def _cpus_per_worker(config: RenderJobConfig) -> float:
     from framecast.cluster import total_cpus
 
+    total = total_cpus()
     if config.cpus_per_worker > 0:
+        # Ray Data's read and write tasks need one whole CPU beside the actors, or it hangs.
+        if config.cpus_per_worker * config.workers > max(total - 1.0, 0.0) + 1e-9:
+            raise ConfigError(
+                f"cpus_per_worker={config.cpus_per_worker} x workers={config.workers} leaves no "
+                f"CPU for Ray Data's read/write tasks on {total:g} CPUs (the job would hang); "
+                f"use at most {max(total - 1.0, 0.0) / config.workers:.3g} or 0 (auto)")
         return config.cpus_per_worker
     # Leave one CPU for Ray Data's read tasks and the driver; fractional shares are fine.
-    return round(min(1.0, max(0.05, (total_cpus() - 1.0) / config.workers)), 3)
+    return round(min(1.0, max(0.05, (total - 1.0) / config.workers)), 3)
 
 
 def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
@@ -104,24 +112,29 @@ def render(config: RenderJobConfig) -> RenderResult:
     """Render (or reuse) the data set described by `config`; see the module docstring."""
     out = config.out_path
     data_config = config.data_config
-    for stale in fdata.stale_staging_dirs(out):
-        print(f"render: removing partial output of an interrupted render: {stale}")
-        shutil.rmtree(stale, ignore_errors=True)
-    status = fdata.output_status(out, data_config, config.overwrite)
-    if status == "reuse":
-        manifest = fdata.read_manifest(out)
-        print(f"render: {out} already holds this data set "
-              f"({manifest.config.num_sequences} sequences); reusing it")
-        return RenderResult(out, "reused", manifest, manifest.render_seconds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = fdata.staging_dir(out)
-    try:
-        seconds = render_to_staging(config, staging)
-        manifest = fdata.build_manifest(staging, data_config, seconds)
-        fdata.publish(staging, out, manifest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with fdata.render_lock(out):
+        for stale in fdata.stale_staging_dirs(out):
+            print(f"render: removing partial output of an interrupted render: {stale}")
+            shutil.rmtree(stale, ignore_errors=True)
+        status = fdata.output_status(out, data_config, config.overwrite)
+        if status == "reuse":
+            manifest = fdata.read_manifest(out)
+            print(f"render: {out} already holds this data set "
+                  f"({manifest.config.num_sequences} sequences); reusing it")
+            return RenderResult(out, "reused", manifest, manifest.render_seconds)
+        for split, count in data_config.split_sizes().items():
+            if count == 0 and split != "train":
+                print(f"render: warning: the {split} split is empty with "
+                      f"{data_config.num_sequences} sequences; raise --num-sequences or the "
+                      "split fractions")
+        staging = fdata.staging_dir(out)
+        try:
+            seconds = render_to_staging(config, staging)
+            manifest = fdata.build_manifest(staging, data_config, seconds)
+            fdata.publish(staging, out, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     result = RenderResult(out, "replaced" if status == "replace" else "created", manifest, seconds)
     print(f"render: wrote {manifest.counts} sequences of {data_config.frame_shape} to {out} "
           f"in {seconds:.1f} s ({result.seq_per_s:.1f} sequences/s)")

@@ -122,8 +122,24 @@ def test_output_status_protects_what_is_already_there(tmp_path, dataset):
     assert fdata.output_status(dataset, other, overwrite=True) == "replace"
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.tex").write_text("precious")
-    with pytest.raises(fdata.DatasetError, match="not a framecast data set"):
-        fdata.output_status(tmp_path / "notes", CFG, overwrite=False)
+    for overwrite in (False, True):  # --overwrite replaces data sets only, never other files
+        with pytest.raises(fdata.DatasetError, match="not a framecast data set"):
+            fdata.output_status(tmp_path / "notes", CFG, overwrite=overwrite)
+    assert (tmp_path / "notes" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_second_render_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    with fdata.render_lock(tmp_path / "d"):
+        with pytest.raises(fdata.DatasetError, match="another render into"):
+            with fdata.render_lock(tmp_path / "d"):
+                pass
+    with fdata.render_lock(tmp_path / "d"):  # free again once the first is done
+        pass
+
+
+def test_a_missing_folder_is_named_as_missing(tmp_path):
+    with pytest.raises(fdata.DatasetError, match="does not exist"):
+        fdata.read_manifest(tmp_path / "nope")
 
 
 def test_publish_replaces_an_old_dataset_whole(tmp_path):

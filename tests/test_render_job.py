@@ -83,6 +83,29 @@ def test_a_different_dataset_in_out_is_refused_unless_overwrite(ray_local, tmp_p
     assert fdata.read_manifest(out).counts["train"] == 11
 
 
+def test_overwrite_never_deletes_files_that_are_not_a_dataset(tmp_path, capsys):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("keep me")
+    code = main(["--out", str(tmp_path / "project"), "--overwrite", "--num-sequences", "4",
+                 "--frames", "4", "--size", "16", "--mlflow", "false"])
+    assert code == 2 and "not a framecast data set" in capsys.readouterr().err
+    assert (tmp_path / "project" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_cpu_reservation_that_would_hang_is_refused(ray_local, tmp_path, capsys):
+    code = main(["--out", str(tmp_path / "d"), "--cpus-per-worker", "1", "--workers", "2",
+                 "--num-sequences", "4", "--frames", "4", "--size", "16", "--mlflow", "false"])
+    assert code == 2 and "leaves no CPU" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not fdata.stale_staging_dirs(tmp_path / "d")
+
+
+def test_an_empty_split_is_a_clear_error_for_the_ray_reader(ray_local, tmp_path, capsys):
+    result = render(RenderJobConfig(out=str(tmp_path / "d"), **{**TINY, "num_sequences": 3}))
+    assert "the val split is empty" in capsys.readouterr().out
+    with pytest.raises(fdata.DatasetError, match="split 'val' .* is empty"):
+        fdata.load_ray_dataset(result.out, "val")
+
+
 def test_bad_input_from_the_command_line_prints_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.render", "--kind", "2d", "--spin-range-2d", "9", "3",

@@ -64,7 +64,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         help_text = f.metadata.get("help", "")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         shown = default if not isinstance(default, tuple) else " ".join(map(str, default))
-        kwargs["help"] = f"{help_text} (default: {shown})"
+        kwargs["help"] = help_text if default in ("", None) else f"{help_text} (default: {shown})"
         origin = typing.get_origin(tp)
         if tp is bool:
             # `--flag` sets True; `--flag false` is accepted too, so a config value can be undone.
@@ -133,13 +133,13 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str = "",
-               epilog: str = "") -> T:
+               epilog: str = "", prog: str | None = None) -> T:
     """Parse command-line flags into a `cls` instance; `__post_init__` validates it.
 
     A ConfigError raised while building the config becomes a one-line argparse error (exit 2).
     """
     parser = argparse.ArgumentParser(
-        description=description, epilog=epilog,
+        prog=prog, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, cls)

@@ -11,12 +11,15 @@ write into a staging folder beside DIR and only a finished, checked one is renam
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import platform as _stdlib_platform
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +157,8 @@ def build_manifest(staging: Path, config: RenderConfig, render_seconds: float) -
 
 def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST
+    if not Path(root).exists():
+        raise DatasetError(f"{root} does not exist")
     if not path.is_file():
         raise DatasetError(f"{root} is not a complete framecast data set (no {MANIFEST}); "
                            "render one with `python -m jobs.render --out DIR`")
@@ -249,6 +254,8 @@ def load_ray_dataset(root: str | Path, split: str = "train",
 
     manifest = read_manifest(root)
     paths = [str(p) for p in shard_paths(root, split)]
+    if not paths:
+        raise DatasetError(f"split {split!r} of {root} is empty ({manifest.counts})")
     return ray.data.read_parquet(
         paths, columns=list(columns),
         tensor_column_schema={"frames": (np.uint8, manifest.config.frame_shape)},
@@ -268,26 +275,45 @@ def stale_staging_dirs(out: Path) -> list[Path]:
 
 def output_status(out: Path, config: RenderConfig, overwrite: bool) -> str:
     """What to do with `out`: 'create', 'replace' or 'reuse'. Raises DatasetError when `out`
-    holds something else and `overwrite` is off, so nothing of the user's is lost."""
+    holds anything but a framecast data set (never deleted, not even with `overwrite`), or a
+    different data set and `overwrite` is off: nothing of the user's is lost."""
     if not out.exists():
         return "create"
     if not out.is_dir():
         raise DatasetError(f"--out {out} is a file, not a folder")
     if not any(out.iterdir()):
         return "create"
-    if overwrite:
-        return "replace"
     try:
         manifest = read_manifest(out)
     except DatasetError:
         raise DatasetError(f"--out {out} holds files that are not a framecast data set; "
-                           "choose another folder or pass --overwrite to replace them") from None
+                           "choose an empty or new folder (--overwrite only replaces a data "
+                           "set)") from None
+    if overwrite:
+        return "replace"
     if manifest.config != config:
         changed = sorted(k for k, v in to_dict(config).items()
                          if to_dict(manifest.config)[k] != v)
         raise DatasetError(f"--out {out} holds a different data set (differs in {changed}); "
                            "choose another folder or pass --overwrite to replace it")
     return "reuse"
+
+
+@contextlib.contextmanager
+def render_lock(out: Path) -> Iterator[None]:
+    """Exclusive lock for rendering into `out`, so a second render cannot take a running one's
+    staging folder for an interrupted one's leftovers."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(f"another render into --out {out} is running; wait for it or "
+                               "choose another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def publish(staging: Path, out: Path, manifest: Manifest) -> None:

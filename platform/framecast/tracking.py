@@ -52,8 +52,12 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
 
 
 def ui_command() -> str:
-    """The command a user runs to browse the default store."""
-    return f"mlflow ui --backend-store-uri {default_tracking_uri()}"
+    """The command a user runs to browse the default store (with this Python's mlflow)."""
+    import sys
+
+    local = Path(sys.executable).parent / "mlflow"
+    command = local if local.exists() else "mlflow"
+    return f"{command} ui --backend-store-uri {default_tracking_uri()}"
 
 
 def log_image(image: np.ndarray, artifact_file: str) -> None:
