@@ -50,7 +50,8 @@ def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     ([], "--data is required"),
-    (["--data", "/nonexistent"], "not a complete framecast data set"),
+    (["--data", "/nonexistent"], "/nonexistent does not exist"),
+    (["--data", "/tmp"], "not a complete framecast data set"),
     (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
 ])
 def test_bad_train_input_exits_2_with_one_line(argv, message, capsys):
