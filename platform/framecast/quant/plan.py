@@ -1,0 +1,59 @@
+"""The mixed-precision plan: each weight matrix's precision from its sensitivity and thresholds.
+
+VQ-ViT: S <= tau_low -> int8 symmetric; tau_low < S <= tau_high -> int8 asymmetric;
+S > tau_high -> 16-bit. The plan is a readable artifact (layer, S, precision).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+
+class Precision(StrEnum):
+    INT8 = "int8"  # symmetric, per output channel
+    INT8_ASYM = "int8_asym"  # asymmetric (scale + zero point)
+    FP16 = "fp16"  # kept in 16-bit
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    layer: str
+    sensitivity: float
+    precision: Precision
+
+
+def precision_for(sensitivity: float, tau_low: float, tau_high: float) -> Precision:
+    if sensitivity <= tau_low:
+        return Precision.INT8
+    if sensitivity <= tau_high:
+        return Precision.INT8_ASYM
+    return Precision.FP16
+
+
+def precision_plan(sensitivities: dict[str, float], tau_low: float, tau_high: float
+                   ) -> list[PlanEntry]:
+    """One entry per layer, most sensitive first."""
+    if not 0 <= tau_low <= tau_high:
+        raise ValueError(f"thresholds must satisfy 0 <= tau_low <= tau_high, got "
+                         f"tau_low={tau_low}, tau_high={tau_high}")
+    entries = [PlanEntry(name, s, precision_for(s, tau_low, tau_high))
+               for name, s in sensitivities.items()]
+    return sorted(entries, key=lambda e: -e.sensitivity)
+
+
+def plan_to_json(plan: list[PlanEntry]) -> str:
+    return json.dumps([{**asdict(e), "precision": e.precision.value} for e in plan], indent=1)
+
+
+def plan_from_json(text: str) -> list[PlanEntry]:
+    return [PlanEntry(e["layer"], float(e["sensitivity"]), Precision(e["precision"]))
+            for e in json.loads(text)]
+
+
+def format_plan(plan: list[PlanEntry]) -> str:
+    width = max((len(e.layer) for e in plan), default=5)
+    lines = [f"{'layer':<{width}}  {'S':>10}  precision"]
+    lines += [f"{e.layer:<{width}}  {e.sensitivity:10.4g}  {e.precision.value}" for e in plan]
+    return "\n".join(lines)
