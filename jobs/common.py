@@ -28,3 +28,15 @@ def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def log_prediction_figure(model, video, title: str = "") -> None:
+    """Log figures/prediction.png (truth / prediction / entropy, as in the V-BLT paper's figures
+    7-8) for one uint8 video (T, H, W, C) to the active MLflow run."""
+    from framecast import tracking, viz
+    from framecast.predict import predict
+
+    k = model.context_frames
+    pred, entropy, _ = predict(model, video[None])
+    figure = viz.prediction_figure(video[k:], pred[0], entropy[0], title=title)
+    tracking.log_file_bytes(figure, "figures", "prediction.png")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from framecast.config import ConfigError, flat_params
-from jobs.common import run_job
+from jobs.common import log_prediction_figure, run_job
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def evaluate_job(config: EvaluateConfig) -> dict:
     import mlflow
 
     from framecast import data as fdata
-    from framecast import model_io, tracking, viz
-    from framecast.predict import evaluate, flat_summary, predict
+    from framecast import model_io, tracking
+    from framecast.predict import evaluate, flat_summary
 
     manifest = fdata.read_manifest(config.data)
     tracking.use_experiment(config.experiment)
@@ -93,10 +93,7 @@ def evaluate_job(config: EvaluateConfig) -> dict:
         mlflow.log_metrics(summary)
         tracking.log_file_bytes(json.dumps(rows, indent=1).encode(), "evaluation",
                                 "per_frame.json")
-        k = model.context_frames
-        pred, entropy, _ = predict(model, videos[:1])
-        tracking.log_file_bytes(viz.prediction_figure(videos[0, k:], pred[0], entropy[0]),
-                                "figures", "prediction.png")
+        log_prediction_figure(model, videos[0])
     print(f"evaluate: logged MLflow run {run.info.run_id}")
     return {"run_id": run.info.run_id, "rows": rows, "summary": summary}
 

@@ -69,27 +69,11 @@ class RenderResult:
         return self.manifest.config.num_sequences / max(self.seconds, 1e-9)
 
 
-def _cpus_per_worker(config: RenderJobConfig) -> float:
-    from framecast.cluster import total_cpus
-
-    total = total_cpus()
-    if config.cpus_per_worker > 0:
-        # Ray Data's read and write tasks need one whole CPU beside the actors, or it hangs.
-        if config.cpus_per_worker * config.workers > max(total - 1.0, 0.0) + 1e-9:
-            raise ConfigError(
-                f"cpus_per_worker={config.cpus_per_worker} x workers={config.workers} leaves no "
-                f"CPU for Ray Data's read/write tasks on {total:g} CPUs (the job would hang); "
-                f"use at most {max(total - 1.0, 0.0) / config.workers:.3g} or 0 (auto)")
-        return config.cpus_per_worker
-    # Leave one CPU for Ray Data's read tasks and the driver; fractional shares are fine.
-    return round(min(1.0, max(0.05, (total - 1.0) / config.workers)), 3)
-
-
 def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
     """Run the Ray Data pipeline; shards land in `staging`. Returns seconds spent."""
     import ray.data
 
-    from framecast.cluster import init_ray
+    from framecast.cluster import init_ray, worker_cpus
 
     init_ray()
     n = config.num_sequences
@@ -100,7 +84,7 @@ def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
         fdata.ShardRenderer,
         fn_constructor_kwargs={"config": to_dict(config.data_config)},
         compute=ray.data.ActorPoolStrategy(size=config.workers),
-        num_cpus=_cpus_per_worker(config),
+        num_cpus=worker_cpus(config.workers, config.cpus_per_worker),
         batch_size=config.batch_size,
         batch_format="numpy",
     )

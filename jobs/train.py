@@ -21,7 +21,7 @@ from pathlib import Path
 
 from framecast.config import ConfigError, flat_params, project_home, to_dict
 from framecast.train import OptimConfig
-from jobs.common import run_job
+from jobs.common import log_prediction_figure, run_job
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,6 @@ class TrainJobConfig(OptimConfig):
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0:
             raise ConfigError("lr must be > 0; warmup_steps and eval_every must be >= 0")
-
-
-def _worker_cpus(config: TrainJobConfig) -> float:
-    from framecast.cluster import total_cpus
-
-    if config.cpus_per_worker > 0:
-        return config.cpus_per_worker
-    # One CPU stays free for Ray Data read tasks (1 CPU each): reserving all of them hangs.
-    return round(min(1.0, max(0.25, (total_cpus() - 1.0) / config.workers)), 3)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -159,7 +150,7 @@ def train(config: TrainJobConfig) -> dict:
 
     from framecast import data as fdata
     from framecast import tracking
-    from framecast.cluster import init_ray, total_cpus
+    from framecast.cluster import init_ray, total_cpus, worker_cpus
 
     manifest = fdata.read_manifest(config.data)  # fails early, before Ray, on a bad folder
     if manifest.counts["train"] < config.batch_size * config.workers:
@@ -171,6 +162,7 @@ def train(config: TrainJobConfig) -> dict:
     storage = Path(config.storage).resolve() if config.storage else (
         project_home() / "ray_results")
     init_ray()
+    cpus = worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # checked before MLflow
     # Training shows its own progress per step; Ray Data's bars from every worker are noise.
     ray.data.DataContext.get_current().enable_progress_bars = False
     run_id = _mlflow_run(config, name)
@@ -181,7 +173,6 @@ def train(config: TrainJobConfig) -> dict:
         except mlflow.exceptions.MlflowException:
             pass  # resuming: params were logged by the first attempt
     steps_per_epoch = max(1, manifest.counts["train"] // (config.batch_size * config.workers))
-    cpus = _worker_cpus(config)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -210,9 +201,9 @@ def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest)
     import mlflow
 
     from framecast import data as fdata
-    from framecast import model_io, tracking, viz
+    from framecast import model_io, tracking
     from framecast.models import create
-    from framecast.predict import evaluate, flat_summary, predict
+    from framecast.predict import evaluate, flat_summary
     from framecast.train import load_checkpoint
 
     model = create(config.model, config.preset, channels=manifest.config.channels)
@@ -227,11 +218,7 @@ def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest)
         config.register or f"{config.model}-{manifest.config.kind}")
     with tracking.start_run(run_id=run_id):
         mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}, step=step)
-        pred, entropy, _ = predict(model, val[:1])
-        k = model.context_frames
-        figure = viz.prediction_figure(val[0, k:], pred[0], entropy[0],
-                                       title=f"{name} step {step}")
-        tracking.log_file_bytes(figure, "figures", "prediction.png")
+        log_prediction_figure(model, val[0], title=f"{name} step {step}")
         uri = model_io.log_model(model, config.model, registered_name=registered,
                                  extra={"preset": config.preset, "data": str(config.data),
                                         "frame_shape": list(manifest.config.frame_shape),

@@ -61,3 +61,9 @@ def test_bad_train_input_exits_2_with_one_line(argv, message, capsys):
         code = exit_info.code
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_cpu_reservation_that_would_hang_training_is_refused(tiny_data, capsys):
+    code = main(["--data", str(tiny_data), "--preset", "tiny", "--workers", "2",
+                 "--cpus-per-worker", "1", "--batch-size", "2", "--steps", "2"])
+    assert code == 2 and "leaves no CPU" in capsys.readouterr().err
