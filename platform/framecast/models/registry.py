@@ -2,7 +2,9 @@
 
 Every model speaks the same interface: `forward(uint8 video (B, T, H, W, C))` returns logits
 (B, T - k, H, W, C, 256) for the frames after its first `k = model.context_frames`, each frame's
-logits depending only on earlier frames. Jobs never branch on a model's name.
+logits depending only on earlier frames; `model.frames_per_step` frames are predicted per step
+(a rollout appends that many placeholder frames and reads their logits). Jobs never branch on a
+model's name.
 """
 
 from __future__ import annotations

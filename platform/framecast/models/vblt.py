@@ -164,6 +164,12 @@ class VBLT(nn.Module):
         """Frames at the start that are given, never predicted: the first time slice."""
         return self.cfg.patch[0]
 
+    @property
+    def frames_per_step(self) -> int:
+        """Frames one forward step predicts together (a time slice): a rollout appends this many
+        placeholder frames, reads their logits, and repeats."""
+        return self.cfg.patch[0]
+
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         b, t, h, w, c = video.shape
         pt, ph, pw = self.cfg.patch
