@@ -222,7 +222,7 @@ def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest)
         uri = model_io.log_model(model, config.model, registered_name=registered,
                                  extra={"preset": config.preset, "data": str(config.data),
                                         "frame_shape": list(manifest.config.frame_shape),
-                                        "step": step})
+                                        "step": step}).model_uri
     print(f"train: step {step}; val PSNR {summary['val_psnr']:.2f} dB "
           f"(copy-last {summary['val_psnr_copy_last']:.2f}), SSIM {summary['val_ssim']:.3f} "
           f"(copy-last {summary['val_ssim_copy_last']:.3f}), MSE {summary['val_mse']:.4f} "

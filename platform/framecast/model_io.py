@@ -1,7 +1,9 @@
 """Save and load models as tensors + JSON (never pickles), locally and through MLflow.
 
 A saved model is a folder: `model.pt` (a state dict, loaded with weights_only=True) and
-`model.json` (registry name, config, context frames, what data it was trained on). In MLflow it is
+`model.json` (registry name, config, context frames, what data it was trained on; for a quantized
+model also `precision` and its `quant_plan`, from which the int8 / fp16 structure is rebuilt
+before the tensors load). In MLflow it is
 logged as a pyfunc model whose loader is this module, so the registry can hold it and
 `mlflow.pyfunc.load_model` works, without pickled Python objects.
 """
@@ -44,6 +46,11 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     directory = Path(directory)
     meta = read_meta(directory)
     model = create_from_config(meta["name"], meta["config"])
+    if meta.get("quant_plan"):
+        from framecast.quant.apply import empty_quantized
+        from framecast.quant.plan import plan_from_records
+
+        empty_quantized(model, plan_from_records(meta["quant_plan"]))
     state = torch.load(directory / WEIGHTS, map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval()
@@ -67,9 +74,9 @@ def _load_pyfunc(data_path: str) -> _PyfuncModel:
 
 
 def log_model(model: nn.Module, name: str, *, registered_name: str | None = None,
-              extra: dict | None = None) -> str:
-    """Log to the active MLflow run (and register it when `registered_name`); returns the
-    model URI."""
+              extra: dict | None = None):
+    """Log to the active MLflow run (and register it when `registered_name`); returns MLflow's
+    ModelInfo (`.model_uri`, `.registered_model_version`)."""
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +84,7 @@ def log_model(model: nn.Module, name: str, *, registered_name: str | None = None
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT, loader_module="framecast.model_io", data_path=str(folder),
             registered_model_name=registered_name, pip_requirements=["framecast", "torch"])
-    return info.model_uri
+    return info
 
 
 def resolve_model_uri(ref: str) -> str:
@@ -87,6 +94,26 @@ def resolve_model_uri(ref: str) -> str:
     if len(ref) == 32 and all(c in "0123456789abcdef" for c in ref):
         return f"runs:/{ref}/{ARTIFACT}"
     return f"models:/{ref}@latest" if "@" not in ref else f"models:/{ref}"
+
+
+def source_run_id(ref: str) -> str | None:
+    """The MLflow run that logged the model `ref` points at (None if it cannot be told)."""
+    import mlflow
+
+    uri = resolve_model_uri(ref)
+    if uri.startswith("runs:/"):
+        return uri.removeprefix("runs:/").split("/")[0]
+    name, _, rest = uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient()
+    if rest == "latest":
+        versions = client.search_model_versions(f"name='{name}'")
+        version = max(versions, key=lambda v: int(v.version)) if versions else None
+    elif rest:
+        version = client.get_model_version_by_alias(name, rest)
+    else:
+        name, _, number = name.partition("/")
+        version = client.get_model_version(name, number)
+    return version.run_id if version else None
 
 
 def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

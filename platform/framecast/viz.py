@@ -77,3 +77,34 @@ def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, 
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def plan_figure(layers: list[str], sensitivities: list[float], precisions: list[str],
+                thresholds: tuple[float, float], *, title: str = "") -> bytes:
+    """PNG of a quantization plan: one bar of S(W) per layer (log scale), coloured by its
+    precision, with the two thresholds as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"int8": "tab:blue", "int8_asym": "tab:orange", "fp16": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7.0, 0.18 * len(layers) + 1.2))
+    y = np.arange(len(layers))
+    ax.barh(y, sensitivities, color=[colours.get(p, "grey") for p in precisions])
+    ax.set_yticks(y, layers, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("sensitivity S(W) = ||W||2/||W||F * E||dL/dW||F")
+    for tau, name in zip(thresholds, ("tau_low", "tau_high"), strict=True):
+        if tau > 0:
+            ax.axvline(tau, color="black", linestyle="--", linewidth=0.8)
+            ax.text(tau, -1, name, fontsize=7, ha="center")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -42,47 +42,137 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None =
     return ((q.float() - zero) if zero is not None else q.float()) * scale
 
 
+def quantize_tokens(x: torch.Tensor, delta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8 of a 2-D activation (tokens, features) in few passes: the hot
+    path of every W8A8 layer. With delta != 0 the scale is (max|x| + delta * std(x)) / 127 (VQ-ViT's
+    learned LayerNorm-output scale) and values beyond it are clipped."""
+    # amax and amin as two reductions: ~10x faster than aminmax or abs().amax on this CPU.
+    amax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
+    if delta:
+        amax = amax + delta * x.std(dim=1, keepdim=True)
+    amax = amax.float().clamp_min_(1e-8)
+    q = (x * (QMAX / amax)).round_()
+    if delta:
+        q = q.clamp_(-QMAX, QMAX)
+    return q.to(torch.int8), amax / QMAX
+
+
+def _int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) @ int8 (K, N) -> int32 on an integer kernel."""
+    m, k = xq.shape
+    if xq.device.type == "cuda" and (m <= 16 or k % 8 or wq_t.shape[1] % 8):
+        # The CUDA int8 kernel needs M > 16 and K, N multiples of 8: exact int32 fallback.
+        return xq.int() @ wq_t.int()
+    return torch._int_mm(xq, wq_t)
+
+
 class Int8Linear(nn.Module):
     """A linear layer holding int8 weights (per output channel) that quantizes its input per
-    token at run time and multiplies int8 x int8 -> int32 on `torch._int_mm`."""
+    token at run time and multiplies int8 x int8 -> int32 on `torch._int_mm`.
+
+    symmetric: y = (x_q @ W_q^T) * s_x * s_w + b.
+    asymmetric (VQ-ViT's middle precision, for skewed weights and activations): weights and
+    tokens carry integer zero points z; (x_q - z_x).(W_q - z_w) expands into the same int32
+    product plus integer corrections, so the GEMM stays int8 x int8.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 asymmetric: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.asymmetric = asymmetric
+        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        # Learned activation clipping (symmetric only); a buffer so it travels with the state.
+        self.register_buffer("act_delta", torch.zeros(()))
+        if asymmetric:
+            self.register_buffer("weight_zero", torch.zeros(out_features, dtype=torch.int32))
+            self.register_buffer("weight_colsum", torch.zeros(out_features, dtype=torch.int32))
+        self._delta = 0.0
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh())
+
+    def refresh(self) -> None:
+        """Cache what forward needs as Python values (after loading or setting buffers)."""
+        self._delta = float(self.act_delta)
+        if self.asymmetric:
+            self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, *, asymmetric: bool = False) -> Int8Linear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    asymmetric=asymmetric)
+        w = linear.weight.detach()
+        if asymmetric:
+            q, scale, zero = quantize_asymmetric(w, dim=1)
+            layer.weight_zero.copy_(zero.squeeze(1).int())
+        else:
+            q, scale = quantize_symmetric(w, dim=1)  # (out, in), (out, 1)
+        layer.weight_q.copy_(q)
+        layer.weight_scale.copy_(scale.squeeze(1))
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        layer.refresh()
+        return layer.to(w.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)  # (tokens, in)
+        if self.asymmetric:
+            xq, xs, xz = quantize_asymmetric(x2, dim=1)
+            xz = xz.int()
+            acc = _int8_matmul(xq, self.weight_q.t())
+            rowsum = xq.sum(dim=1, keepdim=True, dtype=torch.int32)
+            acc -= (rowsum - self.in_features * xz) * self.weight_zero + xz * self.weight_colsum
+        else:
+            xq, xs = quantize_tokens(x2, self._delta)
+            acc = _int8_matmul(xq, self.weight_q.t())  # (tokens, out) int32
+        # Rescale in the accumulator's own memory: int32 -> float32 in place (same width), then
+        # in-place multiplies. On a CPU, allocating a fresh (tokens, out) tensor costs more than
+        # the arithmetic (page faults), so the int8 path allocates no more than F.linear does.
+        y = acc.view(torch.float32)
+        y.copy_(acc)
+        y.mul_(xs).mul_(self.weight_scale)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        q = self.weight_q.float()
+        if self.asymmetric:
+            q = q - self.weight_zero[:, None]
+        return q * self.weight_scale[:, None]
+
+    def extra_repr(self) -> str:
+        kind = "asymmetric" if self.asymmetric else "symmetric"
+        return f"in={self.in_features}, out={self.out_features}, W8A8 {kind} (int8 x int8 -> int32)"
+
+
+class HalfLinear(nn.Module):
+    """VQ-ViT's 16-bit precision for the most sensitive layers: weights stored in float16,
+    multiplied in the input's dtype (float32 on a CPU, which has no fast fp16 GEMM)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_q", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("weight_h", torch.zeros(out_features, in_features,
+                                                     dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> Int8Linear:
+    def from_float(cls, linear: nn.Linear) -> HalfLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        q, scale = quantize_symmetric(linear.weight.detach(), dim=1)  # (out, in), (out, 1)
-        layer.weight_q.copy_(q)
-        layer.weight_scale.copy_(scale.squeeze(1))
+        layer.weight_h.copy_(linear.weight.detach().half())
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach().float())
         return layer.to(linear.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, self.in_features)  # (tokens, in)
-        xq, xs = quantize_symmetric(x2, dim=1)  # per token: (tokens, in) int8, (tokens, 1)
-        if x2.device.type == "cuda" and (x2.shape[0] <= 16 or self.in_features % 8
-                                         or self.out_features % 8):
-            # The CUDA int8 kernel needs M > 16 and K, N multiples of 8: exact int32 fallback.
-            acc = xq.int() @ self.weight_q.t().int()
-        else:
-            acc = torch._int_mm(xq, self.weight_q.t())  # (tokens, out) int32
-        y = acc.float() * xs * self.weight_scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
-
-    def dequantized_weight(self) -> torch.Tensor:
-        return self.weight_q.float() * self.weight_scale[:, None]
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight_h.to(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, W8A8 (int8 x int8 -> int32)"
+        return f"in={self.in_features}, out={self.out_features}, fp16 weights"
 
 
 def reference_w8a8(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,22 @@ def precision_plan(sensitivities: dict[str, float], tau_low: float, tau_high: fl
     return sorted(entries, key=lambda e: -e.sensitivity)
 
 
+def plan_records(plan: list[PlanEntry]) -> list[dict]:
+    """JSON-ready rows {layer, sensitivity, precision}."""
+    return [{**asdict(e), "precision": e.precision.value} for e in plan]
+
+
+def plan_from_records(records: list[dict]) -> list[PlanEntry]:
+    return [PlanEntry(e["layer"], float(e["sensitivity"]), Precision(e["precision"]))
+            for e in records]
+
+
 def plan_to_json(plan: list[PlanEntry]) -> str:
-    return json.dumps([{**asdict(e), "precision": e.precision.value} for e in plan], indent=1)
+    return json.dumps(plan_records(plan), indent=1)
 
 
 def plan_from_json(text: str) -> list[PlanEntry]:
-    return [PlanEntry(e["layer"], float(e["sensitivity"]), Precision(e["precision"]))
-            for e in json.loads(text)]
+    return plan_from_records(json.loads(text))
 
 
 def format_plan(plan: list[PlanEntry]) -> str:

@@ -1,0 +1,110 @@
+"""Apply a precision plan to any model of the common interface: swap its linear layers.
+
+Nothing here knows V-BLT. A layer's role (for the progressive schedule) comes from the module that
+holds it: a linear inside an `MLP` is "mlp", `Attention.out` is "attn_out", `Attention.q`/`.kv` are
+"qkv", everything else (patch embeddings, decoder context, output head) is "embed_head".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+from framecast.models.layers import MLP, Attention
+from framecast.quant.gemm_form import linearize
+from framecast.quant.int8 import HalfLinear, Int8Linear
+from framecast.quant.learnable import QATLinear
+from framecast.quant.plan import PlanEntry, Precision
+
+# VQ-ViT's progressive order: the least harmful first, the output-defining layers last.
+STAGES = ("mlp", "attn_out", "qkv", "embed_head")
+LINEAR_TYPES = (nn.Linear, QATLinear, Int8Linear, HalfLinear)
+
+
+def layer_roles(model: nn.Module) -> dict[str, str]:
+    """{linear layer name: stage} for every linear layer (float, training or deployed)."""
+    roles = {}
+    for parent_name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if not isinstance(child, LINEAR_TYPES):
+                continue
+            if isinstance(parent, MLP):
+                role = "mlp"
+            elif isinstance(parent, Attention):
+                role = "attn_out" if child_name == "out" else "qkv"
+            else:
+                role = "embed_head"
+            roles[f"{parent_name}.{child_name}" if parent_name else child_name] = role
+    return roles
+
+
+def _replace(model: nn.Module, names: Iterable[str], make: Callable[[str, nn.Module], nn.Module]
+             ) -> None:
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, make(name, getattr(parent, child_name)))
+
+
+def to_training(model: nn.Module, entries: Iterable[PlanEntry]) -> None:
+    """Put the planned layers under fake quantization (QATLinear) at their precision; a layer
+    already in training mode is re-planned from its current float weights."""
+    plan = {e.layer: e.precision for e in entries}
+
+    def make(name: str, layer: nn.Module) -> nn.Module:
+        linear = layer.as_linear() if isinstance(layer, QATLinear) else layer
+        return QATLinear(linear, plan[name])
+    _replace(model, plan, make)
+
+
+def to_deployed(model: nn.Module) -> None:
+    """Freeze every QATLinear into the module that really stores its precision (int8 or fp16)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, QATLinear)]
+    _replace(model, names, lambda _, layer: layer.to_deployed())
+
+
+def quantize_model(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
+    """Post-training quantization without fine-tuning: linearize patch convolutions, then give
+    every planned linear layer its precision. Changes `model` in place and returns it."""
+    linearize(model)
+    to_training(model, plan)
+    to_deployed(model)
+    return model.eval()
+
+
+def empty_quantized(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
+    """The deployed structure of `plan` on a freshly built float model, ready for
+    `load_state_dict` of a saved quantized model (no calibration, no data)."""
+    linearize(model)
+    precisions = {e.layer: e.precision for e in plan}
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        args = (linear.in_features, linear.out_features, linear.bias is not None)
+        if precisions[name] is Precision.FP16:
+            return HalfLinear(*args)
+        return Int8Linear(*args, asymmetric=precisions[name] is Precision.INT8_ASYM)
+    _replace(model, precisions, make)
+    return model
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model stores (parameters and buffers): what a saved copy holds."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def precision_counts(model: nn.Module) -> dict[str, int]:
+    """How many linear layers run at each precision (fp32 for those left in float)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            kind = Precision.INT8_ASYM.value if module.asymmetric else Precision.INT8.value
+        elif isinstance(module, HalfLinear):
+            kind = Precision.FP16.value
+        elif isinstance(module, nn.Linear):
+            kind = "fp32"
+        else:
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+

@@ -1,0 +1,94 @@
+"""Patch convolutions rewritten as the linear layers they are, so int8 GEMMs can run them.
+
+A Conv3d whose stride equals its kernel (a patch embedding: V-BLT's local encoder, ViViT's tubelet
+embedding) maps each non-overlapping patch, flattened, through one matrix; a ConvTranspose3d with
+stride equal to kernel (a patch un-embedding: V-BLT's local decoder) maps each input vector to one
+output patch. Both hold a large share of a video model's weights, so quantizing only nn.Linear
+would leave them in float32 and cap the compression ratio. `linearize` swaps them for exact
+equivalents built on nn.Linear; the float model's outputs do not change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _is_patch_conv(conv: nn.Module) -> bool:
+    return (isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and conv.stride == conv.kernel_size
+            and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
+            and getattr(conv, "output_padding", (0, 0, 0)) == (0, 0, 0))
+
+
+class PatchEmbed3d(nn.Module):
+    """Conv3d(cin, cout, kernel=stride=p) as Linear(cin * prod(p), cout) over flattened patches."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch: tuple[int, int, int],
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.patch = tuple(patch)
+        self.proj = nn.Linear(in_channels * math.prod(patch), out_channels, bias=bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv3d) -> PatchEmbed3d:
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias is not None)
+        with torch.no_grad():  # weight (cout, cin, pt, ph, pw): flattened in the patch's order
+            layer.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                layer.proj.bias.copy_(conv.bias)
+        return layer.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution."""
+        b, c, t, h, w = x.shape
+        pt, ph, pw = self.patch
+        x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t // pt, h // ph, w // pw, -1)
+        return self.proj(x).permute(0, 4, 1, 2, 3)
+
+
+class PatchUnembed3d(nn.Module):
+    """ConvTranspose3d(cin, cout, kernel=stride=p) as Linear(cin, cout * prod(p)): each input
+    vector paints its own output patch."""
+
+    def __init__(self, in_channels: int, out_channels: int, patch: tuple[int, int, int],
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.patch, self.out_channels = tuple(patch), out_channels
+        self.proj = nn.Linear(in_channels, out_channels * math.prod(patch), bias=bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.ConvTranspose3d) -> PatchUnembed3d:
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias is not None)
+        k = math.prod(conv.kernel_size)
+        with torch.no_grad():  # weight (cin, cout, pt, ph, pw) -> rows (cout, pt, ph, pw)
+            layer.proj.weight.copy_(conv.weight.reshape(conv.in_channels, -1).t())
+            if conv.bias is not None:
+                layer.proj.bias.copy_(conv.bias.repeat_interleave(k))
+        return layer.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution."""
+        b, _, s, hp, wp = x.shape
+        pt, ph, pw = self.patch
+        y = self.proj(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
+        y = y.reshape(b, s, hp, wp, self.out_channels, pt, ph, pw)
+        return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.out_channels, s * pt, hp * ph,
+                                                         wp * pw)
+
+
+def linearize(model: nn.Module) -> list[str]:
+    """Replace every patch convolution of `model` (in place) by its nn.Linear equivalent; returns
+    the names of the replaced modules. Other convolutions are left alone."""
+    replaced = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not _is_patch_conv(child):
+                continue
+            kind = PatchEmbed3d if isinstance(child, nn.Conv3d) else PatchUnembed3d
+            new = kind.from_conv(child)
+            setattr(module, child_name, new)
+            replaced.append(f"{name}.{child_name}" if name else child_name)
+    return replaced

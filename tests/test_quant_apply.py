@@ -1,0 +1,153 @@
+"""Applying a precision plan to a whole model: patch convs as GEMMs, roles, schedule, save/load."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast import model_io
+from framecast.models import create
+from framecast.models.vblt import VBLT
+from framecast.quant.apply import (
+    layer_roles,
+    precision_counts,
+    quantize_model,
+    state_bytes,
+)
+from framecast.quant.gemm_form import PatchEmbed3d, PatchUnembed3d, linearize
+from framecast.quant.int8 import HalfLinear, Int8Linear, dequantize, quantize_asymmetric
+from framecast.quant.plan import PlanEntry, Precision, plan_records
+from framecast.quant.schedule import QuantConfig, progressive_quantize
+
+
+def test_patch_convolutions_become_exactly_equivalent_linears():
+    torch.manual_seed(0)
+    conv = nn.Conv3d(5, 7, (2, 3, 4), stride=(2, 3, 4))
+    x = torch.randn(2, 5, 4, 6, 8)
+    assert torch.allclose(PatchEmbed3d.from_conv(conv)(x), conv(x), atol=1e-5)
+    up = nn.ConvTranspose3d(7, 3, (2, 3, 4), stride=(2, 3, 4))
+    z = torch.randn(2, 7, 2, 2, 2)
+    assert torch.allclose(PatchUnembed3d.from_conv(up)(z), up(z), atol=1e-5)
+
+
+def test_linearize_leaves_other_convolutions_and_the_outputs_unchanged():
+    torch.manual_seed(1)
+    model = create("vblt", "tiny").eval()
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(video)
+        replaced = linearize(model)
+        after = model(video)
+    assert sorted(replaced) == ["decoder.upsample", "encoder.patch_conv"]
+    assert isinstance(model.encoder.frame_conv, nn.Conv3d)  # 3x3 with padding: not a GEMM
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_roles_come_from_the_module_holding_each_linear():
+    model = create("vblt", "tiny")
+    linearize(model)
+    roles = layer_roles(model)
+    assert roles["blocks.0.mlp.fc"] == roles["decoder.blocks.0.mlp.proj"] == "mlp"
+    assert roles["blocks.0.attn.out"] == roles["decoder.blocks.0.cross.out"] == "attn_out"
+    assert roles["blocks.0.attn.q"] == roles["encoder.blocks.0.attn.kv"] == "qkv"
+    assert roles["decoder.head"] == roles["encoder.patch_conv.proj"] == "embed_head"
+    assert set(roles.values()) == {"mlp", "attn_out", "qkv", "embed_head"}
+
+
+def test_asymmetric_int8_linear_is_an_integer_gemm_equal_to_its_float_reference():
+    torch.manual_seed(2)
+    linear = nn.Linear(40, 24)
+    x = torch.rand(3, 11, 40) * 4.0 + 1.0  # one-sided activations, as after a GELU
+    layer = Int8Linear.from_float(linear, asymmetric=True)
+    assert layer.weight_q.dtype == torch.int8
+    wq, ws, wz = quantize_asymmetric(linear.weight.detach(), dim=1)
+    xq, xs, xz = quantize_asymmetric(x.reshape(-1, 40), dim=1)
+    reference = F.linear(dequantize(xq, xs, xz), dequantize(wq, ws, wz), linear.bias)
+    assert torch.allclose(layer(x).reshape(-1, 24), reference, atol=1e-4)
+    fp32 = linear(x)
+    assert (layer(x) - fp32).norm() / fp32.norm() < 0.02
+
+
+def test_half_linear_stores_fp16_and_stays_close():
+    linear = nn.Linear(16, 8)
+    layer = HalfLinear.from_float(linear)
+    assert layer.weight_h.dtype == torch.float16
+    x = torch.randn(4, 16)
+    assert torch.allclose(layer(x), linear(x), atol=1e-2)
+
+
+def _plan(model: nn.Module, precisions) -> list[PlanEntry]:
+    names = sorted(layer_roles(model))
+    pairs = zip(names, precisions, strict=False)  # precisions: an endless cycle
+    return [PlanEntry(n, float(i), p) for i, (n, p) in enumerate(pairs)]
+
+
+def test_a_quantized_model_saves_reloads_and_gives_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    model = create("vblt", "tiny").eval()
+    linearize(model)
+    plan = _plan(model, itertools.cycle([Precision.INT8, Precision.INT8_ASYM, Precision.FP16]))
+    quantize_model(model, plan)
+    counts = precision_counts(model)
+    assert counts["int8"] and counts["int8_asym"] and counts["fp16"] and "fp32" not in counts
+    model_io.save_model(tmp_path, model, "vblt", extra={"quant_plan": plan_records(plan)})
+    state = torch.load(tmp_path / model_io.WEIGHTS, weights_only=True)  # tensors only
+    assert any(t.dtype == torch.int8 for t in state.values())
+    again = model_io.load_model(tmp_path)
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(again(video), model(video))
+
+
+def test_all_int8_small_model_is_about_four_times_smaller():
+    model = create("vblt", "small")
+    size = state_bytes(model)
+    linearize(model)
+    quantize_model(model, _plan(model, itertools.repeat(Precision.INT8)))
+    assert 3.5 < size / state_bytes(model) < 4.0
+
+
+def _batches(videos: torch.Tensor):
+    while True:
+        yield from videos.split(4)
+
+
+def test_progressive_schedule_falls_back_when_a_stage_costs_too_much():
+    torch.manual_seed(4)
+    model = create("vblt", "tiny")
+    videos = torch.randint(0, 256, (8, 4, 16, 16, 1), dtype=torch.uint8)
+    # A negative tolerance: every stage "costs too much", so every stage falls back.
+    cfg = QuantConfig(tau_psnr_db=-100.0, max_fallbacks=2, stage_steps=1, final_steps=1,
+                      calib_batches=1, tau_low_quantile=1.0, tau_high_quantile=1.0)
+    logs = []
+    result = progressive_quantize(model, _batches(videos), videos[:4].numpy(), cfg, logs.append)
+    assert [row["stage"] for row in result.history] == ["mlp", "attn_out", "qkv", "embed_head",
+                                                       "final"]
+    assert all(row["fallbacks"] >= 1 for row in result.history[:-1])
+    assert all(e.precision is Precision.INT8 for e in result.plan) is False
+    assert sum(e.precision is not Precision.INT8 for e in result.plan) >= 4  # one per stage
+    assert isinstance(result.model, VBLT)
+    deployed = precision_counts(result.model)
+    assert sum(deployed.values()) == len(result.plan) and "fp32" not in deployed
+    assert any("fall-back" in line for line in logs)
+
+
+def test_schedule_without_fallbacks_keeps_the_thresholds_plan():
+    torch.manual_seed(5)
+    model = create("vblt", "tiny")
+    videos = torch.randint(0, 256, (8, 4, 16, 16, 1), dtype=torch.uint8)
+    cfg = QuantConfig(tau_psnr_db=100.0, stage_steps=1, final_steps=0, calib_batches=1,
+                      tau_low=0.0, tau_high=1e9)  # S > 0 everywhere: all int8 asymmetric
+    result = progressive_quantize(model, _batches(videos), videos[:4].numpy(), cfg, lambda _: 0)
+    assert {e.precision for e in result.plan} == {Precision.INT8_ASYM}
+    assert result.thresholds == (0.0, 1e9)
+
+
+@pytest.mark.parametrize("kwargs", [{"tau_low": 2.0, "tau_high": 1.0},
+                                    {"tau_low_quantile": 0.9, "tau_high_quantile": 0.5},
+                                    {"calib_batches": 0}])
+def test_bad_schedule_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        QuantConfig(**kwargs)
