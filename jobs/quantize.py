@@ -1,0 +1,191 @@
+"""Quantize a logged model to mixed-precision W8A8 (VQ-ViT) and register it for serving.
+
+    python -m jobs.quantize --model vblt-2d --data data/2d-demo-s0
+    python -m jobs.quantize --model <run id> --data DIR --tau-low 0.01 --tau-high 0.05
+
+The schedule (framecast.quant.schedule): sensitivity S(W) of every linear layer (patch
+convolutions included) on train batches, a plan from the thresholds (int8 / int8 asymmetric /
+fp16), then stage by stage MLP -> attention output -> Q/K/V -> embeddings/head with a short
+calibration fine-tune each and a fall-back to higher precision when a stage costs more than
+--tau-psnr-db on val sequences; a final fine-tune; int8 weights frozen for real.
+
+Reports, prints and logs to MLflow: compression ratio bytes(fp32) / bytes(quantized), speed-up
+latency(fp32) / latency(quantized) at batch 1 and 8, and the quality change on the test split
+(MSE / PSNR / SSIM, cross-entropy, KL from the fp32 distributions). Registers the quantized model
+(default name <model>-<kind>-int8) with alias `candidate`, linked to the fp32 model's run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from framecast.config import ConfigError, flat_params
+from framecast.quant.schedule import QuantConfig
+from jobs.common import log_prediction_figure, run_job
+
+
+@dataclass(frozen=True)
+class QuantizeJobConfig(QuantConfig):
+    model: str = field(default="", metadata={
+        "help": "the fp32 model: run id, runs:/ or models:/ URI, registered name[@alias] "
+                "(required)"})
+    data: str = field(default="", metadata={"help": "data set folder (required)"})
+    batch_size: int = field(default=8, metadata={"help": "fine-tune and evaluation batch size"})
+    eval_sequences: int = field(default=16, metadata={
+        "help": "val sequences that decide fall-backs during the schedule"})
+    test_sequences: int = field(default=0, metadata={
+        "help": "test sequences for the final report (0: the whole split)"})
+    latency_repeats: int = field(default=5, metadata={"help": "timed forward passes per size"})
+    register: str = field(default="", metadata={
+        "help": "registered name (default: <model>-<kind>-int8); 'none' to skip"})
+    alias: str = field(default="candidate", metadata={"help": "alias for the new version"})
+    experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
+    seed: int = field(default=0, metadata={"help": "calibration batch order"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model or not self.data:
+            raise ConfigError("--model and --data are required")
+        if min(self.batch_size, self.eval_sequences, self.latency_repeats) <= 0 or \
+                self.test_sequences < 0:
+            raise ConfigError("batch_size, eval_sequences and latency_repeats must be positive, "
+                              "test_sequences >= 0")
+
+
+def shuffled_batches(videos: np.ndarray, batch_size: int, seed: int) -> Iterator:
+    """Endless uint8 tensor batches, reshuffled every pass."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(videos))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield torch.from_numpy(videos[np.sort(order[start:start + batch_size])])
+
+
+def report_table(values: dict[str, float]) -> str:
+    rows = [("size (MB)", values["bytes_fp32"] / 1e6, values["bytes_quant"] / 1e6,
+             f"{values['size_ratio']:.2f}x smaller"),
+            ("latency b1 (ms)", values["latency_ms_fp32_b1"], values["latency_ms_quant_b1"],
+             f"{values['speedup_b1']:.2f}x faster"),
+            ("latency b8 (ms)", values["latency_ms_fp32_b8"], values["latency_ms_quant_b8"],
+             f"{values['speedup_b8']:.2f}x faster"),
+            ("PSNR (dB)", values["psnr_fp32"], values["psnr_quant"],
+             f"{-values['psnr_drop_db']:+.3f} dB"),
+            ("SSIM", values["ssim_fp32"], values["ssim_quant"], f"{-values['ssim_drop']:+.4f}"),
+            ("MSE", values["mse_fp32"], values["mse_quant"], f"{values['mse_increase']:+.5f}"),
+            ("cross-entropy (nats)", values["cross_entropy_fp32"], values["cross_entropy_quant"],
+             f"{values['cross_entropy_increase']:+.4f}")]
+    lines = [f"{'':22s} {'fp32':>10s} {'quantized':>10s}  change",
+             *(f"{name:22s} {a:10.4g} {b:10.4g}  {change}" for name, a, b, change in rows),
+             f"KL(fp32 || quantized) per byte: {values['kl_fp32_quant']:.5f} nats"]
+    return "\n".join(lines)
+
+
+def quantize(config: QuantizeJobConfig) -> dict:
+    import mlflow
+
+    from framecast import data as fdata
+    from framecast import model_io, tracking, viz
+    from framecast.quant import compare
+    from framecast.quant.apply import precision_counts
+    from framecast.quant.plan import format_plan, plan_records
+    from framecast.quant.schedule import progressive_quantize
+
+    manifest = fdata.read_manifest(config.data)
+    tracking.use_experiment(config.experiment)
+    try:
+        fp32, meta = model_io.load_logged_model(config.model)
+        fp32_run = model_io.source_run_id(config.model)
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"--model {config.model!r} not found in MLflow "
+                         f"({tracking.default_tracking_uri()}): {err.message[:200]}") from None
+    if meta.get("quant_plan"):
+        raise ConfigError(f"--model {config.model!r} is already quantized; give the fp32 model")
+    if fp32.cfg.channels != manifest.config.channels:
+        raise ConfigError(f"the model reads {fp32.cfg.channels} channel(s), the data set has "
+                          f"{manifest.config.channels}")
+    train, _ = fdata.load_numpy(config.data, "train")
+    val, _ = fdata.load_numpy(config.data, "val")
+    test, _ = fdata.load_numpy(config.data, "test")
+    if len(train) < config.batch_size or not len(test):
+        raise ConfigError(f"{config.data}: needs >= {config.batch_size} train sequences and a "
+                          f"non-empty test split")
+    val = (val if len(val) else test)[:config.eval_sequences]
+    test = test[:config.test_sequences] if config.test_sequences else test
+    register = None if config.register == "none" else (
+        config.register or f"{meta['name']}-{manifest.config.kind}-int8")
+
+    print(f"quantize: {meta['name']} from {config.model} (run {fp32_run}); calibrating on "
+          f"{len(train)} train sequences of {config.data}")
+    with tracking.start_run(run_name=f"quantize-{meta['name']}-{manifest.config.kind}") as run:
+        mlflow.set_tags({"framecast.job": "quantize", "framecast.model_ref": config.model,
+                         "framecast.fp32_run_id": fp32_run or ""})
+        tracking.log_params(flat_params(config))
+        result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
+            train, config.batch_size, config.seed), val, config)
+        quant = result.model
+        values = {**compare.compression(fp32, quant),
+                  **compare.speedups(fp32, quant, test, (1, 8), config.latency_repeats),
+                  **compare.quality(fp32, quant, test, config.batch_size)}
+        print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}")
+        print(report_table(values))
+        mlflow.log_metrics(values)
+        for i, row in enumerate(result.history):
+            mlflow.log_metric("stage_psnr_drop_db", row["psnr_drop_db"], step=i)
+        records = plan_records(result.plan)
+        tracking.log_file_bytes(json.dumps(records, indent=1).encode(), "quantization",
+                                "plan.json")
+        tracking.log_file_bytes(format_plan(result.plan).encode(), "quantization", "plan.txt")
+        tracking.log_file_bytes(json.dumps(result.history, indent=1).encode(), "quantization",
+                                "stages.json")
+        tracking.log_file_bytes(viz.plan_figure(
+            [e.layer for e in result.plan], [e.sensitivity for e in result.plan],
+            [e.precision.value for e in result.plan], result.thresholds,
+            title=f"{meta['name']} quantization plan"), "figures", "plan.png")
+        log_prediction_figure(quant, test[0], title="quantized")
+        extra = {k: meta[k] for k in ("preset", "data", "frame_shape", "step") if k in meta}
+        extra.update({"precision": "w8a8", "quant_plan": records, "fp32_run_id": fp32_run,
+                      "fp32_model": config.model})
+        info = model_io.log_model(quant, meta["name"], registered_name=register, extra=extra)
+        if register:
+            link_version(register, info.registered_model_version, config.alias, fp32_run,
+                         config.model, values)
+    print(f"quantize: MLflow run {run.info.run_id}; model {info.model_uri}"
+          + (f" registered as {register} v{info.registered_model_version} "
+             f"@{config.alias}" if register else ""))
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "registered": register,
+            "model": quant,
+            "version": info.registered_model_version, "metrics": values, "plan": result.plan,
+            "history": result.history}
+
+
+def link_version(name: str, version: str | int, alias: str, fp32_run: str | None,
+                 fp32_ref: str, values: dict[str, float]) -> None:
+    """Alias the new version and tie it to the fp32 model it came from."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, alias, str(version))
+    tags = {"precision": "w8a8", "fp32_model": fp32_ref, "fp32_run_id": fp32_run or "",
+            "size_ratio": f"{values['size_ratio']:.3f}",
+            "psnr_drop_db": f"{values['psnr_drop_db']:.4f}"}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    client.update_model_version(name, str(version), description=(
+        f"Mixed-precision W8A8 of {fp32_ref} (fp32 run {fp32_run}): "
+        f"{values['size_ratio']:.2f}x smaller, PSNR change {-values['psnr_drop_db']:+.3f} dB."))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("quantize", QuantizeJobConfig, quantize, argv, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

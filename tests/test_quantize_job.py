@@ -1,0 +1,76 @@
+"""The quantize job end to end on a tiny model: MLflow run, registry version, alias, reload."""
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from test_data import write_dataset
+
+from framecast import model_io, tracking
+from framecast.models import create
+from framecast.quant.int8 import Int8Linear
+from framecast.render.spec import RenderConfig
+from jobs.quantize import QuantizeJobConfig, main, quantize
+
+TINY_DATA = RenderConfig(kind="2d", num_sequences=20, frames=4, size=16, val_fraction=0.2,
+                         test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    """A data set and a registered tiny fp32 model (untrained: quantization does not care)."""
+    data = tmp_path_factory.mktemp("quant") / "data"
+    write_dataset(data, TINY_DATA)
+    torch.manual_seed(0)
+    tracking.use_experiment("test-quantize")
+    with mlflow.start_run() as run:
+        model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="vblt-2d",
+                           extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
+    return data, run.info.run_id
+
+
+def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_model):
+    data, fp32_run = fp32_model
+    out = quantize(QuantizeJobConfig(model="vblt-2d", data=str(data), batch_size=4,
+                                     eval_sequences=4, stage_steps=1, final_steps=1,
+                                     calib_batches=1, latency_repeats=1,
+                                     experiment="test-quantize"))
+    values = out["metrics"]
+    assert values["size_ratio"] > 2.0  # tiny: small matrices, so scales and norms weigh more
+    for key in ("speedup_b1", "speedup_b8", "psnr_drop_db", "ssim_drop", "kl_fp32_quant",
+                "cross_entropy_increase"):
+        assert np.isfinite(values[key])
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("vblt-2d-int8", "candidate")
+    assert str(version.version) == str(out["version"])
+    assert version.tags["fp32_run_id"] == fp32_run
+    run = client.get_run(out["run_id"])
+    assert run.data.tags["framecast.fp32_run_id"] == fp32_run
+    assert run.data.metrics["size_ratio"] == pytest.approx(values["size_ratio"])
+    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "quantization")}
+    assert {"quantization/plan.json", "quantization/stages.json"} <= artifacts
+
+    model, meta = model_io.load_logged_model("vblt-2d-int8@candidate")
+    assert meta["precision"] == "w8a8" and meta["frame_shape"] == [4, 16, 16, 1]
+    assert any(isinstance(m, Int8Linear) for m in model.modules())
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model(video), out["model"](video))
+
+
+def test_quantizing_a_quantized_model_or_a_missing_one_exits_2(fp32_model, capsys):
+    data, _ = fp32_model
+    if not mlflow.MlflowClient().search_model_versions("name='vblt-2d-int8'"):
+        pytest.skip("needs the registered int8 model of the test above")
+    assert main(["--model", "vblt-2d-int8@candidate", "--data", str(data)]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main(["--model", "no-such-model", "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-model" in err[0]
+
+
+def test_bad_quantize_flags_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m", "--data", "d", "--tau-low", "3", "--tau-high", "1"])
+    assert exc.value.code == 2
+    assert "tau_low" in capsys.readouterr().err
