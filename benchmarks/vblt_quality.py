@@ -15,30 +15,21 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
+from benchmarks.lib.trained import render_and_train  # noqa: E402
 
 
 def run_kind(kind: str, args: argparse.Namespace, root: Path) -> dict[str, float]:
     from framecast import data as fdata
     from framecast.model_io import load_logged_model
     from framecast.predict import evaluate, flat_summary
-    from jobs.render import RenderJobConfig, render
-    from jobs.train import TrainJobConfig, train
 
-    data = render(RenderJobConfig(kind=kind, num_sequences=args.sequences, frames=12,
-                                  size=args.size, out=str(root / kind), mlflow=False)).out
-    start = time.perf_counter()
-    trained = train(TrainJobConfig(
-        data=str(data), preset="small", steps=args.steps, batch_size=8, workers=1,
-        checkpoint_every=max(args.steps // 2, 1), log_every=50, eval_every=args.steps,
-        eval_sequences=8, storage=str(root / "ray"), register="none",
-        experiment="framecast-benchmarks"))
-    seconds = time.perf_counter() - start
+    data, trained, seconds = render_and_train(kind, sequences=args.sequences, size=args.size,
+                                              steps=args.steps, root=root)
     model, _ = load_logged_model(trained["model_uri"])
     test, _ = fdata.load_numpy(data, "test")
     summary = flat_summary(evaluate(model, test), prefix="")

@@ -4,8 +4,9 @@
     ray job submit --working-dir . -- python -m jobs.pipeline --preset paper --data-dir /shared/data
 
 Stages so far: render the 2D-triangle and 3D-polycube data sets (reused when already there), train
-V-BLT on each with Ray Train, evaluate it on the test split against copy-last-frame. Every stage
-logs a child run under one MLflow parent run.
+V-BLT on each with Ray Train, evaluate it on the test split against copy-last-frame, quantize it to
+mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`). Every
+stage logs a child run under one MLflow parent run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal
 from framecast.config import ConfigError, flat_params, project_home
 from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
+from jobs.quantize import QuantizeJobConfig, quantize
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, train
 
@@ -25,10 +27,12 @@ from jobs.train import TrainJobConfig, train
 # paper: 12 frames of 64x64 and the paper's model (its data set size is not given; 10k is ours).
 PRESETS = {
     "demo": {"render": {"num_sequences": 240, "frames": 12, "size": 32},
-             "train": {"preset": "small", "steps": 120, "batch_size": 8, "checkpoint_every": 60}},
+             "train": {"preset": "small", "steps": 120, "batch_size": 8, "checkpoint_every": 60},
+             "quantize": {"stage_steps": 10, "final_steps": 20}},
     "paper": {"render": {"num_sequences": 10_000, "frames": 12, "size": 64},
               "train": {"preset": "paper", "steps": 20_000, "batch_size": 16,
-                        "checkpoint_every": 1000, "lr": 1e-3}},
+                        "checkpoint_every": 1000, "lr": 1e-3},
+              "quantize": {"stage_steps": 100, "final_steps": 300, "batch_size": 16}},
 }
 
 
@@ -99,6 +103,14 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             summary = evaluated["summary"]
             mlflow.log_metrics({f"{kind}_test_psnr": summary["test_psnr"],
                                 f"{kind}_test_psnr_copy_last": summary["test_psnr_copy_last"]})
+            quantized = quantize(QuantizeJobConfig(
+                model=trained["model_uri"], data=str(result.out), seed=config.seed,
+                experiment=config.experiment, **PRESETS[config.preset]["quantize"]))
+            done[f"quantize-{kind}"] = (f"{quantized['run_id']} -> {quantized['registered']}"
+                                        f" v{quantized['version']}")
+            mlflow.log_metrics({f"{kind}_{k}": quantized["metrics"][k]
+                                for k in ("size_ratio", "speedup_b1", "speedup_b8",
+                                          "psnr_drop_db")})
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")

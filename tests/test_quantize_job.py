@@ -24,13 +24,22 @@ def fp32_model(tmp_path_factory):
     torch.manual_seed(0)
     tracking.use_experiment("test-quantize")
     with mlflow.start_run() as run:
-        model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="vblt-2d",
-                           extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
-    return data, run.info.run_id
+        info = model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="vblt-2d",
+                                  extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
+    mlflow.MlflowClient().set_registered_model_alias("vblt-2d", "champion",
+                                                     info.registered_model_version)
+    return data, run.info.run_id, info.model_uri
+
+
+def test_every_kind_of_model_reference_leads_back_to_its_run(fp32_model):
+    _, run_id, uri = fp32_model
+    for ref in (run_id, f"runs:/{run_id}/model", uri, "vblt-2d", "vblt-2d@champion",
+                "models:/vblt-2d/1"):
+        assert model_io.source_run_id(ref) == run_id, ref
 
 
 def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_model):
-    data, fp32_run = fp32_model
+    data, fp32_run, _ = fp32_model
     out = quantize(QuantizeJobConfig(model="vblt-2d", data=str(data), batch_size=4,
                                      eval_sequences=4, stage_steps=1, final_steps=1,
                                      calib_batches=1, latency_repeats=1,
@@ -59,7 +68,7 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
 
 
 def test_quantizing_a_quantized_model_or_a_missing_one_exits_2(fp32_model, capsys):
-    data, _ = fp32_model
+    data, _, _ = fp32_model
     if not mlflow.MlflowClient().search_model_versions("name='vblt-2d-int8'"):
         pytest.skip("needs the registered int8 model of the test above")
     assert main(["--model", "vblt-2d-int8@candidate", "--data", str(data)]) == 2

@@ -103,7 +103,10 @@ def source_run_id(ref: str) -> str | None:
     uri = resolve_model_uri(ref)
     if uri.startswith("runs:/"):
         return uri.removeprefix("runs:/").split("/")[0]
-    name, _, rest = uri.removeprefix("models:/").partition("@")
+    body = uri.removeprefix("models:/")
+    if body.startswith("m-") and not any(c in body for c in "/@"):  # MLflow 3 logged-model id
+        return mlflow.get_logged_model(body).source_run_id
+    name, _, rest = body.partition("@")
     client = mlflow.MlflowClient()
     if rest == "latest":
         versions = client.search_model_versions(f"name='{name}'")
