@@ -42,6 +42,27 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None =
     return ((q.float() - zero) if zero is not None else q.float()) * scale
 
 
+def row_std(x: torch.Tensor) -> torch.Tensor:
+    """Unbiased std of each row of a 2-D tensor, (rows, 1), from two fast reductions: on this CPU
+    torch.std along rows is ~25x slower than a norm plus a mean."""
+    n = x.shape[1]
+    mean = x.mean(dim=1, keepdim=True)
+    sq = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).square_()
+    return ((sq - n * mean.square()) / max(n - 1, 1)).clamp_min_(0.0).sqrt_()
+
+
+def quantize_tokens_asymmetric(x: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token asymmetric int8 of a 2-D activation: the same values as `quantize_asymmetric`
+    along dim 1, in fewer passes (two reductions, one fused multiply-add, in-place rest)."""
+    lo = x.amin(dim=1, keepdim=True).clamp_max_(0.0)
+    hi = x.amax(dim=1, keepdim=True).clamp_min_(0.0)
+    scale = ((hi - lo) / 255.0).clamp_min_(1e-8)
+    zero = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
+    q = torch.addcmul(zero, x, scale.reciprocal()).round_().clamp_(-128, 127)
+    return q.to(torch.int8), scale, zero
+
+
 def quantize_tokens(x: torch.Tensor, delta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8 of a 2-D activation (tokens, features) in few passes: the hot
     path of every W8A8 layer. With delta != 0 the scale is (max|x| + delta * std(x)) / 127 (VQ-ViT's
@@ -49,7 +70,7 @@ def quantize_tokens(x: torch.Tensor, delta: float = 0.0) -> tuple[torch.Tensor, 
     # amax and amin as two reductions: ~10x faster than aminmax or abs().amax on this CPU.
     amax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
     if delta:
-        amax = amax + delta * x.std(dim=1, keepdim=True)
+        amax = amax + delta * row_std(x)
     amax = amax.float().clamp_min_(1e-8)
     q = (x * (QMAX / amax)).round_()
     if delta:
@@ -119,19 +140,22 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
         if self.asymmetric:
-            xq, xs, xz = quantize_asymmetric(x2, dim=1)
-            xz = xz.int()
-            acc = _int8_matmul(xq, self.weight_q.t())
-            rowsum = xq.sum(dim=1, keepdim=True, dtype=torch.int32)
-            acc -= (rowsum - self.in_features * xz) * self.weight_zero + xz * self.weight_colsum
+            xq, xs, xz = quantize_tokens_asymmetric(x2)
         else:
             xq, xs = quantize_tokens(x2, self._delta)
-            acc = _int8_matmul(xq, self.weight_q.t())  # (tokens, out) int32
+        acc = _int8_matmul(xq, self.weight_q.t())  # (tokens, out) int32
         # Rescale in the accumulator's own memory: int32 -> float32 in place (same width), then
         # in-place multiplies. On a CPU, allocating a fresh (tokens, out) tensor costs more than
         # the arithmetic (page faults), so the int8 path allocates no more than F.linear does.
         y = acc.view(torch.float32)
         y.copy_(acc)
+        if self.asymmetric:
+            # (x_q - z_x).(W_q - z_w) = x_q.W_q - (rowsum(x_q) - K z_x) z_w - z_x colsum(W_q): the
+            # correction is rank 2, one small GEMM into the accumulator (exact below 2^24).
+            rowsum = xq.sum(dim=1, keepdim=True, dtype=torch.int32).float()
+            left = torch.cat([rowsum - self.in_features * xz, xz], dim=1)  # (tokens, 2)
+            right = torch.stack([self.weight_zero.float(), self.weight_colsum.float()])
+            y.addmm_(left, right, alpha=-1.0)
         y.mul_(xs).mul_(self.weight_scale)
         if self.bias is not None:
             y.add_(self.bias)
