@@ -25,7 +25,13 @@ from jobs.train import TrainJobConfig, train
 
 # Scale per preset. demo: 32x32 frames (the 256-way output per pixel makes 64x64 slow on a CPU).
 # paper: 12 frames of 64x64 and the paper's model (its data set size is not given; 10k is ours).
+# smoke: seconds per stage, to check the wiring (tests, a new cluster).
 PRESETS = {
+    "smoke": {"render": {"num_sequences": 24, "frames": 4, "size": 16},
+              "train": {"preset": "tiny", "steps": 4, "batch_size": 4, "checkpoint_every": 4,
+                        "log_every": 2, "eval_sequences": 4},
+              "quantize": {"stage_steps": 1, "final_steps": 1, "batch_size": 4,
+                           "eval_sequences": 4, "calib_batches": 1, "latency_repeats": 1}},
     "demo": {"render": {"num_sequences": 240, "frames": 12, "size": 32},
              "train": {"preset": "small", "steps": 120, "batch_size": 8, "checkpoint_every": 60},
              "quantize": {"stage_steps": 10, "final_steps": 20}},
@@ -38,8 +44,9 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    preset: Literal["demo", "paper"] = field(
-        default="demo", metadata={"help": "scale: demo (minutes on 2 CPU cores) or paper"})
+    preset: Literal["demo", "paper", "smoke"] = field(
+        default="demo", metadata={"help": "scale: demo (minutes on 2 CPU cores), paper (the "
+                                          "paper's sizes, for GPUs) or smoke (seconds: wiring)"})
     data_dir: str = field(default="", metadata={
         "help": "where the data sets are written (default: $FRAMECAST_HOME/data)"})
     workers: int = field(default=2, metadata={"help": "Ray Data rendering actors"})
@@ -76,6 +83,68 @@ def train_config(config: PipelineConfig, data: Path, parent_run_id: str) -> Trai
         name=f"vblt-{data.name}-{parent_run_id[:8]}", **preset)
 
 
+def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
+               done: dict[str, str]) -> dict:
+    """Train, evaluate and quantize on one data set; each stage is reused when a FINISHED run
+    with the same inputs exists. Returns the quantize stage's registered model and metrics."""
+    import mlflow
+
+    from framecast import tracking
+    from framecast.config import to_dict
+
+    kind, data = kind_result.manifest.config.kind, str(kind_result.out)
+    checksums = kind_result.manifest.checksums
+    exp = config.experiment
+
+    train_cfg = train_config(config, kind_result.out, parent_run_id)
+    key = tracking.stage_key("train", config={k: v for k, v in to_dict(train_cfg).items()
+                                              if k not in ("name", "experiment")},
+                             data=checksums)
+    if run := tracking.finished_stage(key, exp):
+        model_uri = run.data.tags["framecast.model_uri"]
+        done[f"train-{kind}"] = f"reused {run.info.run_id}"
+        print(f"pipeline: train-{kind}: reusing finished run {run.info.run_id}")
+    else:
+        trained = train(train_cfg)
+        model_uri = trained["model_uri"]
+        tracking.mark_stage(trained["run_id"], key, **{"framecast.model_uri": model_uri})
+        done[f"train-{kind}"] = trained["run_id"]
+
+    key = tracking.stage_key("evaluate", model=model_uri, data=checksums, split="test")
+    if run := tracking.finished_stage(key, exp):
+        summary = run.data.metrics
+        done[f"evaluate-{kind}"] = f"reused {run.info.run_id}"
+        print(f"pipeline: evaluate-{kind}: reusing finished run {run.info.run_id}")
+    else:
+        evaluated = evaluate_job(EvaluateConfig(model=model_uri, data=data, split="test",
+                                                experiment=exp))
+        summary = evaluated["summary"]
+        tracking.mark_stage(evaluated["run_id"], key)
+        done[f"evaluate-{kind}"] = evaluated["run_id"]
+    mlflow.log_metrics({f"{kind}_test_psnr": summary["test_psnr"],
+                        f"{kind}_test_psnr_copy_last": summary["test_psnr_copy_last"]})
+
+    quant_cfg = QuantizeJobConfig(model=model_uri, data=data, seed=config.seed, experiment=exp,
+                                  **PRESETS[config.preset]["quantize"])
+    key = tracking.stage_key("quantize", config={k: v for k, v in to_dict(quant_cfg).items()
+                                                 if k != "experiment"}, data=checksums)
+    if run := tracking.finished_stage(key, exp):
+        registered, version = run.data.tags["framecast.registered"].rsplit(":", 1)
+        values = run.data.metrics
+        done[f"quantize-{kind}"] = f"reused {run.info.run_id} -> {registered} v{version}"
+        print(f"pipeline: quantize-{kind}: reusing finished run {run.info.run_id}")
+    else:
+        quantized = quantize(quant_cfg)
+        registered, version, values = (quantized["registered"], quantized["version"],
+                                       quantized["metrics"])
+        tracking.mark_stage(quantized["run_id"], key,
+                            **{"framecast.registered": f"{registered}:{version}"})
+        done[f"quantize-{kind}"] = f"{quantized['run_id']} -> {registered} v{version}"
+    mlflow.log_metrics({f"{kind}_{k}": values[k]
+                        for k in ("size_ratio", "speedup_b1", "speedup_b8", "psnr_drop_db")})
+    return {"registered": registered, "version": version, "metrics": values}
+
+
 def pipeline(config: PipelineConfig) -> dict[str, str]:
     """Run every stage under one MLflow parent run; returns {stage: child run id or note}."""
     import mlflow
@@ -94,23 +163,7 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             result = render(render_config)
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
-            trained = train(train_config(config, result.out, parent.info.run_id))
-            done[f"train-{kind}"] = trained["run_id"]
-            evaluated = evaluate_job(EvaluateConfig(model=trained["model_uri"],
-                                                    data=str(result.out), split="test",
-                                                    experiment=config.experiment))
-            done[f"evaluate-{kind}"] = evaluated["run_id"]
-            summary = evaluated["summary"]
-            mlflow.log_metrics({f"{kind}_test_psnr": summary["test_psnr"],
-                                f"{kind}_test_psnr_copy_last": summary["test_psnr_copy_last"]})
-            quantized = quantize(QuantizeJobConfig(
-                model=trained["model_uri"], data=str(result.out), seed=config.seed,
-                experiment=config.experiment, **PRESETS[config.preset]["quantize"]))
-            done[f"quantize-{kind}"] = (f"{quantized['run_id']} -> {quantized['registered']}"
-                                        f" v{quantized['version']}")
-            mlflow.log_metrics({f"{kind}_{k}": quantized["metrics"][k]
-                                for k in ("size_ratio", "speedup_b1", "speedup_b8",
-                                          "psnr_drop_db")})
+            run_stages(config, result, parent.info.run_id, done)
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")

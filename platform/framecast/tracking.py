@@ -95,3 +95,32 @@ def parent_tags() -> dict[str, str]:
 
     active = mlflow.active_run()
     return {"mlflow.parentRunId": active.info.run_id} if active else {}
+
+
+def stage_key(stage: str, **inputs: Any) -> str:
+    """A short fingerprint of a pipeline stage and everything that determines its output."""
+    import hashlib
+    import json
+
+    text = json.dumps({"stage": stage, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def finished_stage(key: str, experiment: str) -> Any:
+    """The newest FINISHED run tagged with stage key `key` in `experiment`, or None."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[experiment], output_format="list", max_results=1,
+        filter_string=f"tags.`framecast.stage_key` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def mark_stage(run_id: str, key: str, **tags: str) -> None:
+    """Tag a finished stage's run so a rerun of the pipeline can find and reuse it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for name, value in {"framecast.stage_key": key, **tags}.items():
+        client.set_tag(run_id, name, str(value))
