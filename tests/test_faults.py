@@ -1,0 +1,25 @@
+"""Faults injected into real jobs (slow: run with `make test-slow`). Each test prints the figure
+it measured; benchmarks/fault_tolerance.py runs the same scenarios and records them."""
+
+import pytest
+
+from benchmarks.fault_tolerance import render_interrupt, train_worker_kill
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_killed_train_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+    got = train_worker_kill(tmp_path, steps=120, checkpoint_every=20, kill_after=50)
+    print(f"\ntrain worker SIGKILL at step {got['killed_at_step']}: {got['steps_lost']} steps "
+          f"recomputed, {got['recovery_s']:.1f} s to recover")
+    assert got["final_step"] == 120  # the run ends with the same number of steps
+    assert got["mlflow_runs"] == 1  # one MLflow run, continued
+    assert 0 <= got["steps_lost"] <= got["checkpoint_every"]  # at most one interval lost
+
+
+def test_an_interrupted_render_is_detected_and_redone(tmp_path):
+    got = render_interrupt(tmp_path, sequences=200)
+    print(f"\nrender SIGKILL: {got['partial_shards']} partial shards; rerun "
+          f"{got['rerun_s']:.1f} s")
+    assert got["partial_shards"] > 0 and not got["read_as_data_after_kill"]
+    assert got["detected"] and got["sequences_ok"] == 200 and got["staging_left"] == 0
