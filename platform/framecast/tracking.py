@@ -52,12 +52,16 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
 
 
 def ui_command() -> str:
-    """The command a user runs to browse the default store (with this Python's mlflow)."""
+    """The command a user runs to browse the default store (with this Python's mlflow), or the
+    server's address when the store is an MLflow server."""
     import sys
 
+    uri = default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
     local = Path(sys.executable).parent / "mlflow"
     command = local if local.exists() else "mlflow"
-    return f"{command} ui --backend-store-uri {default_tracking_uri()}"
+    return f"{command} ui --backend-store-uri {uri}"
 
 
 def log_image(image: np.ndarray, artifact_file: str) -> None:

@@ -1,0 +1,153 @@
+"""The cluster path end to end (slow): `ray start --head`, `mlflow server`, then every job through
+`ray job submit --working-dir .`, exactly as the README tells a user to."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtualenv's bin: ray, mlflow, python
+
+
+def free_port() -> int:
+    """A free port outside both the kernel's ephemeral range and Ray's worker ports (10002-
+    19999), where other Ray processes pick theirs: a port handed out here stays ours."""
+    while True:
+        port = random.randint(20000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def wait_for(check, what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """A Ray head on 127.0.0.1 and an MLflow server on SQLite, both stopped afterwards.
+
+    `ray start --block` in its own process group, so that stopping it stops this head only
+    (`ray stop` would stop every Ray on the machine)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    dashboard, gcs, mlflow_port = free_port(), free_port(), free_port()
+    temp_dir = Path("/tmp") / f"ray-fc-{os.getpid()}"  # Ray needs a short socket path
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
+         str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         "--num-cpus", "2", "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    server = subprocess.Popen(
+        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+         "--artifacts-destination", str(store / "artifacts")],
+        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
+        wait_for(lambda: http_ok(f"{address}/api/version"), "ray dashboard (job server)")
+        wait_for(lambda: http_ok(f"{tracking}/health"), "mlflow server")
+        yield {"address": address, "tracking": tracking, "env": env}
+    finally:
+        for proc in (server, head):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (server, head):
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(cluster: dict, *args: str, timeout: float = 600.0) -> str:
+    """`ray job submit --no-wait` a job, follow `ray job status` until it ends; returns its logs
+    (`ray job logs`). Fails the test when the job does not succeed."""
+    env_vars = {"MLFLOW_TRACKING_URI": cluster["tracking"], "RAY_AUTH_MODE": "disabled"}
+    base = [str(BIN / "ray"), "job"]
+    address = ["--address", cluster["address"]]
+    for _ in range(30):  # a fresh head's job agent takes a moment: "please try again later"
+        proc = subprocess.run(
+            [*base, "submit", *address, "--no-wait", "--working-dir", str(REPO),
+             "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m",
+             *args], env=cluster["env"], capture_output=True, text=True, timeout=300)
+        out = proc.stdout + proc.stderr
+        if "try again later" not in out:
+            break
+        time.sleep(2)
+    assert proc.returncode == 0, out[-2000:]
+    job_id = next(w.strip("'") for line in out.splitlines() for w in line.split()
+                  if w.strip("'").startswith("raysubmit_"))
+    deadline, status = time.time() + timeout, ""
+    while time.time() < deadline:
+        proc = subprocess.run([*base, "status", *address, job_id], env=cluster["env"],
+                              capture_output=True, text=True, timeout=60)
+        status = (proc.stdout + proc.stderr).lower()  # "job 'raysubmit_..' succeeded"
+        if any(f"{job_id.lower()}' {s}" in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(2)
+    logs = subprocess.run([*base, "logs", *address, job_id], env=cluster["env"],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert f"{job_id.lower()}' succeeded" in status, f"{args[0]}: {status[-500:]}\n{logs[-3000:]}"
+    return logs
+
+
+def test_every_job_runs_through_ray_job_submit(cluster, tmp_path):
+    import mlflow
+
+    data = tmp_path / "data"
+    logs = submit(cluster, "jobs.render", "--kind", "2d", "--num-sequences", "24", "--frames",
+                  "4", "--size", "16", "--workers", "1", "--out", str(data))
+    assert "render: wrote" in logs
+    logs = submit(cluster, "jobs.train", "--data", str(data), "--preset", "tiny", "--steps", "4",
+                  "--batch-size", "4", "--checkpoint-every", "4", "--log-every", "2",
+                  "--storage", str(tmp_path / "ray"), "--register", "fc-cluster")
+    assert "registered as fc-cluster" in logs
+    logs = submit(cluster, "jobs.evaluate", "--model", "fc-cluster", "--data", str(data))
+    assert "evaluate: logged MLflow run" in logs
+    logs = submit(cluster, "jobs.quantize", "--model", "fc-cluster", "--data", str(data),
+                  "--stage-steps", "1", "--final-steps", "1", "--batch-size", "4",
+                  "--calib-batches", "1", "--eval-sequences", "4", "--latency-repeats", "1",
+                  "--register", "fc-cluster-int8")
+    assert "registered as fc-cluster-int8" in logs
+
+    client = mlflow.MlflowClient(cluster["tracking"])
+    version = client.get_model_version_by_alias("fc-cluster-int8", "candidate")
+    assert version.tags["precision"] == "w8a8"
+    jobs = {r.data.tags.get("framecast.job") for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert {"render", "train", "evaluate", "quantize"} <= jobs
