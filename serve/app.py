@@ -1,0 +1,341 @@
+"""The HTTP front door (FastAPI behind Ray Serve) and the application builder.
+
+    serve run serve/config.yaml                         # or: serve deploy serve/config.yaml
+    python -m jobs.serve --model vblt-2d-int8 --alias candidate
+
+Routes (OpenAPI docs at /docs): GET /healthz, GET /v1/models, GET /v1/models/{name},
+POST /v1/models/{name}/predict, POST /v1/models/{name}/rollout. Models are addressed by their
+registered name and reached only through the common model interface, so any model family in the
+registry serves through the same routes. The ingress checks every request before it reaches a
+model (see serve/codec.py): bad input is a 4xx JSON error `{"error": code, "detail": line}`.
+This module has no `from __future__ import annotations`: Serve reads the builder's typed argument
+at run time.
+"""
+
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+
+from serve import codec
+from serve.codec import RequestError
+from serve.model_deployment import DEFAULT_BATCH, FrameModel
+
+MiB = 2**20
+INFO_TTL_S = 10.0  # how long the ingress trusts a model's input spec before asking again
+
+
+class ModelSpec(BaseModel):
+    """One registered model to serve, and its deployment's resources."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="registered model name; also its route and deployment name")
+    alias: str = Field("latest", description="registry alias; 'latest' = the newest version")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per replica")
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0, description="autoscaling target")
+    max_batch_size: int = Field(DEFAULT_BATCH["max_batch_size"], ge=1,
+                                description="dynamic batch size; 1 turns batching off")
+    batch_wait_timeout_s: float = Field(DEFAULT_BATCH["batch_wait_timeout_s"], ge=0)
+    torch_threads: int = Field(0, ge=0, description="torch threads per replica (0: Ray's)")
+
+
+class AppArgs(BaseModel):
+    """The builder's arguments (`args:` in serve/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[ModelSpec] = Field(
+        default_factory=lambda: [ModelSpec(name="vblt-2d-int8", alias="candidate")], min_length=1)
+    tracking_uri: str = Field("", description="MLflow store the replicas load from (default: "
+                                              "MLFLOW_TRACKING_URI or $FRAMECAST_HOME/mlruns)")
+    max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
+    max_context_frames: int = Field(0, ge=0, description="0: the training length minus a step")
+    max_future_frames: int = Field(32, ge=1, description="longest rollout")
+    ingress_cpus: float = Field(0.25, ge=0)
+
+
+class ModelInput(BaseModel):
+    height: int
+    width: int
+    channels: int
+    frames_per_step: int
+    max_context_frames: int
+    max_future_frames: int
+
+
+class Batching(BaseModel):
+    max_batch_size: int
+    batch_wait_timeout_s: float
+
+
+class ModelInfo(BaseModel):
+    name: str
+    alias: str
+    version: str
+    family: str
+    precision: str
+    preset: str | None
+    frame_shape: list[int]
+    input: ModelInput
+    batching: Batching
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class FramesResponse(BaseModel):
+    model: str
+    version: str
+    precision: str
+    context_frames: int
+    frames: list[str] = Field(description="predicted frames, base64 PNG")
+    entropy: list[str] = Field(description="per-pixel entropy maps, base64 PNG; a pixel p means "
+                                           "p * entropy_png_bits bits")
+    entropy_png_bits: float
+    mean_entropy_bits: list[float] = Field(description="mean entropy of each predicted frame")
+    batch_sizes: list[int] = Field(description="size of the dynamic batch of each model step")
+    timing_ms: dict[str, float]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422)}
+
+
+def _body_doc(schema: type[BaseModel]) -> dict[str, Any]:
+    """The request body in the OpenAPI docs: the route reads it raw, to take JSON or .npy."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema.model_json_schema()},
+        "application/x-npy": {"schema": {"type": "string", "format": "binary", "description":
+                                         "uint8 (T, H, W, C) array as np.save writes it; "
+                                         "answered with an .npz"}}}}}
+
+
+NPZ_DOC = {codec.NPZ_TYPE: {"schema": {"type": "string", "format": "binary", "description":
+                                       "frames uint8 (S, H, W, C), entropy float32 bits"}}}
+
+app = FastAPI(title="framecast", version="1",
+              description="Next-frame prediction with per-pixel uncertainty for the models in the "
+                          "framecast MLflow registry. Send context frames as base64 PNGs in JSON, "
+                          "or a uint8 .npy array; the answer comes back in the same family.")
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, err: RequestError) -> JSONResponse:
+    return _error(err.status, err.code, err.message)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5]]
+    return _error(422, "invalid_field", "; ".join(parts))
+
+
+@app.exception_handler(Exception)
+async def _internal_error(_: Request, err: Exception) -> JSONResponse:
+    """A bug, not bad input: still JSON, with the exception's type for the logs' reader."""
+    return _error(500, "internal", f"{type(err).__name__} (see the Serve logs)")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_: Request, err: HTTPException) -> JSONResponse:
+    return _error(err.status_code, "http_error", str(err.detail))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large",
+                           f"body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_frames(kind: str, body: bytes, schema: type[codec.PredictRequest],
+                 spec: codec.InputSpec, query_future: int | None
+                 ) -> tuple[np.ndarray, int | None]:
+    """(uint8 context frames, future frames for a rollout or None) from a checked body."""
+    rollout = schema is codec.RolloutRequest
+    if kind == "json":
+        parsed = codec.parse_json(body, schema)
+        if query_future is not None:
+            raise RequestError(422, "invalid_field", "give future_frames in the JSON body, not "
+                               "as a query parameter")
+        future = getattr(parsed, "future_frames", None)
+        frames = codec.decode_png_frames(parsed.frames, spec)
+    else:
+        future = query_future
+        if rollout and future is None:
+            raise RequestError(422, "invalid_field", "future_frames is required: "
+                               "?future_frames=N for a .npy upload")
+        frames = codec.decode_npy(body, spec)
+    if rollout and future > spec.max_future_frames:
+        raise RequestError(422, "too_many_future_frames", f"future_frames={future}; this "
+                           f"model rolls out at most {spec.max_future_frames}")
+    return frames, future if rollout else None
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1e3, 3)
+
+
+async def _call(response: Any) -> dict[str, Any]:
+    """Await a model call; the replica's own input checks come back as 422, a full queue as 503."""
+    try:
+        return await response
+    except ValueError as err:
+        raise RequestError(422, "rejected_by_model", str(getattr(err, "cause", err))) from None
+    except (BackPressureError, DeploymentUnavailableError) as err:
+        raise RequestError(503, "unavailable", str(err).splitlines()[0]) from None
+
+
+def _server_timing(timing: dict[str, float]) -> str:
+    return ", ".join(f"{k.replace('_', '-')};dur={v}" for k, v in timing.items())
+
+
+# Everything the routes use is defined above them: serve.ingress freezes the FastAPI app
+# (cloudpickle) when the class is decorated.
+@serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(app)
+class Ingress:
+    """Parses and checks requests, calls the model deployments, encodes answers."""
+
+    def __init__(self, models: dict[str, DeploymentHandle], max_body_bytes: int) -> None:
+        self.models = models
+        self.max_body_bytes = max_body_bytes
+        self._info: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def _model_info(self, name: str, fresh: bool = False) -> dict[str, Any]:
+        if name not in self.models:
+            raise RequestError(404, "unknown_model", f"no model named {name!r} is deployed; "
+                               f"deployed: {', '.join(sorted(self.models))}")
+        cached = self._info.get(name)
+        if fresh or cached is None or time.monotonic() - cached[0] > INFO_TTL_S:
+            cached = (time.monotonic(), await self.models[name].info.remote())
+            self._info[name] = cached
+        return cached[1]
+
+    @app.get("/healthz", summary="Liveness of the HTTP front door")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "models": sorted(self.models)}
+
+    @app.get("/v1/models", summary="What is deployed")
+    async def list_models(self) -> ModelList:
+        return ModelList(models=[ModelInfo(**await self._model_info(n, fresh=True))
+                                 for n in sorted(self.models)])
+
+    @app.get("/v1/models/{name}", summary="One deployed model", responses=ERRORS)
+    async def model_info(self, name: str) -> ModelInfo:
+        return ModelInfo(**await self._model_info(name, fresh=True))
+
+    @app.post("/v1/models/{name}/predict", summary="Predict the next frames",
+              response_model=FramesResponse,
+              responses={**ERRORS, 200: {"content": NPZ_DOC}},
+              openapi_extra=_body_doc(codec.PredictRequest))
+    async def predict(self, name: str, request: Request) -> Response:
+        """Context frames in; the next `frames_per_step` frames and their entropy maps out."""
+        return await self._serve(name, request, codec.PredictRequest, None)
+
+    @app.post("/v1/models/{name}/rollout", summary="Predict many frames autoregressively",
+              response_model=FramesResponse,
+              responses={**ERRORS, 200: {"content": NPZ_DOC}},
+              openapi_extra=_body_doc(codec.RolloutRequest))
+    async def rollout(self, name: str, request: Request, future_frames: int | None = Query(
+            None, gt=0, description="frames to predict (for .npy uploads; JSON bodies carry "
+                                    "it as a field)")) -> Response:
+        """Context frames and a number of future frames in; each step's prediction is fed back as
+        context for the next."""
+        return await self._serve(name, request, codec.RolloutRequest, future_frames)
+
+    async def _serve(self, name: str, request: Request, schema: type[codec.PredictRequest],
+                     query_future: int | None) -> Response:
+        start = time.perf_counter()
+        spec = codec.InputSpec(**(await self._model_info(name))["input"])
+        kind = codec.check_content_type(request.headers.get("content-type"))
+        mark = time.perf_counter()
+        body = await read_body(request, self.max_body_bytes)
+        timing = {"read": _ms(mark)}
+        mark = time.perf_counter()
+        frames, future = parse_frames(kind, body, schema, spec, query_future)
+        timing["decode"] = _ms(mark)
+        mark = time.perf_counter()
+        handle = self.models[name]
+        result = await _call(handle.rollout.remote(frames, future) if future is not None
+                             else handle.predict.remote(frames))
+        timing["model_call"] = _ms(mark)
+        # model_call = transport (routing, to and from the replica) + queue (waiting in the
+        # replica's batcher) + inference (forward passes of the batches this request rode in).
+        timing["transport"] = round(max(timing["model_call"] - result["replica_ms"], 0.0), 3)
+        timing["queue"] = round(max(result["replica_ms"] - result["inference_ms"], 0.0), 3)
+        timing["inference"] = round(result["inference_ms"], 3)
+        mark = time.perf_counter()
+        headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
+                   "X-Framecast-Precision": result["precision"]}
+        if kind == "npy":
+            content = codec.encode_npz(frames=result["frames"], entropy=result["entropy"])
+            timing.update(encode=_ms(mark), total=_ms(start))
+            headers["Server-Timing"] = _server_timing(timing)
+            return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
+        entropy = result["entropy"]
+        pngs = codec.encode_png_frames(result["frames"])
+        entropy_pngs = codec.encode_png_frames(codec.entropy_to_png_bytes(entropy))
+        timing.update(encode=_ms(mark), total=_ms(start))
+        headers["Server-Timing"] = _server_timing(timing)
+        answer = FramesResponse(
+            model=name, version=result["version"], precision=result["precision"],
+            context_frames=len(frames), frames=pngs, entropy=entropy_pngs,
+            entropy_png_bits=codec.ENTROPY_PNG_BITS,
+            mean_entropy_bits=[float(e.mean()) for e in entropy],
+            batch_sizes=result["batch_sizes"], timing_ms=timing)
+        return JSONResponse(answer.model_dump(), headers=headers)
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """The application: one `FrameModel` deployment per listed model (named after it) and the
+    ingress. Deployment options here are defaults; a config file's `deployments:` overrides them.
+    """
+    from framecast.tracking import default_tracking_uri
+
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args or {})
+    names = [m.name for m in args.models]
+    if len(set(names)) != len(names) or "Ingress" in names:
+        raise ValueError(f"model names must be unique and not 'Ingress': {names}")
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    handles = {}
+    for m in args.models:
+        deployment = FrameModel.options(
+            name=m.name, ray_actor_options={"num_cpus": m.num_cpus},
+            max_ongoing_requests=max(32, 4 * m.max_batch_size),
+            autoscaling_config={"min_replicas": m.min_replicas, "initial_replicas": m.min_replicas,
+                                "max_replicas": max(m.min_replicas, m.max_replicas),
+                                "target_ongoing_requests": m.target_ongoing_requests},
+            user_config={"max_batch_size": m.max_batch_size,
+                         "batch_wait_timeout_s": m.batch_wait_timeout_s})
+        handles[m.name] = deployment.bind(m.name, m.alias, tracking_uri, args.max_context_frames,
+                                          args.max_future_frames, m.torch_threads)
+    return Ingress.options(ray_actor_options={"num_cpus": args.ingress_cpus}).bind(
+        handles, int(args.max_body_mb * MiB))

@@ -1,0 +1,391 @@
+"""Ray Serve over real HTTP on a local Ray: every route, every kind of bad input (a 4xx JSON error,
+the replica alive afterwards), and answers equal to calling the model directly."""
+
+import base64
+import io
+import os
+import pickle
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from framecast import model_io, tracking
+from framecast.models import create
+from framecast.models.layers import entropy_bits
+from framecast.predict import decode_bytes
+from serve.app import AppArgs, ModelSpec, build_app
+from serve.codec import ENTROPY_PNG_BITS, decode_png, encode_png, entropy_to_png_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "t-serve"
+FRAME_SHAPE = [8, 16, 16, 1]  # tiny: patch (2, 4, 4): 2 frames per step, context up to 8-2 = 6
+BODY_LIMIT = 64 * 1024
+MAX_FUTURE = 8
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """A tiny V-BLT registered as NAME@candidate; (the model as loaded back, its version)."""
+    torch.manual_seed(0)
+    tracking.use_experiment("test-serve")
+    with mlflow.start_run():
+        info = model_io.log_model(create("vblt", "tiny"), "vblt", registered_name=NAME,
+                                  extra={"frame_shape": FRAME_SHAPE, "preset": "tiny"})
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "candidate", version)
+    model, _ = model_io.load_logged_model(f"models:/{NAME}/{version}")
+    return model.eval(), version
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, registered):
+    """The app serving NAME@candidate on a free 127.0.0.1 port; Serve is shut down after.
+    Yields (base URL, the model as loaded from the registry, its version)."""
+    from ray import serve
+
+    from jobs.serve import free_port
+
+    model, version = registered
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(models=[ModelSpec(name=NAME, alias="candidate", torch_threads=1)],
+                   max_body_mb=BODY_LIMIT / 2**20, max_future_frames=MAX_FUTURE,
+                   ingress_cpus=0.1)
+    try:
+        serve.run(build_app(args), name="framecast-test", route_prefix="/")
+        yield f"http://127.0.0.1:{port}", model, version
+    finally:
+        serve.shutdown()
+
+
+def context(n: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 16, 16, 1), dtype=np.uint8)
+
+
+def png_body(frames: np.ndarray, **fields) -> dict:
+    return {"frames": [encode_png(f) for f in frames], **fields}
+
+
+def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=allow_pickle)
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png_of(array: np.ndarray, mode: str) -> str:
+    out = io.BytesIO()
+    Image.fromarray(array, mode).save(out, format="PNG")
+    return b64(out.getvalue())
+
+
+@torch.no_grad()
+def direct_step(model, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model called directly: placeholders appended, the last step's logits decoded. One torch
+    thread, as in the replica (torch_threads=1), so the float sums run in the same order."""
+    step = model.frames_per_step
+    video = np.concatenate([frames, np.zeros((step, *frames.shape[1:]), np.uint8)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        logits = model(torch.from_numpy(video)[None])[:, -step:]
+    finally:
+        torch.set_num_threads(threads)
+    return decode_bytes(logits, "mean")[0].numpy(), entropy_bits(logits)[0].numpy()
+
+
+def test_a_batch_of_mixed_context_lengths_answers_each_as_if_alone(registered):
+    """The batcher stacks equal shapes only; each request gets its own next frames."""
+    from serve.inference import predict_steps
+
+    model = registered[0]
+    contexts = [context(4, seed=5), context(2, seed=6), context(4, seed=7)]
+    steps = predict_steps(model, contexts)
+    for frames, step in zip(contexts, steps, strict=True):
+        want, entropy = direct_step(model, frames)
+        assert step.frames.shape == want.shape == (2, 16, 16, 1)
+        # A batch of 2 sums floats in another order than a batch of 1: a byte may round apart.
+        assert np.abs(step.frames.astype(int) - want).max() <= 1
+        np.testing.assert_allclose(step.entropy, entropy, atol=1e-4)
+
+
+def test_healthz_and_model_listing_say_what_is_deployed(served):
+    url, model, version = served
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok",
+                                                                 "models": [NAME]}
+    listed = requests.get(f"{url}/v1/models", timeout=30).json()["models"]
+    assert len(listed) == 1
+    entry = listed[0]
+    assert (entry["name"], entry["alias"], entry["version"]) == (NAME, "candidate", version)
+    assert (entry["family"], entry["precision"], entry["frame_shape"]) == ("vblt", "fp32",
+                                                                           FRAME_SHAPE)
+    assert entry["input"] == {"height": 16, "width": 16, "channels": 1, "frames_per_step": 2,
+                              "max_context_frames": 6, "max_future_frames": MAX_FUTURE}
+    assert requests.get(f"{url}/v1/models/{NAME}", timeout=30).json() == entry
+
+
+def test_openapi_docs_describe_every_route_and_both_body_formats(served):
+    url = served[0]
+    spec = requests.get(f"{url}/openapi.json", timeout=30).json()
+    assert set(spec["paths"]) == {"/healthz", "/v1/models", "/v1/models/{name}",
+                                  "/v1/models/{name}/predict", "/v1/models/{name}/rollout"}
+    body = spec["paths"]["/v1/models/{name}/rollout"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-npy"} <= set(body)
+    assert "future_frames" in body["application/json"]["schema"]["properties"]
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+def test_png_predict_equals_calling_the_model_directly(served):
+    url, model, _ = served
+    frames = context(4)
+    response = requests.post(f"{url}/v1/models/{NAME}/predict", json=png_body(frames),
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    want, entropy = direct_step(model, frames)
+    got = np.stack([decode_png(f) for f in body["frames"]])
+    assert got.dtype == np.uint8 and got.tobytes() == want.tobytes()
+    got_entropy = np.stack([decode_png(f) for f in body["entropy"]])
+    # One PNG level is 8/255 bits; a float sum in another order may land on the other side of .5.
+    assert np.abs(got_entropy.astype(int) - entropy_to_png_bytes(entropy)).max() <= 1
+    assert body["entropy_png_bits"] == pytest.approx(ENTROPY_PNG_BITS)
+    assert body["mean_entropy_bits"] == pytest.approx(entropy.mean(axis=(1, 2, 3)), abs=1e-4)
+    assert (body["model"], body["precision"], body["context_frames"]) == (NAME, "fp32", 4)
+    assert set(body["timing_ms"]) == {"read", "decode", "model_call", "transport", "queue",
+                                      "inference", "encode", "total"}
+    assert body["batch_sizes"] == [1]
+    assert "total;dur=" in response.headers["Server-Timing"]
+
+
+def test_npy_predict_equals_calling_the_model_directly(served):
+    url, model, _ = served
+    frames = context(6, seed=1)
+    for upload in (frames, frames[..., 0]):  # (T, H, W) is accepted for one-channel models
+        response = requests.post(f"{url}/v1/models/{NAME}/predict", data=npy_bytes(upload),
+                                 headers={"Content-Type": "application/x-npy"}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"] == "application/x-npz"
+        answer = np.load(io.BytesIO(response.content), allow_pickle=False)
+        want, entropy = direct_step(model, frames)
+        assert answer["frames"].tobytes() == want.tobytes()
+        np.testing.assert_allclose(answer["entropy"], entropy, atol=1e-5)
+        assert response.headers["X-Framecast-Model"] == NAME
+
+
+def test_rollout_feeds_each_prediction_back_as_context(served):
+    url, model, _ = served
+    frames = context(4, seed=2)
+    response = requests.post(f"{url}/v1/models/{NAME}/rollout",
+                             json=png_body(frames, future_frames=5), timeout=60)
+    assert response.status_code == 200, response.text
+    got = np.stack([decode_png(f) for f in response.json()["frames"]])
+    # By hand: 3 steps of 2 frames, the context window keeping the newest 6 frames.
+    history, preds = frames, []
+    for _ in range(3):
+        window = history[-6:]
+        step, _ = direct_step(model, window)
+        preds.append(step)
+        history = np.concatenate([window, step])
+    assert got.tobytes() == np.concatenate(preds)[:5].tobytes()
+    assert len(response.json()["batch_sizes"]) == 3
+    response = requests.post(f"{url}/v1/models/{NAME}/rollout?future_frames=3",
+                             data=npy_bytes(frames), timeout=60,
+                             headers={"Content-Type": "application/x-npy"})
+    assert response.status_code == 200, response.text
+    answer = np.load(io.BytesIO(response.content), allow_pickle=False)
+    assert answer["frames"].tobytes() == np.concatenate(preds)[:3].tobytes()
+
+
+class Payload:
+    """Unpickling this creates a folder: the proof a server unpickled a request."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def bad_requests(tmp_marker: str) -> dict[str, tuple]:
+    """name -> (route, request kwargs, expected status, expected error code)."""
+    good = [encode_png(f) for f in context(2)]
+    predict, rollout = f"/v1/models/{NAME}/predict", f"/v1/models/{NAME}/rollout"
+    npy = {"Content-Type": "application/x-npy"}
+    evil = np.empty(2, dtype=object)
+    evil[0] = Payload(tmp_marker)
+    return {
+        "bad json": (predict, {"data": b'{"frames": [', "headers": {
+            "Content-Type": "application/json"}}, 400, "bad_json"),
+        "json nested too deeply": (predict, {"data": b"[" * 50_000, "headers": {
+            "Content-Type": "application/json"}}, 400, "bad_json"),
+        "json not an object": (predict, {"json": [1, 2]}, 422, "invalid_field"),
+        "frames not a list": (predict, {"json": {"frames": "abc"}}, 422, "invalid_field"),
+        "frame not a string": (predict, {"json": {"frames": [1, 2]}}, 422, "invalid_field"),
+        "unknown field": (predict, {"json": {"frames": good, "seed": 1}}, 422, "invalid_field"),
+        "no frames": (predict, {"json": {"frames": []}}, 422, "invalid_field"),
+        "future_frames a string": (rollout, {"json": {"frames": good, "future_frames": "3"}},
+                                   422, "invalid_field"),
+        "future_frames zero": (rollout, {"json": {"frames": good, "future_frames": 0}},
+                               422, "invalid_field"),
+        "future_frames missing": (rollout, {"json": {"frames": good}}, 422, "invalid_field"),
+        "too many future frames": (rollout, {"json": {"frames": good, "future_frames":
+                                                      MAX_FUTURE + 1}},
+                                   422, "too_many_future_frames"),
+        "bad base64": (predict, {"json": {"frames": [good[0], "not base64!"]}}, 400,
+                       "bad_base64"),
+        "not a png": (predict, {"json": {"frames": [good[0], b64(b"GIF89a" + bytes(40))]}},
+                      400, "not_png"),
+        "damaged png": (predict, {"json": {"frames": [good[0], b64(
+            base64.b64decode(good[1])[:40])]}}, 400, "bad_png"),
+        "wrong frame size": (predict, {"json": {"frames": [
+            png_of(np.zeros((8, 8), np.uint8), "L")] * 2}}, 422, "wrong_frame_size"),
+        "wrong channels": (predict, {"json": {"frames": [
+            png_of(np.zeros((16, 16, 3), np.uint8), "RGB")] * 2}}, 422, "wrong_png_mode"),
+        "odd frame count": (predict, {"json": {"frames": good + good[:1]}}, 422,
+                            "bad_frame_count"),
+        "too many frames": (predict, {"json": {"frames": good * 4}}, 422, "too_many_frames"),
+        "body over the limit": (predict, {"json": {"frames": ["A" * BODY_LIMIT] * 2}}, 413,
+                                "body_too_large"),
+        "body over the limit, chunked": (predict, {"data": iter([b"x" * 16384] * 8),
+                                                   "headers": npy}, 413, "body_too_large"),
+        "unknown model": ("/v1/models/nope/predict", {"json": {"frames": good}}, 404,
+                          "unknown_model"),
+        "unsupported content type": (predict, {"data": b"hello", "headers": {
+            "Content-Type": "text/plain"}}, 415, "unsupported_media_type"),
+        "npy of pickled objects": (predict, {"data": npy_bytes(evil, allow_pickle=True),
+                                             "headers": npy}, 422, "wrong_dtype"),
+        "npy of floats": (predict, {"data": npy_bytes(np.zeros((2, 16, 16, 1), np.float32)),
+                                    "headers": npy}, 422, "wrong_dtype"),
+        "npy garbage": (predict, {"data": b"\x93NUMPY garbage", "headers": npy}, 400,
+                        "bad_npy"),
+        "npy not npy": (predict, {"data": pickle.dumps([1, 2]), "headers": npy}, 400,
+                        "bad_npy"),
+        "npy truncated": (predict, {"data": npy_bytes(context(2))[:-10], "headers": npy}, 400,
+                          "bad_npy"),
+        "npy wrong frame size": (predict, {"data": npy_bytes(np.zeros((2, 8, 8, 1), np.uint8)),
+                                           "headers": npy}, 422, "wrong_frame_size"),
+        "npy too many frames": (predict, {"data": npy_bytes(context(8)), "headers": npy}, 422,
+                                "too_many_frames"),
+        "npy rollout without future_frames": (rollout, {"data": npy_bytes(context(2)),
+                                                        "headers": npy}, 422, "invalid_field"),
+        "future_frames not a number": (rollout + "?future_frames=abc", {
+            "data": npy_bytes(context(2)), "headers": npy}, 422, "invalid_field"),
+    }
+
+
+BAD = sorted(bad_requests("unused"))
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gets_a_4xx_json_error_saying_what_is_wrong(served, case, tmp_path):
+    url = served[0]
+    marker = str(tmp_path / "unpickled")
+    route, kwargs, status, code = bad_requests(marker)[case]
+    response = requests.post(url + route, timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and len(body["detail"]) > 10, body
+    assert not os.path.exists(marker), "the server unpickled a request body"
+
+
+def test_the_model_replica_keeps_serving_after_bad_input(served):
+    url, model, _ = served
+    for route in ("/v1/models/nope/predict", f"/v1/models/{NAME}/predict"):
+        requests.post(url + route, data=b"\x00garbage", timeout=30,
+                      headers={"Content-Type": "application/x-npy"})
+    response = requests.post(f"{url}/v1/models/{NAME}/predict", json=png_body(context(2)),
+                             timeout=60)
+    assert response.status_code == 200
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+
+def test_unknown_routes_answer_json_404(served):
+    response = requests.get(served[0] + "/v2/whatever", timeout=30)
+    assert response.status_code == 404 and response.json()["error"] == "http_error"
+
+
+def test_smoke_deploys_beside_a_running_app_and_removes_itself(served):
+    from ray import serve
+
+    from jobs.serve import SMOKE_APP, smoke
+
+    url, _, version = served
+    video = np.concatenate([context(6, seed=3), context(2, seed=4)])
+    out = smoke(NAME, "candidate", video)
+    assert out["url"].startswith(url) and out["version"] == version
+    assert out["context_frames"] == 6 and 0 <= out["mse"] <= 1
+    assert out["deploy_s"] > 0 and out["timing_ms"]["total"] > 0
+    assert SMOKE_APP not in serve.status().applications
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+
+def test_serve_job_names_a_missing_model_in_one_line(capsys):
+    from jobs.serve import main
+
+    assert main(["--model", "no-such-model", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no-such-model" in err and len(err.splitlines()) == 1
+
+
+def test_config_file_is_a_serve_config_whose_deployments_match_its_models():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(
+        (REPO / "serve" / "config.yaml").read_text()))
+    assert config.http_options.host == "127.0.0.1"
+    app = config.applications[0]
+    assert app.import_path == "serve.app:build_app"
+    args = AppArgs.model_validate(app.args)
+    assert [(m.name, m.alias) for m in args.models][0] == ("vblt-2d-int8", "candidate")
+    assert {d.name for d in app.deployments} == {m.name for m in args.models} | {"Ingress"}
+    for deployment in app.deployments:
+        if deployment.name != "Ingress":
+            assert set(deployment.user_config) == {"max_batch_size", "batch_wait_timeout_s"}
+            assert deployment.autoscaling_config["max_replicas"] >= 1
+
+
+def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
+    """`python -m jobs.serve` as a user runs it: its own local Ray, then SIGINT (Ctrl-C)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jobs.serve import free_port
+
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.serve", "--model", NAME, "--port", str(port),
+         "--cpus-per-replica", "0.25"], cwd=REPO, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:  # not listening yet, or the app still starting
+                pass
+            time.sleep(1)
+        listed = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert listed["models"][0]["version"] == registered[1]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-2000:]
+    assert "serve: stopped" in output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
