@@ -5,8 +5,9 @@
 
 Stages so far: render the 2D-triangle and 3D-polycube data sets (reused when already there), train
 V-BLT on each with Ray Train, evaluate it on the test split against copy-last-frame, quantize it to
-mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`). Every
-stage logs a child run under one MLflow parent run.
+mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`), then deploy
+it with Ray Serve and answer one HTTP request. Every stage logs a child run under one MLflow
+parent run; a rerun reuses finished stages with the same inputs and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.quantize import QuantizeJobConfig, quantize
 from jobs.render import RenderJobConfig, render
+from jobs.serve import smoke
 from jobs.train import TrainJobConfig, train
 
 # Scale per preset. demo: 32x32 frames (the 256-way output per pixel makes 64x64 slow on a CPU).
@@ -89,6 +91,7 @@ def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
     with the same inputs exists. Returns the quantize stage's registered model and metrics."""
     import mlflow
 
+    from framecast import data as fdata
     from framecast import tracking
     from framecast.config import to_dict
 
@@ -142,6 +145,13 @@ def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
         done[f"quantize-{kind}"] = f"{quantized['run_id']} -> {registered} v{version}"
     mlflow.log_metrics({f"{kind}_{k}": values[k]
                         for k in ("size_ratio", "speedup_b1", "speedup_b8", "psnr_drop_db")})
+
+    video = fdata.load_numpy(data, "test")[0][0]
+    served = smoke(registered, "candidate", video)
+    done[f"serve-{kind}"] = (f"{served['url']} answered in {served['request_ms']:.0f} ms "
+                             f"(v{served['version']}, {served['precision']}; app removed)")
+    mlflow.log_metrics({f"{kind}_serve_request_ms": served["request_ms"],
+                        f"{kind}_serve_deploy_s": served["deploy_s"]})
     return {"registered": registered, "version": version, "metrics": values}
 
 
@@ -164,11 +174,15 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
             run_stages(config, result, parent.info.run_id, done)
+    models = ",".join(sorted({w.split(" -> ")[1].split()[0] for s, w in done.items()
+                              if s.startswith("quantize-")}))
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")
     print(f"  parent run   {parent.info.run_id}")
     print(f"  browse with: {tracking.ui_command()}")
+    print(f"  serve with:  python -m jobs.serve --model {models}   "
+          "# then http://127.0.0.1:8000/docs")
     return done
 
 
