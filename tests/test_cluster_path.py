@@ -94,13 +94,13 @@ def cluster(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(cluster: dict, *args: str, timeout: float = 600.0) -> str:
-    """`ray job submit --no-wait` a job, follow `ray job status` until it ends; returns its logs
-    (`ray job logs`). Fails the test when the job does not succeed."""
-    env_vars = {"MLFLOW_TRACKING_URI": cluster["tracking"], "RAY_AUTH_MODE": "disabled"}
+def start_job(cluster: dict, *args: str) -> str:
+    """`ray job submit --no-wait -- python -m ARGS`; returns the submission id."""
+    env_vars = {"MLFLOW_TRACKING_URI": cluster["tracking"], "RAY_AUTH_MODE": "disabled",
+                "RAY_JOB_STOP_WAIT_TIME_S": "30"}  # `ray job stop` lets jobs.serve shut down
     base = [str(BIN / "ray"), "job"]
     address = ["--address", cluster["address"]]
-    for _ in range(30):  # a fresh head's job agent takes a moment: "please try again later"
+    for _ in range(60):  # a fresh head's job agent takes a moment: "please try again later"
         proc = subprocess.run(
             [*base, "submit", *address, "--no-wait", "--working-dir", str(REPO),
              "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m",
@@ -110,13 +110,27 @@ def submit(cluster: dict, *args: str, timeout: float = 600.0) -> str:
             break
         time.sleep(2)
     assert proc.returncode == 0, out[-2000:]
-    job_id = next(w.strip("'") for line in out.splitlines() for w in line.split()
-                  if w.strip("'").startswith("raysubmit_"))
+    return next(w.strip("'") for line in out.splitlines() for w in line.split()
+                if w.strip("'").startswith("raysubmit_"))
+
+
+def job_status(cluster: dict, job_id: str) -> str:
+    """`ray job status` in lower case, e.g. "... job 'raysubmit_..' succeeded"."""
+    proc = subprocess.run([str(BIN / "ray"), "job", "status", "--address", cluster["address"],
+                           job_id], env=cluster["env"], capture_output=True, text=True,
+                          timeout=60)
+    return (proc.stdout + proc.stderr).lower()
+
+
+def submit(cluster: dict, *args: str, timeout: float = 600.0) -> str:
+    """Submit a job, follow `ray job status` until it ends; returns its logs (`ray job logs`).
+    Fails the test when the job does not succeed."""
+    base = [str(BIN / "ray"), "job"]
+    address = ["--address", cluster["address"]]
+    job_id = start_job(cluster, *args)
     deadline, status = time.time() + timeout, ""
     while time.time() < deadline:
-        proc = subprocess.run([*base, "status", *address, job_id], env=cluster["env"],
-                              capture_output=True, text=True, timeout=60)
-        status = (proc.stdout + proc.stderr).lower()  # "job 'raysubmit_..' succeeded"
+        status = job_status(cluster, job_id)
         if any(f"{job_id.lower()}' {s}" in status for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(2)
@@ -151,3 +165,27 @@ def test_every_job_runs_through_ray_job_submit(cluster, tmp_path):
     jobs = {r.data.tags.get("framecast.job") for r in client.search_runs(
         [e.experiment_id for e in client.search_experiments()])}
     assert {"render", "train", "evaluate", "quantize"} <= jobs
+
+    # Serve: a long-running job; one HTTP request; `ray job stop` shuts it down cleanly.
+    import numpy as np
+    import requests
+
+    from framecast import data as fdata
+    from serve.codec import encode_png
+
+    port = free_port()
+    job_id = start_job(cluster, "jobs.serve", "--model", "fc-cluster-int8", "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_ok(f"{base}/healthz"), "the served model", timeout=300)
+    info = requests.get(f"{base}/v1/models/fc-cluster-int8", timeout=30).json()
+    assert info["precision"] == "w8a8" and info["alias"] == "candidate"
+    video = fdata.load_numpy(data, "test")[0][0]
+    context = video[:info["input"]["frames_per_step"]]
+    response = requests.post(f"{base}/v1/models/fc-cluster-int8/predict", timeout=120,
+                             json={"frames": [encode_png(f) for f in context]})
+    assert response.status_code == 200, response.text
+    assert np.asarray(response.json()["frames"]).shape == (len(context),)
+    subprocess.run([str(BIN / "ray"), "job", "stop", "--address", cluster["address"], job_id],
+                   env=cluster["env"], capture_output=True, timeout=120)
+    wait_for(lambda: "stopped" in job_status(cluster, job_id), "ray job stop", timeout=120)
+    assert not http_ok(f"{base}/healthz")
