@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
@@ -137,6 +138,126 @@ def render_interrupt(root: Path, sequences: int = 400) -> dict[str, float]:
             "staging_left": len(fdata.stale_staging_dirs(out))}
 
 
+SERVE_APP = "framecast-faults"
+SERVE_MODEL = "fault-serve"
+SERVE_FRAME_SHAPE = [8, 16, 16, 1]  # tiny V-BLT: 2 frames per step, context up to 6
+
+
+def _serve_replica_pids(model: str) -> list[int]:
+    """PIDs of the ALIVE replicas of deployment `model` of SERVE_APP, on this Ray only."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", f"ServeReplica:{SERVE_APP}:{model}"),
+                                  ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid]
+
+
+def _register_tiny_serve_model() -> str:
+    """A randomly initialised tiny V-BLT registered as SERVE_MODEL; its version."""
+    import mlflow
+    import torch
+
+    from framecast import model_io, tracking
+    from framecast.models import create
+
+    tracking.use_experiment("framecast-faults")
+    torch.manual_seed(0)
+    with mlflow.start_run(run_name="fault-serve"):
+        info = model_io.log_model(create("vblt", "tiny").eval(), "vblt",
+                                  registered_name=SERVE_MODEL,
+                                  extra={"frame_shape": SERVE_FRAME_SHAPE, "preset": "tiny"})
+    return str(info.registered_model_version)
+
+
+def serve_replica_kill(root: Path, requests: int = 300, concurrency: int = 8,
+                       kill_fraction: float = 0.3) -> dict[str, float | str]:
+    """Serve a tiny V-BLT with the project's app (one model replica) and send `requests` predict
+    calls over HTTP, `concurrency` at a time; once `kill_fraction` of them have answered, SIGKILL
+    the model replica. Serve replaces it. Counts the requests that failed (non-200 or a connection
+    error) and the seconds from the kill until the first request sent after it succeeded."""
+    import numpy as np
+    import requests as http
+    from ray import serve
+
+    from framecast.tracking import default_tracking_uri
+    from jobs.serve import free_port, start_serve, stop_app
+    from serve.app import build_app
+    from serve.codec import encode_png
+
+    del root  # the model goes to the MLflow store of FRAMECAST_HOME, like every registered one
+    version = _register_tiny_serve_model()
+    base, started = start_serve("127.0.0.1", free_port())
+    args = {"models": [{"name": SERVE_MODEL, "alias": "latest", "num_cpus": 0.5,
+                        "min_replicas": 1, "max_replicas": 1, "torch_threads": 1}],
+            "tracking_uri": default_tracking_uri(), "ingress_cpus": 0.1}
+    url = f"{base}/{SERVE_APP}/v1/models/{SERVE_MODEL}/predict"
+    frames = np.random.default_rng(0).integers(0, 256, (4, *SERVE_FRAME_SHAPE[1:]),
+                                               dtype=np.uint8)
+    body = {"frames": [encode_png(f) for f in frames]}
+    kill_after = max(1, int(requests * kill_fraction))
+    local = threading.local()
+    records: list[tuple[float, float, str]] = []  # (start, end, "200" or why it failed)
+
+    def one() -> None:
+        session = getattr(local, "session", None) or http.Session()
+        local.session = session
+        start = time.monotonic()
+        try:
+            response = session.post(url, json=body, timeout=120)
+            outcome = str(response.status_code)
+            if response.status_code == 200 and response.json()["version"] != version:
+                outcome = "wrong model"
+            elif response.status_code != 200:  # the app's JSON error: its detail names the cause
+                detail = response.json().get("detail", "") if response.headers.get(
+                    "content-type", "").startswith("application/json") else ""
+                outcome = f"{outcome} {detail.split(' ')[0]}".strip()
+        except http.RequestException as err:
+            outcome = type(err).__name__
+        records.append((start, time.monotonic(), outcome))
+
+    try:
+        serve.run(build_app(args), name=SERVE_APP, route_prefix=f"/{SERVE_APP}")
+        pids = _serve_replica_pids(SERVE_MODEL)
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one replica of {SERVE_MODEL}, found pids {pids}")
+        killed_pid, new_pid, replaced_at = pids[0], None, None
+        with ThreadPoolExecutor(concurrency) as pool:
+            futures = [pool.submit(one) for _ in range(requests)]
+            while len(records) < kill_after and not all(f.done() for f in futures):
+                time.sleep(0.01)
+            os.kill(killed_pid, signal.SIGKILL)
+            kill_time = time.monotonic()
+            deadline = kill_time + 180
+            while new_pid is None and time.monotonic() < deadline:  # the replacement's start
+                new = [p for p in _serve_replica_pids(SERVE_MODEL) if p != killed_pid]
+                if new:
+                    new_pid, replaced_at = new[0], time.monotonic()
+                else:
+                    time.sleep(0.2)
+            for future in futures:
+                future.result()
+    finally:
+        stop_app(SERVE_APP, started)
+    failed = [r for r in records if r[2] != "200"]
+    later_ok = [end for start, end, outcome in records if start > kill_time and outcome == "200"]
+    recovered = min(later_ok) if later_ok else float("nan")
+    after = [r for r in records if r[0] >= recovered]
+    reasons: dict[str, int] = {}
+    for r in failed:
+        reasons[r[2]] = reasons.get(r[2], 0) + 1
+    return {"requests": len(records), "concurrency": concurrency,
+            "killed_after": kill_after, "failed": len(failed),
+            "failed_before_kill": sum(r[1] < kill_time for r in failed),
+            "failure_kinds": ", ".join(f"{n}x {k}" for k, n in sorted(reasons.items())),
+            "recovery_s": recovered - kill_time,
+            "replica_restart_s": (replaced_at - kill_time) if replaced_at else float("nan"),
+            "after_recovery": len(after),
+            "after_recovery_failed": sum(r[2] != "200" for r in after) if later_ok else -1,
+            "replica_replaced": int(new_pid is not None and new_pid != killed_pid)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +268,8 @@ def main() -> None:
         root = Path(tmp)
         train = train_worker_kill(root, steps=160 if args.quick else 400)
         rendered = render_interrupt(root, sequences=200 if args.quick else 800)
+        served = serve_replica_kill(root, requests=300 if args.quick else 600,
+                                    concurrency=8 if args.quick else 16)
     rows = [["Ray Train worker SIGKILL", f"step {train['killed_at_step']:.0f} of "
              f"{train['steps']:.0f}, checkpoint every {train['checkpoint_every']:.0f}",
              f"{train['steps_lost']:.0f} steps recomputed, {train['recovery_s']:.1f} s to the "
@@ -154,14 +277,27 @@ def main() -> None:
              "MLflow run"],
             ["render job SIGKILL mid-write", f"{rendered['partial_shards']:.0f} shard files in "
              "staging, no manifest", f"rerun detects and redoes it in {rendered['rerun_s']:.1f} "
-             f"s; {rendered['sequences_ok']:.0f} sequences verify"]]
+             f"s; {rendered['sequences_ok']:.0f} sequences verify"],
+            ["Serve model replica SIGKILL under load", f"{served['killed_after']:.0f} of "
+             f"{served['requests']:.0f} predict requests answered, {served['concurrency']:.0f} "
+             "in flight, 1 replica",
+             f"{served['failed']:.0f} requests failed ({served['failure_kinds'] or 'none'}); "
+             f"{served['recovery_s']:.1f} s until a request sent after the kill succeeded "
+             f"(replacement replica up after {served['replica_restart_s']:.1f} s); "
+             f"{served['after_recovery_failed']:.0f} of the {served['after_recovery']:.0f} "
+             "requests after that failed"]]
     table = markdown_table(["fault", "state at the fault", "cost"], rows)
     notes = (f"{'quick' if args.quick else 'full'} scenarios on {os.cpu_count()} CPU cores; "
-             "tiny V-BLT (log every step), 200-800 sequence renders.")
+             "tiny V-BLT (log every step), 200-800 sequence renders; Serve: the app of "
+             "serve/app.py with a random tiny V-BLT (one replica, 0.5 CPU), 4 context frames "
+             "of 16x16 as PNGs in JSON per request, client threads on the same cores.")
     values = {"train_steps_lost": train["steps_lost"], "train_recovery_s": train["recovery_s"],
               "train_mlflow_runs": train["mlflow_runs"],
               "render_partial_shards": rendered["partial_shards"],
-              "render_rerun_s": rendered["rerun_s"]}
+              "render_rerun_s": rendered["rerun_s"],
+              "serve_failed_requests": served["failed"], "serve_recovery_s": served["recovery_s"],
+              "serve_after_recovery_failed": served["after_recovery_failed"],
+              "serve_replica_replaced": served["replica_replaced"]}
     report("fault_tolerance", "Faults injected, costs measured", table, notes,
            f"RESULT fault_tolerance {key_values(values)}")
 

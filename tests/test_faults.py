@@ -3,7 +3,7 @@ it measured; benchmarks/fault_tolerance.py runs the same scenarios and records t
 
 import pytest
 
-from benchmarks.fault_tolerance import render_interrupt, train_worker_kill
+from benchmarks.fault_tolerance import render_interrupt, serve_replica_kill, train_worker_kill
 
 pytestmark = pytest.mark.slow
 
@@ -23,3 +23,16 @@ def test_an_interrupted_render_is_detected_and_redone(tmp_path):
           f"{got['rerun_s']:.1f} s")
     assert got["partial_shards"] > 0 and not got["read_as_data_after_kill"]
     assert got["detected"] and got["sequences_ok"] == 200 and got["staging_left"] == 0
+
+
+def test_a_killed_serve_replica_is_replaced_and_requests_recover(ray_local, tmp_path):
+    got = serve_replica_kill(tmp_path, requests=300, concurrency=8)
+    print(f"\nServe replica SIGKILL after {got['killed_after']} of {got['requests']} requests: "
+          f"{got['failed']} failed ({got['failure_kinds'] or 'none'}), "
+          f"{got['recovery_s']:.1f} s to recover (new replica after "
+          f"{got['replica_restart_s']:.1f} s)")
+    assert got["requests"] == 300
+    assert got["replica_replaced"] == 1  # a new replica process, not the killed one
+    assert got["failed_before_kill"] == 0  # the failures are the fault's, not the load's
+    assert got["recovery_s"] > 0 and got["after_recovery"] > 0  # it came back under load
+    assert got["after_recovery_failed"] == 0  # every request after recovery succeeded
