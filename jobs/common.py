@@ -40,3 +40,17 @@ def log_prediction_figure(model, video, title: str = "") -> None:
     pred, entropy, _ = predict(model, video[None])
     figure = viz.prediction_figure(video[k:], pred[0], entropy[0], title=title)
     tracking.log_file_bytes(figure, "figures", "prediction.png")
+
+
+def load_logged_model(ref: str):
+    """`framecast.model_io.load_logged_model` with a one-line error naming the store when MLflow
+    does not know `ref`. Returns (model, meta)."""
+    import mlflow
+
+    from framecast import model_io, tracking
+
+    try:
+        return model_io.load_logged_model(ref)
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"--model {ref!r} not found in MLflow "
+                         f"({tracking.default_tracking_uri()}): {err.message[:200]}") from None

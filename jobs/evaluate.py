@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from framecast.config import ConfigError, flat_params
-from jobs.common import log_prediction_figure, run_job
+from jobs.common import load_logged_model, log_prediction_figure, run_job
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,12 @@ def evaluate_job(config: EvaluateConfig) -> dict:
     import mlflow
 
     from framecast import data as fdata
-    from framecast import model_io, tracking
+    from framecast import tracking
     from framecast.predict import evaluate, flat_summary
 
     manifest = fdata.read_manifest(config.data)
     tracking.use_experiment(config.experiment)
-    try:
-        model, meta = model_io.load_logged_model(config.model)
-    except mlflow.exceptions.MlflowException as err:
-        raise ValueError(f"--model {config.model!r} not found in MLflow "
-                         f"({tracking.default_tracking_uri()}): {err.message[:200]}") from None
+    model, meta = load_logged_model(config.model)
     if model.cfg.channels != manifest.config.channels:
         raise ConfigError(f"the model reads {model.cfg.channels} channel(s), the data set has "
                           f"{manifest.config.channels}")

@@ -27,7 +27,7 @@ import numpy as np
 
 from framecast.config import ConfigError, flat_params
 from framecast.quant.schedule import QuantConfig
-from jobs.common import log_prediction_figure, run_job
+from jobs.common import load_logged_model, log_prediction_figure, run_job
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,8 @@ def quantize(config: QuantizeJobConfig) -> dict:
 
     manifest = fdata.read_manifest(config.data)
     tracking.use_experiment(config.experiment)
-    try:
-        fp32, meta = model_io.load_logged_model(config.model)
-        fp32_run = model_io.source_run_id(config.model)
-    except mlflow.exceptions.MlflowException as err:
-        raise ValueError(f"--model {config.model!r} not found in MLflow "
-                         f"({tracking.default_tracking_uri()}): {err.message[:200]}") from None
+    fp32, meta = load_logged_model(config.model)
+    fp32_run = model_io.source_run_id(config.model)
     if meta.get("quant_plan"):
         raise ConfigError(f"--model {config.model!r} is already quantized; give the fp32 model")
     if fp32.cfg.channels != manifest.config.channels:
