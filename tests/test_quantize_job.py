@@ -24,23 +24,24 @@ def fp32_model(tmp_path_factory):
     torch.manual_seed(0)
     tracking.use_experiment("test-quantize")
     with mlflow.start_run() as run:
-        info = model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="vblt-2d",
+        info = model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="qtest-2d",
                                   extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
-    mlflow.MlflowClient().set_registered_model_alias("vblt-2d", "champion",
+    mlflow.MlflowClient().set_registered_model_alias("qtest-2d", "champion",
                                                      info.registered_model_version)
     return data, run.info.run_id, info.model_uri
 
 
 def test_every_kind_of_model_reference_leads_back_to_its_run(fp32_model):
     _, run_id, uri = fp32_model
-    for ref in (run_id, f"runs:/{run_id}/model", uri, "vblt-2d", "vblt-2d@champion",
-                "models:/vblt-2d/1"):
+    for ref in (run_id, f"runs:/{run_id}/model", uri, "qtest-2d", "qtest-2d@champion",
+                "models:/qtest-2d/1"):
         assert model_io.source_run_id(ref) == run_id, ref
 
 
 def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_model):
     data, fp32_run, _ = fp32_model
-    out = quantize(QuantizeJobConfig(model="vblt-2d", data=str(data), batch_size=4,
+    out = quantize(QuantizeJobConfig(model="qtest-2d", data=str(data), batch_size=4,
+                                     register="qtest-2d-int8",
                                      eval_sequences=4, stage_steps=1, final_steps=1,
                                      calib_batches=1, latency_repeats=1,
                                      experiment="test-quantize"))
@@ -50,7 +51,7 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
                 "cross_entropy_increase"):
         assert np.isfinite(values[key])
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias("vblt-2d-int8", "candidate")
+    version = client.get_model_version_by_alias("qtest-2d-int8", "candidate")
     assert str(version.version) == str(out["version"])
     assert version.tags["fp32_run_id"] == fp32_run
     run = client.get_run(out["run_id"])
@@ -59,7 +60,7 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "quantization")}
     assert {"quantization/plan.json", "quantization/stages.json"} <= artifacts
 
-    model, meta = model_io.load_logged_model("vblt-2d-int8@candidate")
+    model, meta = model_io.load_logged_model("qtest-2d-int8@candidate")
     assert meta["precision"] == "w8a8" and meta["frame_shape"] == [4, 16, 16, 1]
     assert any(isinstance(m, Int8Linear) for m in model.modules())
     video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
@@ -69,9 +70,9 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
 
 def test_quantizing_a_quantized_model_or_a_missing_one_exits_2(fp32_model, capsys):
     data, _, _ = fp32_model
-    if not mlflow.MlflowClient().search_model_versions("name='vblt-2d-int8'"):
+    if not mlflow.MlflowClient().search_model_versions("name='qtest-2d-int8'"):
         pytest.skip("needs the registered int8 model of the test above")
-    assert main(["--model", "vblt-2d-int8@candidate", "--data", str(data)]) == 2
+    assert main(["--model", "qtest-2d-int8@candidate", "--data", str(data)]) == 2
     assert "already quantized" in capsys.readouterr().err
     assert main(["--model", "no-such-model", "--data", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
