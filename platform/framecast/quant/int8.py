@@ -28,13 +28,15 @@ def quantize_symmetric(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, to
 def quantize_asymmetric(x: torch.Tensor, dim: int = -1
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 values, scales and integer zero points with x ~= (q - zero) * scale over the range
-    [min, max] of each slice: for skewed distributions (VQ-ViT's 'int8 asymmetric' precision)."""
-    lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max(0.0)
-    hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min(0.0)
-    scale = (hi - lo).clamp_min(1e-8) / 255.0
-    zero = torch.round(-128.0 - lo / scale).clamp(-128, 127)
-    q = torch.clamp(torch.round(x.float() / scale) + zero, -128, 127).to(torch.int8)
-    return q, scale, zero
+    [min, max] of each slice: for skewed distributions (VQ-ViT's 'int8 asymmetric' precision).
+    Also the per-token hot path of asymmetric layers: two reductions, one fused multiply-add
+    (round(x / s) + z = round(z + x / s) as z is an integer), the rest in place."""
+    lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max_(0.0)
+    hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min_(0.0)
+    scale = (hi - lo).clamp_min_(1e-8) / 255.0
+    zero = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
+    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round_().clamp_(-128, 127)
+    return q.to(torch.int8), scale, zero
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None
@@ -49,18 +51,6 @@ def row_std(x: torch.Tensor) -> torch.Tensor:
     mean = x.mean(dim=1, keepdim=True)
     sq = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).square_()
     return ((sq - n * mean.square()) / max(n - 1, 1)).clamp_min_(0.0).sqrt_()
-
-
-def quantize_tokens_asymmetric(x: torch.Tensor
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token asymmetric int8 of a 2-D activation: the same values as `quantize_asymmetric`
-    along dim 1, in fewer passes (two reductions, one fused multiply-add, in-place rest)."""
-    lo = x.amin(dim=1, keepdim=True).clamp_max_(0.0)
-    hi = x.amax(dim=1, keepdim=True).clamp_min_(0.0)
-    scale = ((hi - lo) / 255.0).clamp_min_(1e-8)
-    zero = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
-    q = torch.addcmul(zero, x, scale.reciprocal()).round_().clamp_(-128, 127)
-    return q.to(torch.int8), scale, zero
 
 
 def quantize_tokens(x: torch.Tensor, delta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,7 +130,7 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
         if self.asymmetric:
-            xq, xs, xz = quantize_tokens_asymmetric(x2)
+            xq, xs, xz = quantize_asymmetric(x2, dim=1)
         else:
             xq, xs = quantize_tokens(x2, self._delta)
         acc = _int8_matmul(xq, self.weight_q.t())  # (tokens, out) int32
