@@ -63,15 +63,6 @@ class AppArgs(BaseModel):
     ingress_cpus: float = Field(0.25, ge=0)
 
 
-class ModelInput(BaseModel):
-    height: int
-    width: int
-    channels: int
-    frames_per_step: int
-    max_context_frames: int
-    max_future_frames: int
-
-
 class Batching(BaseModel):
     max_batch_size: int
     batch_wait_timeout_s: float
@@ -85,7 +76,7 @@ class ModelInfo(BaseModel):
     precision: str
     preset: str | None
     frame_shape: list[int]
-    input: ModelInput
+    input: codec.InputSpec  # the same limits the ingress checks requests against
     batching: Batching
 
 

@@ -43,15 +43,29 @@ def gif_bytes(videos: np.ndarray, *, fps: int = 6, scale: int = 2) -> bytes:
     return buf.getvalue()
 
 
-def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, *,
-                      title: str = "") -> bytes:
-    """PNG like V-BLT figures 7-8 for one sequence: rows ground truth, prediction, entropy map
-    (bits, shared colour scale 0..8); a column per predicted frame. Inputs (T, H, W, C)."""
+def _pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported late: plotting is optional)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes; closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, *,
+                      title: str = "") -> bytes:
+    """PNG like V-BLT figures 7-8 for one sequence: rows ground truth, prediction, entropy map
+    (bits, shared colour scale 0..8); a column per predicted frame. Inputs (T, H, W, C)."""
+    plt = _pyplot()
     frames = truth.shape[0]
     fig, axes = plt.subplots(3, frames, figsize=(1.2 * frames + 1.0, 4.0), squeeze=False)
     grey = {"cmap": "gray", "vmin": 0, "vmax": 255}
@@ -73,21 +87,14 @@ def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, 
     fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, label="bits")
     if title:
         fig.suptitle(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def plan_figure(layers: list[str], sensitivities: list[float], precisions: list[str],
                 thresholds: tuple[float, float], *, title: str = "") -> bytes:
     """PNG of a quantization plan: one bar of S(W) per layer (log scale), coloured by its
     precision, with the two thresholds as vertical lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     colours = {"int8": "tab:blue", "int8_asym": "tab:orange", "fp16": "tab:red"}
     fig, ax = plt.subplots(figsize=(7.0, 0.18 * len(layers) + 1.2))
     y = np.arange(len(layers))
@@ -104,7 +111,4 @@ def plan_figure(layers: list[str], sensitivities: list[float], precisions: list[
     ax.legend(handles, list(colours), fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
