@@ -1,14 +1,20 @@
 """int8 quantizers and the W8A8 linear layer."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
+from framecast.quant import int8 as int8_module
+from framecast.quant import kernels
 from framecast.quant.int8 import (
     Int8Linear,
     dequantize,
     quantize_asymmetric,
     quantize_symmetric,
+    quantize_tokens,
     reference_w8a8,
 )
 
@@ -68,3 +74,63 @@ def test_single_token_and_no_bias(bias):
     linear = nn.Linear(24, 12, bias=bias)
     x = torch.randn(1, 24)
     assert torch.allclose(Int8Linear.from_float(linear)(x), reference_w8a8(linear, x), atol=1e-4)
+
+
+needs_onednn = pytest.mark.skipif(not kernels.onednn_int8_available(),
+                                  reason="oneDNN int8 needs an x86 CPU with VNNI")
+
+
+@needs_onednn
+def test_onednn_int8_gemm_equals_int_mm_exactly_on_full_range_int8():
+    torch.manual_seed(3)
+    xq = torch.randint(-128, 128, (300, 200), dtype=torch.int8)
+    wq = torch.randint(-128, 128, (72, 200), dtype=torch.int8)
+    xq[0], wq[0] = -128, -128  # the extreme products: saturating int16 pairs would show here
+    scale = torch.rand(72) + 0.5
+    onednn = kernels.int8_matmul_scaled(xq, wq, scale, kernels.pack_int8(wq))
+    int_mm = kernels.int8_matmul_scaled(xq, wq, scale, None)
+    exact = (xq.double() @ wq.double().t()) * scale.double()
+    assert torch.equal(onednn, int_mm)
+    assert torch.allclose(onednn.double(), exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 513])
+def test_fused_quantizer_gives_the_eager_quantizer_s_codes(tokens):
+    torch.manual_seed(tokens)
+    x = torch.randn(tokens, 96) * torch.logspace(-1, 1, 96)
+    q_eager, s_eager = quantize_tokens(x)
+    q_fused, s_fused = int8_module._quantize_tokens_fused(x, None)
+    assert torch.equal(q_fused, q_eager) and torch.equal(s_fused, s_eager)
+    # With a learned delta the row std is a float reduction whose order differs: the scale may
+    # move in its last bit, and a value sitting on a rounding tie may move by one code.
+    delta = torch.tensor(0.7)
+    q_eager, s_eager = quantize_tokens(x, delta)
+    q_fused, s_fused = int8_module._quantize_tokens_fused(x, delta)
+    assert torch.allclose(s_fused, s_eager, rtol=1e-6)
+    changed = q_fused.int() - q_eager.int()
+    assert changed.abs().max() <= 1 and (changed != 0).float().mean() < 1e-3
+
+
+def test_fused_falls_back_to_eager_ops_when_compiling_fails(monkeypatch, caplog):
+    def broken_compile(fn, **_):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    double = kernels.fused(lambda x: x * 2)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+        assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
+    assert sum("eager ops" in r.message for r in caplog.records) == 1  # said once
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_a_used_int8_linear_copies_pickles_and_moves_with_identical_outputs(asymmetric):
+    torch.manual_seed(4)
+    layer = Int8Linear.from_float(nn.Linear(48, 40), asymmetric=asymmetric)
+    x = torch.randn(9, 48)
+    y = layer(x)  # builds the kernel's packed weight (an opaque tensor on oneDNN)
+    assert torch.equal(copy.deepcopy(layer)(x), y)
+    assert torch.equal(pickle.loads(pickle.dumps(layer))(x), y)
+    assert torch.equal(layer.to(torch.device("cpu"))(x), y)
+    assert (layer._packed is not None) == kernels.use_onednn(x.device)

@@ -1,9 +1,9 @@
 """int8 quantizers and a W8A8 linear layer that multiplies int8 on an integer kernel.
 
 W8A8 as in VQ-ViT (digest section 3): weights int8 per output channel (static), activations int8
-per token (dynamic, computed at run time), int32 accumulation with `torch._int_mm`, then one
-rescale: y = (x_q @ W_q^T) * s_x * s_w + b. The layer stores int8 weights, not floats: this is
-deployment, not fake quantization.
+per token (dynamic, computed at run time), int32 accumulation on an integer kernel (`kernels`),
+then one rescale: y = (x_q @ W_q^T) * s_x * s_w + b. The layer stores int8 weights, not floats:
+this is deployment, not fake quantization.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from framecast.quant import kernels
 
 QMAX = 127  # symmetric int8 range [-127, 127]: keeps -x representable for every x
 
@@ -29,13 +31,14 @@ def quantize_asymmetric(x: torch.Tensor, dim: int = -1
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 values, scales and integer zero points with x ~= (q - zero) * scale over the range
     [min, max] of each slice: for skewed distributions (VQ-ViT's 'int8 asymmetric' precision).
-    Also the per-token hot path of asymmetric layers: two reductions, one fused multiply-add
-    (round(x / s) + z = round(z + x / s) as z is an integer), the rest in place."""
-    lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max_(0.0)
-    hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min_(0.0)
-    scale = (hi - lo).clamp_min_(1e-8) / 255.0
-    zero = torch.round(-128.0 - lo / scale).clamp_(-128, 127)
-    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round_().clamp_(-128, 127)
+    Also the per-token hot path of asymmetric layers (run fused, see `kernels.fused`; written
+    without in-place ops, which the compiler fuses worse). round(x / s) + z = round(z + x / s)
+    as z is an integer."""
+    lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max(0.0)
+    hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min(0.0)
+    scale = (hi - lo).clamp_min(1e-8) / 255.0
+    zero = torch.round(-128.0 - lo / scale).clamp(-128, 127)
+    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round().clamp(-128, 127)
     return q.to(torch.int8), scale, zero
 
 
@@ -45,41 +48,40 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None =
 
 
 def row_std(x: torch.Tensor) -> torch.Tensor:
-    """Unbiased std of each row of a 2-D tensor, (rows, 1), from two fast reductions: on this CPU
-    torch.std along rows is ~25x slower than a norm plus a mean."""
+    """Unbiased std of each row of a 2-D tensor, (rows, 1), from two fast reductions: in eager
+    mode torch.std along rows is ~25x slower than a norm plus a mean."""
     n = x.shape[1]
     mean = x.mean(dim=1, keepdim=True)
-    sq = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).square_()
-    return ((sq - n * mean.square()) / max(n - 1, 1)).clamp_min_(0.0).sqrt_()
+    sq = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True).square()
+    return ((sq - n * mean.square()) / max(n - 1, 1)).clamp_min(0.0).sqrt()
 
 
-def quantize_tokens(x: torch.Tensor, delta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token symmetric int8 of a 2-D activation (tokens, features) in few passes: the hot
-    path of every W8A8 layer. With delta != 0 the scale is (max|x| + delta * std(x)) / 127 (VQ-ViT's
-    learned LayerNorm-output scale) and values beyond it are clipped."""
-    # amax and amin as two reductions: ~10x faster than aminmax or abs().amax on this CPU.
-    amax = torch.maximum(x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True).neg_())
-    if delta:
+def quantize_tokens(x: torch.Tensor, delta: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8 of a 2-D activation (tokens, features): the hot path of every W8A8
+    layer (run fused, see `kernels.fused`: one pass, ~4x the eager ops). With a delta the scale
+    is (max|x| + delta * std(x)) / 127 (VQ-ViT's learned LayerNorm-output scale) and values
+    beyond it are clipped."""
+    amax = x.abs().amax(dim=1, keepdim=True).float()
+    if delta is not None:
         amax = amax + delta * row_std(x)
-    amax = amax.float().clamp_min_(1e-8)
-    q = (x * (QMAX / amax)).round_()
-    if delta:
-        q = q.clamp_(-QMAX, QMAX)
+    amax = amax.clamp_min(1e-8)
+    q = (x * (QMAX / amax)).round().clamp(-QMAX, QMAX)
     return q.to(torch.int8), amax / QMAX
 
 
-def _int8_matmul(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
-    """int8 (M, K) @ int8 (K, N) -> int32 on an integer kernel."""
-    m, k = xq.shape
-    if xq.device.type == "cuda" and (m <= 16 or k % 8 or wq_t.shape[1] % 8):
-        # The CUDA int8 kernel needs M > 16 and K, N multiples of 8: exact int32 fallback.
-        return xq.int() @ wq_t.int()
-    return torch._int_mm(xq, wq_t)
+_quantize_tokens_fused = kernels.fused(quantize_tokens)
+_quantize_asymmetric_fused = kernels.fused(quantize_asymmetric)
+
+
+def _refresh_after_load(module: Int8Linear, _incompatible_keys: object) -> None:
+    module.refresh()  # a module-level hook (not a lambda) keeps the layer picklable
 
 
 class Int8Linear(nn.Module):
     """A linear layer holding int8 weights (per output channel) that quantizes its input per
-    token at run time and multiplies int8 x int8 -> int32 on `torch._int_mm`.
+    token at run time and multiplies int8 x int8 -> int32 on an integer kernel (`kernels`: oneDNN
+    on VNNI/AMX CPUs, `torch._int_mm` elsewhere).
 
     symmetric: y = (x_q @ W_q^T) * s_x * s_w + b.
     asymmetric (VQ-ViT's middle precision, for skewed weights and activations): weights and
@@ -100,14 +102,29 @@ class Int8Linear(nn.Module):
         if asymmetric:
             self.register_buffer("weight_zero", torch.zeros(out_features, dtype=torch.int32))
             self.register_buffer("weight_colsum", torch.zeros(out_features, dtype=torch.int32))
-        self._delta = 0.0
-        self.register_load_state_dict_post_hook(lambda module, _: module.refresh())
+        self._delta: torch.Tensor | None = None
+        self._packed: kernels.PackedInt8 | None = None  # kernel layout, built on first use
+        self._correction: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh(self) -> None:
-        """Cache what forward needs as Python values (after loading or setting buffers)."""
-        self._delta = float(self.act_delta)
+        """Derive what forward needs from the buffers (after loading or setting them)."""
+        self._delta = self.act_delta if float(self.act_delta) else None
+        self._packed = self._correction = None
         if self.asymmetric:
             self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to(device) and friends: the cached tensors belong to the old buffers.
+        out = super()._apply(fn, recurse)
+        self._delta = None if self._delta is None else self.act_delta
+        self._packed = self._correction = None
+        return out
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_packed"] = None  # an opaque oneDNN tensor: rebuilt, never copied or pickled
+        return state
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, asymmetric: bool = False) -> Int8Linear:
@@ -130,25 +147,26 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
         if self.asymmetric:
-            xq, xs, xz = quantize_asymmetric(x2, dim=1)
+            xq, xs, xz = _quantize_asymmetric_fused(x2, 1)
         else:
-            xq, xs = quantize_tokens(x2, self._delta)
-        acc = _int8_matmul(xq, self.weight_q.t())  # (tokens, out) int32
-        # Rescale in the accumulator's own memory: int32 -> float32 in place (same width), then
-        # in-place multiplies. On a CPU, allocating a fresh (tokens, out) tensor costs more than
-        # the arithmetic (page faults), so the int8 path allocates no more than F.linear does.
-        y = acc.view(torch.float32)
-        y.copy_(acc)
+            xq, xs = _quantize_tokens_fused(x2, self._delta)
+        packed = None
+        if kernels.use_onednn(x2.device):
+            if self._packed is None:
+                self._packed = kernels.pack_int8(self.weight_q)
+            packed = self._packed
+        y = kernels.int8_matmul_scaled(xq, self.weight_q, self.weight_scale, packed)
         if self.asymmetric:
             # (x_q - z_x).(W_q - z_w) = x_q.W_q - (rowsum(x_q) - K z_x) z_w - z_x colsum(W_q): the
-            # correction is rank 2, one small GEMM into the accumulator (exact below 2^24).
+            # correction is rank 2, one small GEMM into the (weight-scaled) product.
+            if self._correction is None:
+                self._correction = torch.stack([self.weight_zero.float(),
+                                                self.weight_colsum.float()]) * self.weight_scale
             rowsum = xq.sum(dim=1, keepdim=True, dtype=torch.int32).float()
             left = torch.cat([rowsum - self.in_features * xz, xz], dim=1)  # (tokens, 2)
-            right = torch.stack([self.weight_zero.float(), self.weight_colsum.float()])
-            y.addmm_(left, right, alpha=-1.0)
-        y.mul_(xs).mul_(self.weight_scale)
-        if self.bias is not None:
-            y.add_(self.bias)
+            y.addmm_(left, self._correction, alpha=-1.0)
+        # Per-token scale and bias in one pass, in place: y = y * s_x + b.
+        y = y.mul_(xs) if self.bias is None else torch.addcmul(self.bias, y, xs, out=y)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def dequantized_weight(self) -> torch.Tensor:
