@@ -6,9 +6,10 @@
 
 The real path: a `small` V-BLT trained with `jobs.train` on 2D triangles (or the model given),
 quantized by `jobs.quantize` (sensitivity, thresholds, progressive schedule with fine-tunes and
-fall-back, real int8 modules), compared on the test split. A second row times the `paper` preset
-(12x64x64, d=384) fp32 vs quantized with the same plan rule: size and speed do not depend on
-training, so it is left untrained and reports no quality.
+fall-back, real int8 modules), compared on the test split. A second table times the `small` and
+`paper` presets (untrained: speed does not depend on training) in five forms side by side: fp32,
+bf16 (the paper's FP16 row), W8A8 on the default kernels, W8A8 on the eager fall-back kernels, and
+fp32 with every linear layer free, the bound on what quantizing linear layers can gain.
 Paper (VQ-ViT on ImageNet ViTs): 4x smaller, ~3x faster, -0.4 points of accuracy.
 """
 
@@ -19,6 +20,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -42,16 +46,33 @@ def trained_row(args: argparse.Namespace, root: Path) -> dict[str, float]:
     return out["metrics"]
 
 
-def paper_row(args: argparse.Namespace) -> dict[str, float]:
-    """The paper preset, untrained: a plan from S(W) on one random batch, post-training
-    quantization, then size and latency side by side."""
+class FreeLinear(nn.Module):
+    """Stands in for a linear layer at no cost (a cached zero output of the right shape): a model
+    whose linears all cost nothing times the bound on any speed-up from quantizing them."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[:-1], x.dtype)
+        if key not in self.cache:
+            self.cache[key] = torch.zeros(*x.shape[:-1], self.out_features, dtype=x.dtype)
+        return self.cache[key]
+
+
+def latency_rows(preset: str, size: int, repeats: int) -> list[dict[str, float]]:
+    """One untrained `preset` on (12, size, size) videos, timed at batch 1 and 8 in five forms:
+    fp32; bf16 (every weight and activation 16-bit: the paper's FP16 row); W8A8 with the plan rule
+    of jobs.quantize on the default kernels (fused quantizer, oneDNN where the CPU has VNNI) and
+    on the eager fall-back kernels (eager quantizer, torch._int_mm); and fp32 with every linear
+    layer free (the bound). Forms alternate within each round so drift hits all alike."""
     import copy
 
-    import torch
-
     from framecast.models import create
-    from framecast.quant import compare
-    from framecast.quant.apply import quantize_model
+    from framecast.quant import compare, kernels
+    from framecast.quant.apply import layer_roles, quantize_model
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import precision_plan
     from framecast.quant.schedule import QuantConfig, thresholds
@@ -59,14 +80,33 @@ def paper_row(args: argparse.Namespace) -> dict[str, float]:
     from framecast.train import next_frame_loss
 
     torch.manual_seed(0)
-    fp32 = create("vblt", "paper").eval()
-    videos = torch.randint(0, 256, (8, 12, 64, 64, 1), dtype=torch.uint8)
+    fp32 = create("vblt", preset).eval()
+    videos = torch.randint(0, 256, (8, 12, size, size, 1), dtype=torch.uint8)
     quant = copy.deepcopy(fp32)
     linearize(quant)
     sens = weight_sensitivity(quant, [videos[:1]], next_frame_loss)
     quantize_model(quant, precision_plan(sens, *thresholds(sens, QuantConfig())))
-    return {**compare.compression(fp32, quant),
-            **compare.speedups(fp32, quant, videos.numpy(), (1, 8), args.paper_repeats)}
+    free = copy.deepcopy(fp32)
+    linearize(free)
+    for name in layer_roles(free):
+        parent, _, child = name.rpartition(".")
+        holder = free.get_submodule(parent) if parent else free
+        setattr(holder, child, FreeLinear(getattr(holder, child)))
+    forms = {"fp32": (fp32, True), "bf16": (copy.deepcopy(fp32).to(torch.bfloat16), True),
+             "w8a8": (quant, True), "w8a8_eager": (quant, False), "bound": (free, True)}
+    rows = []
+    for b in (1, 8):
+        video = videos[:b]
+        times: dict[str, list[float]] = {name: [] for name in forms}
+        for _ in range(2):
+            for name, (model, fast) in forms.items():
+                with kernels.choose(fused_quant=fast, onednn=fast):
+                    times[name].append(compare.latency_ms(model, video, repeats))
+        ms = {name: sum(t) / len(t) for name, t in times.items()}
+        rows.append({"preset": preset, "batch": b, **{f"ms_{k}": v for k, v in ms.items()},
+                     **{f"speedup_{k}": ms["fp32"] / v for k, v in ms.items() if k != "fp32"},
+                     "size_ratio": compare.compression(fp32, quant)["size_ratio"]})
+    return rows
 
 
 def main() -> None:
@@ -95,36 +135,51 @@ def main() -> None:
         if not args.model:
             os.environ.setdefault("FRAMECAST_HOME", tmp)  # keep runs out of the user store
         small = trained_row(args, Path(tmp))
-    paper = paper_row(args)
-    rows = [["small, trained 2D", small["bytes_fp32"] / 1e6, small["bytes_quant"] / 1e6,
-             small["size_ratio"], small["latency_ms_fp32_b1"], small["latency_ms_quant_b1"],
-             small["speedup_b1"], small["latency_ms_fp32_b8"], small["latency_ms_quant_b8"],
-             small["speedup_b8"], small["psnr_fp32"], small["psnr_quant"],
-             small["ssim_fp32"], small["ssim_quant"], small["kl_fp32_quant"]],
-            ["paper, untrained", paper["bytes_fp32"] / 1e6, paper["bytes_quant"] / 1e6,
-             paper["size_ratio"], paper["latency_ms_fp32_b1"], paper["latency_ms_quant_b1"],
-             paper["speedup_b1"], paper["latency_ms_fp32_b8"], paper["latency_ms_quant_b8"],
-             paper["speedup_b8"], "-", "-", "-", "-", "-"]]
-    table = markdown_table(["model", "MB fp32", "MB quant", "size ratio", "b1 ms fp32",
-                            "b1 ms quant", "speed-up b1", "b8 ms fp32", "b8 ms quant",
-                            "speed-up b8", "PSNR fp32", "PSNR quant", "SSIM fp32", "SSIM quant",
-                            "KL nats/byte"], rows)
+    latency = (latency_rows("small", args.size, args.repeats)
+               + latency_rows("paper", 64, args.paper_repeats))
+    trained = markdown_table(
+        ["model", "MB fp32", "MB quant", "size ratio", "b1 ms fp32", "b1 ms quant", "speed-up b1",
+         "b8 ms fp32", "b8 ms quant", "speed-up b8", "PSNR fp32", "PSNR quant", "SSIM fp32",
+         "SSIM quant", "KL nats/byte"],
+        [["small, trained 2D", small["bytes_fp32"] / 1e6, small["bytes_quant"] / 1e6,
+          small["size_ratio"], small["latency_ms_fp32_b1"], small["latency_ms_quant_b1"],
+          small["speedup_b1"], small["latency_ms_fp32_b8"], small["latency_ms_quant_b8"],
+          small["speedup_b8"], small["psnr_fp32"], small["psnr_quant"], small["ssim_fp32"],
+          small["ssim_quant"], small["kl_fp32_quant"]]])
+    forms = markdown_table(
+        ["preset, input", "batch", "ms fp32", "ms bf16", "ms W8A8", "ms W8A8 eager kernels",
+         "ms linears free", "speed-up bf16", "speed-up W8A8", "speed-up W8A8 eager",
+         "bound (linears free)", "size ratio"],
+        [[f"{r['preset']}, 12x{args.size if r['preset'] == 'small' else 64}^2", r["batch"],
+          r["ms_fp32"], r["ms_bf16"], r["ms_w8a8"], r["ms_w8a8_eager"], r["ms_bound"],
+          r["speedup_bf16"], r["speedup_w8a8"], r["speedup_w8a8_eager"], r["speedup_bound"],
+          r["size_ratio"]] for r in latency])
     source = (f"model {args.model} on {args.data}" if args.model else
               f"`small` preset trained {args.steps} steps (batch 8) on {args.sequences} 2D "
               f"sequences of 12x{args.size}x{args.size}")
     schedule = ("quick schedule: 5 steps per stage, 10 final" if args.quick else
                 "default schedule: 20 steps per stage, 40 final")
-    notes = (f"{source}; quantized by jobs.quantize ({schedule}); test split scored; "
-             f"latency = median of {args.repeats} forward passes, fp32 and "
-             f"quantized alternated, {os.cpu_count()} CPU threads. Paper row: 12x64x64 inputs, "
-             f"median of {args.paper_repeats}. Targets: >= 3.5x smaller, >= 2.5x faster, PSNR "
-             "within 0.3 dB.")
+    notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored; "
+             f"latency = median of {args.repeats} forward passes, fp32 and quantized alternated, "
+             f"{os.cpu_count()} CPU threads. Second table: untrained models (speed does not "
+             "depend on training) in five forms, alternated, mean of two rounds of medians "
+             f"({args.repeats} passes small, {args.paper_repeats} paper): bf16 = every weight and "
+             "activation 16-bit (the paper's FP16 row); W8A8 = the job's plan rule on the default "
+             "kernels (fused quantizer, oneDNN int8 where the CPU has VNNI); eager kernels = the "
+             "fall-back (eager quantizer, torch._int_mm); linears free = fp32 with every linear "
+             "layer costing nothing, the bound on any speed-up from quantizing linear layers. "
+             "Targets: >= 3.5x smaller, >= 2.5x faster, PSNR within 0.3 dB.")
+    by = {(r["preset"], r["batch"]): r for r in latency}
     values = {"size_ratio": small["size_ratio"], "speedup_b1": small["speedup_b1"],
               "speedup_b8": small["speedup_b8"], "psnr_drop_db": small["psnr_drop_db"],
-              "size_ratio_paper": paper["size_ratio"], "speedup_b1_paper": paper["speedup_b1"],
-              "speedup_b8_paper": paper["speedup_b8"]}
-    report("quantize", "V-BLT fp32 vs mixed-precision W8A8 (VQ-ViT)", table, notes,
-           f"RESULT quantize {key_values(values)}")
+              "size_ratio_paper": by["paper", 1]["size_ratio"],
+              "speedup_b1_paper": by["paper", 1]["speedup_w8a8"],
+              "speedup_b8_paper": by["paper", 8]["speedup_w8a8"],
+              "bound_b8_small": by["small", 8]["speedup_bound"],
+              "bound_b8_paper": by["paper", 8]["speedup_bound"],
+              "speedup_bf16_b8_paper": by["paper", 8]["speedup_bf16"]}
+    report("quantize", "V-BLT fp32 vs mixed-precision W8A8 (VQ-ViT)", f"{trained}\n\n{forms}",
+           notes, f"RESULT quantize {key_values(values)}")
 
 
 if __name__ == "__main__":
