@@ -43,7 +43,23 @@ def trained_row(args: argparse.Namespace, root: Path) -> dict[str, float]:
     out = quantize(QuantizeJobConfig(model=model, data=str(data), register="none",
                                      latency_repeats=args.repeats,
                                      experiment="framecast-benchmarks", **schedule))
-    return out["metrics"]
+    return {**out["metrics"], **bf16_quality(model, str(data))}
+
+
+def bf16_quality(model_ref: str, data: str) -> dict[str, float]:
+    """PSNR/SSIM of a bf16 copy of the fp32 model on the same test split: what the fast 16-bit
+    alternative costs in quality."""
+    import copy
+
+    from framecast import data as fdata
+    from framecast.quant import compare
+    from jobs.common import load_logged_model
+
+    fp32, _ = load_logged_model(model_ref)
+    test, _ = fdata.load_numpy(data, "test")
+    q = compare.quality(fp32.eval(), copy.deepcopy(fp32).to(torch.bfloat16), test)
+    return {"psnr_bf16": q["psnr_quant"], "ssim_bf16": q["ssim_quant"],
+            "psnr_drop_bf16_db": q["psnr_drop_db"], "kl_fp32_bf16": q["kl_fp32_quant"]}
 
 
 class FreeLinear(nn.Module):
@@ -140,12 +156,13 @@ def main() -> None:
     trained = markdown_table(
         ["model", "MB fp32", "MB quant", "size ratio", "b1 ms fp32", "b1 ms quant", "speed-up b1",
          "b8 ms fp32", "b8 ms quant", "speed-up b8", "PSNR fp32", "PSNR quant", "SSIM fp32",
-         "SSIM quant", "KL nats/byte"],
+         "SSIM quant", "KL nats/byte", "PSNR bf16", "SSIM bf16", "KL bf16"],
         [["small, trained 2D", small["bytes_fp32"] / 1e6, small["bytes_quant"] / 1e6,
           small["size_ratio"], small["latency_ms_fp32_b1"], small["latency_ms_quant_b1"],
           small["speedup_b1"], small["latency_ms_fp32_b8"], small["latency_ms_quant_b8"],
           small["speedup_b8"], small["psnr_fp32"], small["psnr_quant"], small["ssim_fp32"],
-          small["ssim_quant"], small["kl_fp32_quant"]]])
+          small["ssim_quant"], small["kl_fp32_quant"], small["psnr_bf16"], small["ssim_bf16"],
+          small["kl_fp32_bf16"]]])
     forms = markdown_table(
         ["preset, input", "batch", "ms fp32", "ms bf16", "ms W8A8", "ms W8A8 eager kernels",
          "ms linears free", "speed-up bf16", "speed-up W8A8", "speed-up W8A8 eager",
@@ -159,7 +176,8 @@ def main() -> None:
               f"sequences of 12x{args.size}x{args.size}")
     schedule = ("quick schedule: 5 steps per stage, 10 final" if args.quick else
                 "default schedule: 20 steps per stage, 40 final")
-    notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored; "
+    notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored "
+             "(bf16 columns: a bf16 copy of the same fp32 model); "
              f"latency = median of {args.repeats} forward passes, fp32 and quantized alternated, "
              f"{os.cpu_count()} CPU threads. Second table: untrained models (speed does not "
              "depend on training) in five forms, alternated, mean of two rounds of medians "
@@ -177,7 +195,8 @@ def main() -> None:
               "speedup_b8_paper": by["paper", 8]["speedup_w8a8"],
               "bound_b8_small": by["small", 8]["speedup_bound"],
               "bound_b8_paper": by["paper", 8]["speedup_bound"],
-              "speedup_bf16_b8_paper": by["paper", 8]["speedup_bf16"]}
+              "speedup_bf16_b8_paper": by["paper", 8]["speedup_bf16"],
+              "psnr_drop_bf16_db": small["psnr_drop_bf16_db"]}
     report("quantize", "V-BLT fp32 vs mixed-precision W8A8 (VQ-ViT)", f"{trained}\n\n{forms}",
            notes, f"RESULT quantize {key_values(values)}")
 
