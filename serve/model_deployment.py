@@ -73,6 +73,9 @@ class FrameModel:
         if max_context_frames > 0:
             most = max(step, max_context_frames // step * step)
         self.step, self.max_context = step, most
+        # One pass now: W8A8 layers compile their fused quantizer on first use (seconds), which
+        # the first request would otherwise wait for.
+        predict_steps(self.model, [np.zeros((step, h, w, c), dtype=np.uint8)] * 2)
         self.batching = dict(DEFAULT_BATCH)
         self.meta = {
             "name": name, "alias": alias or "latest", "version": version,
