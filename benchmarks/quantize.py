@@ -7,7 +7,7 @@
 The real path: a `small` V-BLT trained with `jobs.train` on 2D triangles (or the model given),
 quantized by `jobs.quantize` (sensitivity, thresholds, progressive schedule with fine-tunes and
 fall-back, real int8 modules), compared on the test split. A second table times the `small` and
-`paper` presets (untrained: speed does not depend on training) in five forms side by side: fp32,
+`paper` presets (untrained, post-training plan) in five forms side by side: fp32,
 bf16 (the paper's FP16 row), W8A8 on the default kernels, W8A8 on the eager fall-back kernels, and
 fp32 with every linear layer free, the bound on what quantizing linear layers can gain.
 Paper (VQ-ViT on ImageNet ViTs): 4x smaller, ~3x faster, -0.4 points of accuracy.
@@ -179,8 +179,9 @@ def main() -> None:
     notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored "
              "(bf16 columns: a bf16 copy of the same fp32 model); "
              f"latency = median of {args.repeats} forward passes, fp32 and quantized alternated, "
-             f"{os.cpu_count()} CPU threads. Second table: untrained models (speed does not "
-             "depend on training) in five forms, alternated, mean of two rounds of medians "
+             f"{os.cpu_count()} CPU threads. Second table: untrained models (post-training "
+             "plan, so no learned activation clipping) in five forms, alternated, mean of two "
+             "rounds of medians "
              f"({args.repeats} passes small, {args.paper_repeats} paper): bf16 = every weight and "
              "activation 16-bit (the paper's FP16 row); W8A8 = the job's plan rule on the default "
              "kernels (fused quantizer, oneDNN int8 where the CPU has VNNI); eager kernels = the "
