@@ -3,7 +3,7 @@
 Measured on the 2-core x86 machines (benchmarks/RESULTS.md, quantize): in eager PyTorch the
 per-token activation quantizer reads and writes the activation five times and cost as much as
 the int8 GEMM saved, so W8A8 ran slower than fp32 (0.6-0.9x). Two changes (to ~1.2-1.3x on the
-`paper` preset, about even on `small`):
+`paper` preset at batch 1, 0.8-0.95x on `small`):
 
 - `fused`: the quantizer compiled by inductor into one C++ loop (one read of the activation, one
   int8 write; about 4x faster than the eager ops), with the eager function as the fall-back where
