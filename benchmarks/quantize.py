@@ -88,7 +88,7 @@ def latency_rows(preset: str, size: int, repeats: int) -> list[dict[str, float]]
 
     from framecast.models import create
     from framecast.quant import compare, kernels
-    from framecast.quant.apply import layer_roles, quantize_model
+    from framecast.quant.apply import layer_roles, quantize_model, replace_layers
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import precision_plan
     from framecast.quant.schedule import QuantConfig, thresholds
@@ -104,10 +104,8 @@ def latency_rows(preset: str, size: int, repeats: int) -> list[dict[str, float]]
     quantize_model(quant, precision_plan(sens, *thresholds(sens, QuantConfig())))
     free = copy.deepcopy(fp32)
     linearize(free)
-    for name in layer_roles(free):
-        parent, _, child = name.rpartition(".")
-        holder = free.get_submodule(parent) if parent else free
-        setattr(holder, child, FreeLinear(getattr(holder, child)))
+    replace_layers(free, layer_roles(free), lambda _, linear: FreeLinear(linear))
+    size_ratio = compare.compression(fp32, quant)["size_ratio"]
     forms = {"fp32": (fp32, True), "bf16": (copy.deepcopy(fp32).to(torch.bfloat16), True),
              "w8a8": (quant, True), "w8a8_eager": (quant, False), "bound": (free, True)}
     rows = []
@@ -121,7 +119,7 @@ def latency_rows(preset: str, size: int, repeats: int) -> list[dict[str, float]]
         ms = {name: sum(t) / len(t) for name, t in times.items()}
         rows.append({"preset": preset, "batch": b, **{f"ms_{k}": v for k, v in ms.items()},
                      **{f"speedup_{k}": ms["fp32"] / v for k, v in ms.items() if k != "fp32"},
-                     "size_ratio": compare.compression(fp32, quant)["size_ratio"]})
+                     "size_ratio": size_ratio})
     return rows
 
 

@@ -39,8 +39,9 @@ def layer_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
-def _replace(model: nn.Module, names: Iterable[str], make: Callable[[str, nn.Module], nn.Module]
-             ) -> None:
+def replace_layers(model: nn.Module, names: Iterable[str],
+                   make: Callable[[str, nn.Module], nn.Module]) -> None:
+    """Swap each named submodule of `model` for `make(name, old module)`, in place."""
     for name in names:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -55,13 +56,13 @@ def to_training(model: nn.Module, entries: Iterable[PlanEntry]) -> None:
     def make(name: str, layer: nn.Module) -> nn.Module:
         linear = layer.as_linear() if isinstance(layer, QATLinear) else layer
         return QATLinear(linear, plan[name])
-    _replace(model, plan, make)
+    replace_layers(model, plan, make)
 
 
 def to_deployed(model: nn.Module) -> None:
     """Freeze every QATLinear into the module that really stores its precision (int8 or fp16)."""
     names = [n for n, m in model.named_modules() if isinstance(m, QATLinear)]
-    _replace(model, names, lambda _, layer: layer.to_deployed())
+    replace_layers(model, names, lambda _, layer: layer.to_deployed())
 
 
 def quantize_model(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
@@ -84,7 +85,7 @@ def empty_quantized(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
         if precisions[name] is Precision.FP16:
             return HalfLinear(*args)
         return Int8Linear(*args, asymmetric=precisions[name] is Precision.INT8_ASYM)
-    _replace(model, precisions, make)
+    replace_layers(model, precisions, make)
     return model
 
 
