@@ -29,6 +29,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
 
 clean:

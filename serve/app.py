@@ -78,6 +78,8 @@ class ModelInfo(BaseModel):
     frame_shape: list[int]
     input: codec.InputSpec  # the same limits the ingress checks requests against
     batching: Batching
+    kernels: dict[str, Any] = Field(description="the replica's CPU int8/bf16 flags and the int8 "
+                                                "GEMM path its warm-up measured per shape class")
 
 
 class ModelList(BaseModel):

@@ -73,13 +73,16 @@ class FrameModel:
         if max_context_frames > 0:
             most = max(step, max_context_frames // step * step)
         self.step, self.max_context = step, most
-        # One pass now: W8A8 layers compile their fused quantizer on first use (seconds), which
-        # the first request would otherwise wait for.
-        predict_steps(self.model, [np.zeros((step, h, w, c), dtype=np.uint8)] * 2)
+        # Warm-up now, not on the first request: W8A8 layers compile their fused quantizer and
+        # measure their int8 GEMM paths on first use (seconds), for batch 1 and a full batch.
+        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):
+            predict_steps(self.model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
+        from framecast.quant import kernels
         self.batching = dict(DEFAULT_BATCH)
         self.meta = {
             "name": name, "alias": alias or "latest", "version": version,
             "family": meta["name"], "precision": meta.get("precision", "fp32"),
+            "kernels": kernels.choices(),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
             "input": {"height": h, "width": w, "channels": c, "frames_per_step": step,
                       "max_context_frames": most, "max_future_frames": max_future_frames},

@@ -1,7 +1,13 @@
 """int8 quantizers and the W8A8 linear layer."""
 
 import copy
+import dataclasses
+import os
 import pickle
+import subprocess
+import sys
+import textwrap
+import time
 
 import pytest
 import torch
@@ -51,7 +57,8 @@ def test_int8_linear_equals_its_float_reference_and_is_close_to_fp32():
     layer = Int8Linear.from_float(linear)
     y = layer(x)
     assert y.shape == (3, 17, 48)
-    assert torch.allclose(y, reference_w8a8(linear, x), atol=1e-4)  # same arithmetic, exact ints
+    bits = kernels.gemm_path(3 * 17, 96, 48, x.device).act_bits
+    assert torch.allclose(y, reference_w8a8(linear, x, bits), atol=1e-4)  # same arithmetic
     fp32 = linear(x)
     assert (y - fp32).norm() / fp32.norm() < 0.02
 
@@ -73,25 +80,123 @@ def test_int8_linear_stores_int8_weights_and_round_trips_its_state(tmp_path):
 def test_single_token_and_no_bias(bias):
     linear = nn.Linear(24, 12, bias=bias)
     x = torch.randn(1, 24)
-    assert torch.allclose(Int8Linear.from_float(linear)(x), reference_w8a8(linear, x), atol=1e-4)
+    bits = kernels.gemm_path(1, 24, 12, x.device).act_bits
+    assert torch.allclose(Int8Linear.from_float(linear)(x), reference_w8a8(linear, x, bits),
+                          atol=1e-4)
 
 
-needs_onednn = pytest.mark.skipif(not kernels.onednn_int8_available(),
-                                  reason="oneDNN int8 needs an x86 CPU with VNNI")
-
-
-@needs_onednn
-def test_onednn_int8_gemm_equals_int_mm_exactly_on_full_range_int8():
+def full_range_operands(rows: int, k: int, n: int, bits: int = 8):
     torch.manual_seed(3)
-    xq = torch.randint(-128, 128, (300, 200), dtype=torch.int8)
-    wq = torch.randint(-128, 128, (72, 200), dtype=torch.int8)
-    xq[0], wq[0] = -128, -128  # the extreme products: saturating int16 pairs would show here
-    scale = torch.rand(72) + 0.5
-    onednn = kernels.int8_matmul_scaled(xq, wq, scale, kernels.pack_int8(wq))
-    int_mm = kernels.int8_matmul_scaled(xq, wq, scale, None)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+    xq = torch.randint(low, high, (rows, k), dtype=torch.int8)
+    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    xq[0], wq[0] = low, -128  # the extreme products: saturating int16 pairs would show here
+    xq[1], wq[1] = high - 1, 127
+    return xq, wq, torch.rand(n) + 0.5
+
+
+@pytest.mark.parametrize("tokens", [5, 300])
+def test_the_chosen_int8_path_equals_int_mm_exactly(tokens):
+    kernels.reset_choices()
+    path = kernels.gemm_path(tokens, 200, 72, torch.device("cpu"))
+    xq, wq, scale = full_range_operands(tokens, 200, 72, path.act_bits)
+    chosen = path.matmul(xq, wq, scale)
+    int_mm = kernels.PATHS["int_mm"].matmul(xq, wq, scale)
+    assert torch.equal(chosen, int_mm)
     exact = (xq.double() @ wq.double().t()) * scale.double()
-    assert torch.equal(onednn, int_mm)
-    assert torch.allclose(onednn.double(), exact, rtol=1e-6)
+    assert torch.allclose(chosen.double(), exact, rtol=1e-6, atol=0)
+
+
+def test_the_chooser_keeps_the_faster_path_when_one_is_made_slow(monkeypatch):
+    def slowed(path, seconds):
+        def run(*args):
+            time.sleep(seconds)
+            return path.run(*args)
+        return dataclasses.replace(path, run=run)
+
+    fast = kernels.PATHS["int_mm"]
+    monkeypatch.setitem(kernels.PATHS, "onednn", slowed(fast, 0.05))  # exact but slow
+    monkeypatch.setitem(kernels.PATHS, "onednn_u7", slowed(kernels.PATHS["onednn_u7"], 0.05))
+    kernels.reset_choices()
+    assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "int_mm"
+    measured = kernels._CHOSEN[kernels.shape_class(64, 32, 16)].ms
+    assert measured["onednn"] > 50 > measured["int_mm"]
+
+    monkeypatch.setitem(kernels.PATHS, "onednn", dataclasses.replace(fast, name="onednn"))
+    monkeypatch.setitem(kernels.PATHS, "int_mm", slowed(fast, 0.05))
+    kernels.reset_choices()
+    assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "onednn"
+    assert kernels.choices()["shapes"] == {"64x32x16": "onednn"}
+    kernels.reset_choices()
+
+
+def test_an_inexact_path_is_never_chosen_however_fast(monkeypatch):
+    def off_by_one(xq, wq, scale, packed):
+        return kernels._int_mm_run(xq, wq, scale, packed) + scale  # one code off everywhere
+
+    monkeypatch.setitem(kernels.PATHS, "onednn", kernels.GemmPath(
+        "onednn", 8, lambda _: True, off_by_one))
+    kernels.reset_choices()
+    assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name != "onednn"
+    assert kernels._CHOSEN[kernels.shape_class(64, 32, 16)].ms["onednn"] == float("inf")
+    kernels.reset_choices()
+
+
+def test_a_seven_bit_path_wins_only_when_eight_bit_ones_are_over_twice_slower(monkeypatch):
+    def sleeping(name, bits, seconds):
+        def run(xq, wq, scale, packed):
+            time.sleep(seconds)
+            return kernels._int_mm_run(xq, wq, scale, packed)
+        return kernels.GemmPath(name, bits, lambda _: True, run)
+
+    for eight_bit_s, chosen in ((0.08, "onednn_u7"), (0.025, "onednn")):
+        monkeypatch.setitem(kernels.PATHS, "onednn", sleeping("onednn", 8, eight_bit_s))
+        monkeypatch.setitem(kernels.PATHS, "onednn_u7", sleeping("onednn_u7", 7, 0.02))
+        monkeypatch.setitem(kernels.PATHS, "int_mm", sleeping("int_mm", 8, 0.2))
+        kernels.reset_choices()
+        assert kernels.gemm_path(32, 32, 16, torch.device("cpu")).name == chosen
+    kernels.reset_choices()
+
+
+def test_a_forced_path_is_used_and_an_unknown_one_is_refused():
+    with kernels.choose(fused_quant=False, path="int_mm"):
+        assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "int_mm"
+    with pytest.raises(ValueError, match="unknown int8 kernel path 'fast'"):
+        with kernels.choose(fused_quant=True, path="fast"):
+            pass
+
+
+def test_a_chosen_onednn_path_runs_no_reference_kernel():
+    """oneDNN falls back to its reference implementation for layouts a CPU has no kernel for
+    (1000x slower): ONEDNN_VERBOSE names the implementation of every primitive it runs."""
+    script = textwrap.dedent("""
+        import torch
+        from framecast.quant import kernels
+        path = kernels.gemm_path(256, 192, 96, torch.device("cpu"))
+        print("CHOSEN", path.name, flush=True)
+        if path.name != "int_mm":
+            xq = torch.randint(-64, 64, (256, 192), dtype=torch.int8)
+            path.matmul(xq, torch.randint(-127, 128, (96, 192), dtype=torch.int8),
+                        torch.ones(96))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "ONEDNN_VERBOSE": "1"}, timeout=120, check=True)
+    chosen = out.stdout.split("CHOSEN ", 1)[1].split()[0]
+    if chosen == "int_mm":
+        pytest.skip("torch._int_mm chosen on this CPU: no oneDNN primitive to inspect")
+    after = out.stdout.split("CHOSEN", 1)[1]
+    runs = [line for line in after.splitlines() if ",exec," in line and ",matmul," in line]
+    assert runs, "ONEDNN_VERBOSE printed no matmul"
+    assert not [line for line in runs if ",ref" in line], runs
+
+
+def test_bf16_is_native_only_where_the_cpu_says_so():
+    assert not kernels.native_16bit(torch.bfloat16, "cpu", frozenset({"avx2", "avx512_vnni"}))
+    assert kernels.native_16bit(torch.bfloat16, "cpu", frozenset({"amx_bf16"}))
+    assert kernels.native_16bit(torch.bfloat16, "cpu", frozenset({"avx512_bf16"}))
+    assert not kernels.native_16bit(torch.float16, "cpu", frozenset({"avx512_bf16"}))
+    assert kernels.native_16bit(torch.float16, "cuda", frozenset())
+    assert kernels.native_16bit(torch.float32, "cpu", frozenset())
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 513])
@@ -133,4 +238,24 @@ def test_a_used_int8_linear_copies_pickles_and_moves_with_identical_outputs(asym
     assert torch.equal(copy.deepcopy(layer)(x), y)
     assert torch.equal(pickle.loads(pickle.dumps(layer))(x), y)
     assert torch.equal(layer.to(torch.device("cpu"))(x), y)
-    assert (layer._packed is not None) == kernels.use_onednn(x.device)
+    assert bool(layer._packed) == (kernels.gemm_path(9, 48, 40, x.device).pack is not None)
+
+
+@pytest.mark.parametrize("asymmetric", [False, True])
+@pytest.mark.parametrize("path", list(kernels.PATHS))
+def test_int8_linear_on_every_path_stays_within_its_codes_quantization_error(path, asymmetric):
+    if not kernels.PATHS[path].available(torch.device("cpu")):
+        pytest.skip(f"{path} is not available here")
+    if path == "onednn" and kernels.gemm_path(64, 96, 40, torch.device("cpu")).name != "onednn":
+        pytest.skip("oneDNN's s8 kernel is inexact on this CPU (saturating int16 pairs)")
+    torch.manual_seed(5)
+    linear = nn.Linear(96, 40)
+    x = torch.randn(64, 96)
+    layer = Int8Linear.from_float(linear, asymmetric=asymmetric)
+    with kernels.choose(fused_quant=False, path=path):
+        y = layer(x)
+    bits = kernels.PATHS[path].act_bits
+    # Error bound: half an activation step times sum|W| plus the weights' own rounding.
+    step = x.abs().amax(dim=1, keepdim=True) * 2 / (2 ** bits - 2)
+    bound = step / 2 * linear.weight.abs().sum(dim=1) + 0.05
+    assert ((y - linear(x)).abs() <= bound).all()

@@ -389,3 +389,48 @@ def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
     assert "serve: stopped" in output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_local, served,
+                                                                         registered):
+    """W8A8 layers choose their int8 GEMM path by timing at first use: the replica's warm-up
+    does it (not the first request), and /v1/models shows what it chose."""
+    from ray import serve
+
+    from framecast.quant.apply import quantize_model
+    from framecast.quant.gemm_form import linearize
+    from framecast.quant.plan import PlanEntry, Precision, plan_records
+    from framecast.quant.sensitivity import weight_sensitivity
+    from framecast.train import next_frame_loss
+
+    url, _, _ = served
+    quant = create("vblt", "tiny")
+    quant.load_state_dict(registered[0].state_dict())
+    video = torch.randint(0, 256, (1, *FRAME_SHAPE), dtype=torch.uint8)
+    linearize(quant)
+    plan = [PlanEntry(name, s, Precision.INT8) for name, s in
+            weight_sensitivity(quant, [video], next_frame_loss).items()]
+    quantize_model(quant, plan)
+    name = f"{NAME}-int8"
+    with mlflow.start_run():
+        info = model_io.log_model(quant, "vblt", registered_name=name, extra={
+            "frame_shape": FRAME_SHAPE, "preset": "tiny", "precision": "w8a8",
+            "quant_plan": plan_records(plan)})
+    mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
+                                                     info.registered_model_version)
+    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
+                   ingress_cpus=0.1)
+    serve.run(build_app(args), name="framecast-test-int8", route_prefix="/int8")
+    try:
+        entry = requests.get(f"{url}/int8/v1/models", timeout=60).json()["models"][0]
+        assert entry["precision"] == "w8a8"
+        chosen = entry["kernels"]["shapes"]
+        assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7"}
+        assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
+        response = requests.post(f"{url}/int8/v1/models/{name}/predict",
+                                 json=png_body(context(2)), timeout=60)
+        assert response.status_code == 200
+        fp32 = requests.get(f"{url}/v1/models/{NAME}", timeout=30).json()
+        assert fp32["kernels"]["int8_gemm"] == {}  # a float model runs no int8 GEMM
+    finally:
+        serve.delete("framecast-test-int8")

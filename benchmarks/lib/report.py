@@ -24,6 +24,10 @@ def machine() -> str:
     try:
         import torch
 
+        from framecast.quant.kernels import cpu_summary
+
+        cpu = f"{cpu}; int8/bf16 flags: {cpu_summary()}"
+
         if torch.cuda.is_available():
             gpu = f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:
@@ -42,8 +46,12 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
 
 def key_values(values: dict[str, float | int | str]) -> str:
     """'k=v k=v ...' for a benchmark's closing RESULT line."""
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in values.items())
+    def fmt(v: float | int | str) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v) if isinstance(v, int) or " " not in v else "na"  # one token per value
+
+    return " ".join(f"{k}={fmt(v)}" for k, v in values.items())
 
 
 def report(name: str, title: str, table: str, notes: str, result: str) -> None:

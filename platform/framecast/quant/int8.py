@@ -27,18 +27,20 @@ def quantize_symmetric(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, to
     return q, scale
 
 
-def quantize_asymmetric(x: torch.Tensor, dim: int = -1
+def quantize_asymmetric(x: torch.Tensor, dim: int = -1, bits: int = 8
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int8 values, scales and integer zero points with x ~= (q - zero) * scale over the range
     [min, max] of each slice: for skewed distributions (VQ-ViT's 'int8 asymmetric' precision).
+    Codes span [-2^(bits-1), 2^(bits-1) - 1] (bits=7 for a GEMM path that takes 7-bit codes).
     Also the per-token hot path of asymmetric layers (run fused, see `kernels.fused`; written
     without in-place ops, which the compiler fuses worse). round(x / s) + z = round(z + x / s)
     as z is an integer."""
+    low, levels = -(2 ** (bits - 1)), 2 ** bits - 1
     lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max(0.0)
     hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min(0.0)
-    scale = (hi - lo).clamp_min(1e-8) / 255.0
-    zero = torch.round(-128.0 - lo / scale).clamp(-128, 127)
-    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round().clamp(-128, 127)
+    scale = (hi - lo).clamp_min(1e-8) / levels
+    zero = torch.round(low - lo / scale).clamp(low, low + levels)
+    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round().clamp(low, low + levels)
     return q.to(torch.int8), scale, zero
 
 
@@ -57,18 +59,19 @@ def row_std(x: torch.Tensor) -> torch.Tensor:
     return ((s2 - s1 * s1 / n) / max(n - 1, 1)).clamp_min(0.0).sqrt()
 
 
-def quantize_tokens(x: torch.Tensor, delta: torch.Tensor | None = None
+def quantize_tokens(x: torch.Tensor, delta: torch.Tensor | None = None, qmax: int = QMAX
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8 of a 2-D activation (tokens, features): the hot path of every W8A8
-    layer (run fused, see `kernels.fused`: one pass, ~4x faster than eager ops). With a delta the
-    scale is (max|x| + delta * std(x)) / 127 (VQ-ViT's learned LayerNorm-output scale) and values
-    beyond it are clipped."""
+    layer (run fused, see `kernels.fused`: one pass, ~4x faster than eager ops). Codes span
+    [-qmax, qmax] (63 for a GEMM path that takes 7-bit codes). With a delta the scale is
+    (max|x| + delta * std(x)) / qmax (VQ-ViT's learned LayerNorm-output scale) and values beyond
+    it are clipped."""
     amax = x.abs().amax(dim=1, keepdim=True).float()
     if delta is not None:
         amax = amax + delta * row_std(x)
     amax = amax.clamp_min(1e-8)
-    q = (x * (QMAX / amax)).round().clamp(-QMAX, QMAX)
-    return q.to(torch.int8), amax / QMAX
+    q = (x * (qmax / amax)).round().clamp(-qmax, qmax)
+    return q.to(torch.int8), amax / qmax
 
 
 _quantize_tokens_fused = kernels.fused(quantize_tokens)
@@ -81,8 +84,8 @@ def _refresh_after_load(module: Int8Linear, _incompatible_keys: object) -> None:
 
 class Int8Linear(nn.Module):
     """A linear layer holding int8 weights (per output channel) that quantizes its input per
-    token at run time and multiplies int8 x int8 -> int32 on an integer kernel (`kernels`: oneDNN
-    on VNNI/AMX CPUs, `torch._int_mm` elsewhere).
+    token at run time and multiplies int8 x int8 -> int32 on the integer kernel measured fastest
+    for its shape (`kernels.gemm_path`).
 
     symmetric: y = (x_q @ W_q^T) * s_x * s_w + b.
     asymmetric (VQ-ViT's middle precision, for skewed weights and activations): weights and
@@ -104,14 +107,14 @@ class Int8Linear(nn.Module):
             self.register_buffer("weight_zero", torch.zeros(out_features, dtype=torch.int32))
             self.register_buffer("weight_colsum", torch.zeros(out_features, dtype=torch.int32))
         self._delta: torch.Tensor | None = None
-        self._packed: kernels.PackedInt8 | None = None  # kernel layout, built on first use
+        self._packed: dict[str, object] = {}  # per GEMM path: its weight layout, built on use
         self._correction: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh(self) -> None:
         """Derive what forward needs from the buffers (after loading or setting them)."""
         self._delta = self.act_delta if float(self.act_delta) else None
-        self._packed = self._correction = None
+        self._packed, self._correction = {}, None
         if self.asymmetric:
             self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
 
@@ -119,12 +122,12 @@ class Int8Linear(nn.Module):
         # .to(device) and friends: the cached tensors belong to the old buffers.
         out = super()._apply(fn, recurse)
         self._delta = None if self._delta is None else self.act_delta
-        self._packed = self._correction = None
+        self._packed, self._correction = {}, None
         return out
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_packed"] = None  # an opaque oneDNN tensor: rebuilt, never copied or pickled
+        state["_packed"] = {}  # opaque oneDNN tensors: rebuilt, never copied or pickled
         return state
 
     @classmethod
@@ -147,16 +150,14 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
+        path = kernels.gemm_path(x2.shape[0], self.in_features, self.out_features, x2.device)
         if self.asymmetric:
-            xq, xs, xz = _quantize_asymmetric_fused(x2, 1)
+            xq, xs, xz = _quantize_asymmetric_fused(x2, 1, path.act_bits)
         else:
-            xq, xs = _quantize_tokens_fused(x2, self._delta)
-        packed = None
-        if kernels.use_onednn(x2.device):
-            if self._packed is None:
-                self._packed = kernels.pack_int8(self.weight_q)
-            packed = self._packed
-        y = kernels.int8_matmul_scaled(xq, self.weight_q, self.weight_scale, packed)
+            xq, xs = _quantize_tokens_fused(x2, self._delta, 2 ** (path.act_bits - 1) - 1)
+        if path.pack is not None and path.name not in self._packed:
+            self._packed[path.name] = path.pack(self.weight_q)
+        y = path.run(xq, self.weight_q, self.weight_scale, self._packed.get(path.name))
         if self.asymmetric:
             # (x_q - z_x).(W_q - z_w) = x_q.W_q - (rowsum(x_q) - K z_x) z_w - z_x colsum(W_q): the
             # correction is rank 2, one small GEMM into the (weight-scaled) product.
@@ -208,9 +209,10 @@ class HalfLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fp16 weights"
 
 
-def reference_w8a8(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """The same arithmetic in float (dequantize then multiply): what Int8Linear must equal."""
+def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
+    """The same arithmetic in float (dequantize then multiply): what Int8Linear must equal on a
+    GEMM path taking `act_bits`-bit activation codes."""
     wq, ws = quantize_symmetric(linear.weight.detach(), dim=1)
-    xq, xs = quantize_symmetric(x.reshape(-1, linear.in_features), dim=1)
+    xq, xs = quantize_tokens(x.reshape(-1, linear.in_features), qmax=2 ** (act_bits - 1) - 1)
     y = F.linear(dequantize(xq, xs), dequantize(wq, ws), linear.bias)
     return y.reshape(*x.shape[:-1], linear.out_features)

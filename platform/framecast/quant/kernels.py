@@ -1,19 +1,25 @@
-"""The integer hot path of a W8A8 layer on the fastest kernels this machine has.
+"""The integer hot path of a W8A8 layer on the fastest exact kernel this machine has, chosen by
+measurement.
 
-Measured on the 2-core x86 machines (benchmarks/RESULTS.md, quantize): in eager PyTorch the
-per-token activation quantizer reads and writes the activation five times and cost as much as
-the int8 GEMM saved, so W8A8 ran slower than fp32 (0.6-0.9x). Two changes (to ~1.2-1.3x on the
-`paper` preset at batch 1, 0.8-0.95x on `small`):
+CPU flags do not tell which int8 kernel is fast: oneDNN's int8 GEMM is ~2x `torch._int_mm` on a
+CPU with AMX, falls back to its reference implementation (1000x slower) on some VNNI-only CPUs,
+and on AVX2-only CPUs (no VNNI) it pairs u8 x s8 products in saturating int16, so full-range
+8-bit codes come out wrong, while `torch._int_mm` there is 15-30x slower than a float GEMM.
+So each GEMM shape is measured once per process (`gemm_path`): every available path is timed on
+full-range operands of that shape and checked exact against a float64 product; the fastest exact
+one is kept, and the choice is logged once. Paths:
 
-- `fused`: the quantizer compiled by inductor into one C++ loop (one read of the activation, one
-  int8 write; about 4x faster than the eager ops), with the eager function as the fall-back where
-  no compiler works or `FRAMECAST_FUSED_QUANT=0`;
-- `int8_matmul_scaled`: oneDNN's int8 GEMM (AMX or VNNI instructions, about 2x `torch._int_mm` on
-  these CPUs) writing float32 with the per-channel weight scale already applied, where the CPU has
-  VNNI (without it, x86 int8 kernels pair products in saturating int16); `torch._int_mm`
-  elsewhere (CUDA, other CPUs) or with `FRAMECAST_INT8_KERNEL=int_mm`.
+- `int_mm`: `torch._int_mm`, the reference (CUDA too).
+- `onednn`: oneDNN's int8 linear, s8 activations, weight scale applied in the kernel.
+- `onednn_u7`: the same kernel on 7-bit activations shifted to u8 [0, 127]: exact on AVX2 CPUs
+  without VNNI, where it is the only fast exact int8 GEMM (PyTorch's fbgemm default,
+  `reduce_range`, makes the same trade). Chosen only when the fastest 8-bit path is more than 2x
+  slower than it; the layer then quantizes its activations to 7 bits.
 
-`choose` switches both for a block of code (the quantize benchmark times the paths side by side).
+`FRAMECAST_INT8_KERNEL=<path>` forces a path, `FRAMECAST_FUSED_QUANT=0` the eager quantizer;
+`choose` does both for a block of code (the benchmarks time the paths side by side).
+`fused` compiles the per-token quantizer into one pass with the eager function as fall-back.
+Measured effects: benchmarks/RESULTS.md (quantize).
 """
 
 from __future__ import annotations
@@ -21,38 +27,44 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable)
-_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+_16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
+SLOWER_8BIT_LIMIT = 2.0  # a 7-bit path wins only when the best 8-bit one is this much slower
 
 
 @dataclass
 class KernelChoice:
-    """Which kernels W8A8 layers use; both on by default (environment variables turn them off)."""
+    """Process-wide switches (environment variables set the defaults)."""
     fused_quant: bool = os.environ.get("FRAMECAST_FUSED_QUANT", "1") != "0"
-    onednn: bool = os.environ.get("FRAMECAST_INT8_KERNEL", "auto") != "int_mm"
+    path: str = os.environ.get("FRAMECAST_INT8_KERNEL", "auto")  # auto or a PATHS name
 
 
 CHOICE = KernelChoice()
 
 
 @contextlib.contextmanager
-def choose(*, fused_quant: bool, onednn: bool) -> Iterator[None]:
-    """Run W8A8 layers on the given kernels inside the block (benchmarks compare both paths)."""
-    saved = KernelChoice(CHOICE.fused_quant, CHOICE.onednn)
-    CHOICE.fused_quant, CHOICE.onednn = fused_quant, onednn
+def choose(*, fused_quant: bool, path: str = "auto") -> Iterator[None]:
+    """Run W8A8 layers with the given quantizer and GEMM path ('auto': measured) in the block."""
+    if path != "auto" and path not in PATHS:
+        raise ValueError(f"unknown int8 kernel path {path!r}; accepted: auto, {', '.join(PATHS)}")
+    saved = KernelChoice(CHOICE.fused_quant, CHOICE.path)
+    CHOICE.fused_quant, CHOICE.path = fused_quant, path
     try:
         yield
     finally:
-        CHOICE.fused_quant, CHOICE.onednn = saved.fused_quant, saved.onednn
+        CHOICE.fused_quant, CHOICE.path = saved.fused_quant, saved.path
 
 
 def fused(fn: F) -> F:
@@ -76,45 +88,69 @@ def fused(fn: F) -> F:
 
 
 @functools.cache
-def onednn_int8_available() -> bool:
-    """oneDNN's int8 linear is built in and the CPU multiplies int8 without int16 saturation."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")):
-        return False
+def cpu_flags() -> frozenset[str]:
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return bool(flags & _VNNI_FLAGS)
+        pass
+    return frozenset()
 
 
-class PackedInt8(NamedTuple):
-    """An int8 weight in oneDNN's blocked layout (an opaque tensor: never saved or copied)."""
-    weight: torch.Tensor
-    zero_points: torch.Tensor  # int32 zeros: the weights are symmetric in the kernel's view
+def cpu_summary() -> str:
+    """The CPU's int8/bf16 flags, for reports ('none' where it has none of them)."""
+    shown = [f for f in (*_INT8_FLAGS, *_16BIT_FLAGS) if f in cpu_flags()]
+    return " ".join(shown) or "none"
 
+
+def native_16bit(dtype: torch.dtype, device: torch.device | str = "cpu",
+                 flags: frozenset[str] | None = None) -> bool:
+    """Whether `device` computes `dtype` (bf16/fp16) natively; elsewhere 16-bit math is an
+    emulation slower than float32, so 16-bit weights should be multiplied in float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    flags = cpu_flags() if flags is None else flags
+    if dtype == torch.bfloat16:
+        return bool(flags & {"amx_bf16", "avx512_bf16"})
+    if dtype == torch.float16:
+        return bool(flags & {"amx_fp16", "avx512_fp16"})
+    return True
+
+
+def compute_dtype(dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+    """`dtype` where the device computes it natively, float32 elsewhere."""
+    return dtype if native_16bit(dtype, device) else torch.float32
+
+
+# -- the int8 GEMM paths --------------------------------------------------------------------
 
 _ONE = torch.tensor(1.0)
 _ZERO = torch.tensor(0, dtype=torch.int32)
+_U7_ZERO = torch.tensor(64, dtype=torch.int32)
 
 
-def use_onednn(device: torch.device) -> bool:
-    return device.type == "cpu" and CHOICE.onednn and onednn_int8_available()
+def _onednn_available(device: torch.device) -> bool:
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.onednn, "qlinear_prepack"))
 
 
-def pack_int8(weight_q: torch.Tensor) -> PackedInt8:
-    """The weight (out, in) int8 prepacked for oneDNN (where `use_onednn`)."""
-    return PackedInt8(torch.ops.onednn.qlinear_prepack(weight_q, None),
-                      torch.zeros(weight_q.shape[0], dtype=torch.int32))
+def _onednn_pack(weight_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # An opaque blocked-layout tensor: rebuilt per process, never saved or copied.
+    return (torch.ops.onednn.qlinear_prepack(weight_q, None),
+            torch.zeros(weight_q.shape[0], dtype=torch.int32))
 
 
-def int8_matmul_scaled(xq: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor,
-                       packed: PackedInt8 | None) -> torch.Tensor:
-    """float32 (x_q @ W_q^T) * s_w for int8 x_q (tokens, in) and W_q (out, in), accumulated in
-    int32: the caller applies the per-token scale and the bias."""
-    if packed is not None:
-        return torch.ops.onednn.qlinear_pointwise.tensor(
-            xq, _ONE, _ZERO, packed.weight, weight_scale, packed.zero_points, None, 1.0, 0,
-            torch.float32, "none", [], "")
+def _onednn_run(x: torch.Tensor, zero: torch.Tensor, scale: torch.Tensor, packed: Any
+                ) -> torch.Tensor:
+    weight, weight_zero = packed
+    return torch.ops.onednn.qlinear_pointwise.tensor(
+        x, _ONE, zero, weight, scale, weight_zero, None, 1.0, 0, torch.float32, "none", [], "")
+
+
+def _int_mm_run(xq: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, _: Any
+                ) -> torch.Tensor:
     m, k = xq.shape
     n = weight_q.shape[0]
     if xq.device.type == "cuda" and (m <= 16 or k % 8 or n % 8):
@@ -126,4 +162,146 @@ def int8_matmul_scaled(xq: torch.Tensor, weight_q: torch.Tensor, weight_scale: t
     # (tokens, out) tensor costs more than the arithmetic on a CPU (page faults).
     y = acc.view(torch.float32)
     y.copy_(acc)
-    return y.mul_(weight_scale)
+    return y.mul_(scale)
+
+
+@dataclass(frozen=True)
+class GemmPath:
+    """One way to compute float32 (x_q @ W_q^T) * s_w exactly from int8 codes."""
+    name: str
+    act_bits: int  # activation codes the path computes exactly: 8 -> [-128, 127], 7 -> [-64, 63]
+    available: Callable[[torch.device], bool]
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+    pack: Callable[[torch.Tensor], Any] | None = None  # weight_q -> the kernel's layout
+
+    def matmul(self, xq: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor,
+               packed: Any = None) -> torch.Tensor:
+        if self.pack is not None and packed is None:
+            packed = self.pack(weight_q)
+        return self.run(xq, weight_q, scale, packed)
+
+
+PATHS: dict[str, GemmPath] = {p.name: p for p in (
+    GemmPath("int_mm", 8, lambda _: True, _int_mm_run),
+    GemmPath("onednn", 8, _onednn_available,
+             lambda xq, _w, s, packed: _onednn_run(xq, _ZERO, s, packed), _onednn_pack),
+    # 7-bit codes + 64 as u8 with zero point 64: (u - 64) . W exactly, without int16 saturation.
+    GemmPath("onednn_u7", 7, _onednn_available,
+             lambda xq, _w, s, packed: _onednn_run((xq + 64).view(torch.uint8), _U7_ZERO, s,
+                                                   packed), _onednn_pack),
+)}
+
+
+@dataclass
+class Measured:
+    """One shape class's measurement: ms per path (inf: not exact) and the path kept."""
+    shape: tuple[int, int, int]
+    ms: dict[str, float] = field(default_factory=dict)
+    chosen: str = "int_mm"
+
+
+_CHOSEN: dict[tuple, Measured] = {}
+
+
+def shape_class(tokens: int, k: int, n: int) -> tuple[int, int, int]:
+    """GEMMs of the same (K, N) and token count within a power of two share a choice."""
+    return 2 ** max(4, math.ceil(math.log2(max(tokens, 1)))), k, n
+
+
+def _run_ms(path: GemmPath, operands: tuple, packed: Any, calls: int) -> tuple[float, Any]:
+    """Median ms of `calls` runs (after none: the caller warms up) and the last output."""
+    times, out = [], None
+    for _ in range(calls):
+        start = time.perf_counter()
+        out = path.run(*operands, packed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2], out
+
+
+def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tuple:
+    """Full-range int8 codes (the activation clipped to `bits`) with the extreme products in
+    the first rows, where saturating int16 pairs would show; a positive per-channel scale."""
+    gen = torch.Generator().manual_seed(0)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    xq = torch.randint(low, high + 1, (rows, k), dtype=torch.int8, generator=gen)
+    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=gen)
+    xq[0], wq[0] = high, 127
+    xq[1], wq[1] = low, -128
+    scale = torch.rand(n, generator=gen) + 0.5
+    return xq.to(device), wq.to(device), scale.to(device)
+
+
+def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
+    """Screen every available path on 64 rows (exactness against a float64 product, and a
+    timing that drops paths over 4x the best, such as a reference kernel, after two calls),
+    then time the survivors on up to 1024 rows of the shape class."""
+    rows, _, _ = shape_class(tokens, k, n)
+    m = Measured(shape_class(tokens, k, n))
+    screened: dict[str, tuple[float, Any]] = {}
+    for name, path in PATHS.items():
+        if not path.available(device):
+            continue
+        xq, wq, scale = _operands(64, k, n, path.act_bits, device)
+        try:
+            packed = path.pack(wq) if path.pack else None
+            path.run(xq, wq, scale, packed)  # first call: builds the kernel
+            ms, out = _run_ms(path, (xq, wq, scale), packed, 1)
+        except (RuntimeError, NotImplementedError) as err:
+            log.info("int8 path %s unavailable here: %s", name, str(err).splitlines()[0])
+            continue
+        exact = (xq.double() @ wq.double().t()) * scale.double()
+        m.ms[name] = ms if torch.allclose(out.double(), exact, rtol=1e-6, atol=0) else math.inf
+        screened[name] = (ms, packed)
+    best, full = min(m.ms.values()), min(rows, 1024)  # time per row is flat beyond 1024
+    for name, ms in m.ms.items():
+        if full <= 64 or math.isinf(ms):
+            continue
+        if ms > 4 * best:
+            m.ms[name] = ms * full / 64  # screened out: an estimate, never the fastest
+            continue
+        path = PATHS[name]
+        operands = _operands(full, k, n, path.act_bits, device)
+        path.run(*operands, screened[name][1])
+        m.ms[name], _ = _run_ms(path, operands, screened[name][1], 3)
+    fastest = min(m.ms, key=m.ms.__getitem__)
+    eight = [p for p in m.ms if PATHS[p].act_bits == 8]
+    fastest8 = min(eight, key=m.ms.__getitem__)
+    m.chosen = fastest8 if m.ms[fastest8] <= SLOWER_8BIT_LIMIT * m.ms[fastest] else fastest
+    return m
+
+
+def gemm_path(tokens: int, k: int, n: int, device: torch.device) -> GemmPath:
+    """The int8 GEMM path for a (tokens, K) x (K, N) product on `device`: forced by
+    `FRAMECAST_INT8_KERNEL`/`choose`, else measured once per shape class and process."""
+    if CHOICE.path != "auto":
+        path = PATHS.get(CHOICE.path)
+        if path is None:
+            raise ValueError(f"FRAMECAST_INT8_KERNEL={CHOICE.path!r}: expected auto or one of "
+                             f"{', '.join(PATHS)}")
+        return path if path.available(device) else PATHS["int_mm"]
+    if device.type != "cpu":
+        return PATHS["int_mm"]
+    key = shape_class(tokens, k, n)
+    if key not in _CHOSEN:
+        m = _measure(tokens, k, n, device)
+        _CHOSEN[key] = m
+        times = ", ".join(f"{p} {'inexact' if math.isinf(t) else f'{t:.2f} ms'}"
+                          for p, t in m.ms.items())
+        log.info("int8 GEMM %dx%dx%d: %s (%s)", *key, m.chosen, times)
+    return PATHS[_CHOSEN[key].chosen]
+
+
+def choices() -> dict[str, Any]:
+    """What this process measured and chose, for logs, reports and /v1/models."""
+    counts: dict[str, int] = {}
+    for m in _CHOSEN.values():
+        counts[m.chosen] = counts.get(m.chosen, 0) + 1
+    return {"cpu_flags": cpu_summary(), "fused_quant": CHOICE.fused_quant,
+            "forced": None if CHOICE.path == "auto" else CHOICE.path,
+            "int8_gemm": counts,
+            "shapes": {"x".join(map(str, m.shape)): m.chosen for m in _CHOSEN.values()}}
+
+
+def reset_choices() -> None:
+    """Forget every measurement (tests; a benchmark that changes threads)."""
+    _CHOSEN.clear()
