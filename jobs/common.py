@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -15,19 +16,52 @@ T = TypeVar("T")
 USER_ERRORS = (ConfigError, DatasetError, FileNotFoundError, ValueError)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what `ray job stop` sends), handled like Ctrl-C."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str] | None,
             description: str, epilog: str = "") -> int:
+    """Parse the config and run `main`; every MLflow run the job opened ends with its true
+    state: FINISHED, KILLED after Ctrl-C/SIGTERM, FAILED after an error."""
     prog = f"python -m jobs.{name}"
-    config = parse_args(cls, argv, description=description, epilog=epilog, prog=prog)
+    config = parse_args(cls, argv, description=description, epilog=epilog, prog=prog,
+                        verbose_flag=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         main(config)
     except USER_ERRORS as err:
+        _end_runs("FAILED", prog)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        _end_runs("KILLED", prog)
+        print(f"{prog}: {'stopped by ' + str(err) if isinstance(err, Stopped) else 'interrupted'}",
+              file=sys.stderr)
         return 130
+    except BaseException:
+        _end_runs("FAILED", prog)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _end_runs(status: str, prog: str) -> None:
+    from framecast import tracking
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    try:
+        ended = tracking.end_open_runs(status)
+    except Exception as err:  # the store is gone: the job's own error matters more
+        print(f"{prog}: could not mark MLflow runs {status}: {err}", file=sys.stderr)
+        return
+    if ended:
+        print(f"{prog}: MLflow runs marked {status}: {', '.join(ended)}", file=sys.stderr)
 
 
 def log_prediction_figure(model, video, title: str = "") -> None:

@@ -25,7 +25,8 @@ from jobs.render import RenderJobConfig, render
 from jobs.serve import smoke
 from jobs.train import TrainJobConfig, train
 
-# Scale per preset. demo: 32x32 frames (the 256-way output per pixel makes 64x64 slow on a CPU).
+# Scale per preset. demo: 16x16 frames, where 240 CPU steps of the `demo` model beat
+# copy-last-frame on 2D (at 32x32, 120 steps did not: benchmarks/RESULTS.md, demo).
 # paper: 12 frames of 64x64 and the paper's model (its data set size is not given; 10k is ours).
 # smoke: seconds per stage, to check the wiring (tests, a new cluster).
 PRESETS = {
@@ -34,9 +35,10 @@ PRESETS = {
                         "log_every": 2, "eval_sequences": 4},
               "quantize": {"stage_steps": 1, "final_steps": 1, "batch_size": 4,
                            "eval_sequences": 4, "calib_batches": 1, "latency_repeats": 1}},
-    "demo": {"render": {"num_sequences": 240, "frames": 12, "size": 32},
-             "train": {"preset": "small", "steps": 120, "batch_size": 8, "checkpoint_every": 60},
-             "quantize": {"stage_steps": 10, "final_steps": 20}},
+    "demo": {"render": {"num_sequences": 240, "frames": 12, "size": 16},
+             "train": {"preset": "demo", "steps": 240, "batch_size": 8, "checkpoint_every": 120,
+                       "log_every": 30, "eval_every": 120, "lr": 5e-3},
+             "quantize": {"stage_steps": 5, "final_steps": 10}},
     "paper": {"render": {"num_sequences": 10_000, "frames": 12, "size": 64},
               "train": {"preset": "paper", "steps": 20_000, "batch_size": 16,
                         "checkpoint_every": 1000, "lr": 1e-3},
@@ -85,10 +87,48 @@ def train_config(config: PipelineConfig, data: Path, parent_run_id: str) -> Trai
         name=f"vblt-{data.name}-{parent_run_id[:8]}", **preset)
 
 
+@dataclass(frozen=True)
+class SummaryRow:
+    """What the pipeline made from one data set: the closing table's row."""
+    kind: str
+    data: str
+    counts: dict[str, int]
+    model: str  # registered fp32 model and version
+    int8: str  # registered W8A8 model and version
+    psnr: float
+    psnr_copy: float
+    ssim: float
+    ssim_copy: float
+    size_ratio: float
+    speedup_b1: float
+    psnr_drop_db: float
+    serve_ms: float
+    figure: str
+
+
+def summary_table(rows: list[SummaryRow]) -> str:
+    """The table `make demo` ends with: one row per data set, model against copy-last-frame."""
+    header = ("data", "sequences", "model", "test PSNR (copy-last)", "test SSIM (copy-last)",
+              "W8A8 model", "size", "speed b1", "PSNR drop", "Serve")
+    lines = [[f"{r.kind}", "/".join(str(r.counts.get(s, 0)) for s in ("train", "val", "test")),
+              r.model, f"{r.psnr:.2f} ({r.psnr_copy:.2f})", f"{r.ssim:.3f} ({r.ssim_copy:.3f})",
+              r.int8, f"{r.size_ratio:.2f}x smaller", f"{r.speedup_b1:.2f}x",
+              f"{r.psnr_drop_db:+.2f} dB", f"{r.serve_ms:.0f} ms"] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    out.append("sequences = train/val/test; speed b1 = W8A8 latency speed-up at batch 1; "
+               "Serve = one HTTP predict.")
+    out += [f"{r.kind} data: {r.data}; prediction figure (truth / prediction / entropy): "
+            f"{r.figure}" for r in rows]
+    return "\n".join(out)
+
+
 def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
-               done: dict[str, str]) -> dict:
+               done: dict[str, str]) -> SummaryRow:
     """Train, evaluate and quantize on one data set; each stage is reused when a FINISHED run
-    with the same inputs exists. Returns the quantize stage's registered model and metrics."""
+    with the same inputs exists. Returns the row of the closing summary."""
     import mlflow
 
     from framecast import data as fdata
@@ -105,23 +145,26 @@ def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
                              data=checksums)
     if run := tracking.finished_stage(key, exp):
         model_uri = run.data.tags["framecast.model_uri"]
+        fp32 = run.data.tags.get("framecast.registered", "")
         done[f"train-{kind}"] = f"reused {run.info.run_id}"
         print(f"pipeline: train-{kind}: reusing finished run {run.info.run_id}")
     else:
         trained = train(train_cfg)
         model_uri = trained["model_uri"]
-        tracking.mark_stage(trained["run_id"], key, **{"framecast.model_uri": model_uri})
+        fp32 = f"{trained['registered']}:{trained['version']}"
+        tracking.mark_stage(trained["run_id"], key, **{"framecast.model_uri": model_uri,
+                                                       "framecast.registered": fp32})
         done[f"train-{kind}"] = trained["run_id"]
 
     key = tracking.stage_key("evaluate", model=model_uri, data=checksums, split="test")
     if run := tracking.finished_stage(key, exp):
-        summary = run.data.metrics
+        summary, evaluate_run = run.data.metrics, run.info.run_id
         done[f"evaluate-{kind}"] = f"reused {run.info.run_id}"
         print(f"pipeline: evaluate-{kind}: reusing finished run {run.info.run_id}")
     else:
         evaluated = evaluate_job(EvaluateConfig(model=model_uri, data=data, split="test",
                                                 experiment=exp))
-        summary = evaluated["summary"]
+        summary, evaluate_run = evaluated["summary"], evaluated["run_id"]
         tracking.mark_stage(evaluated["run_id"], key)
         done[f"evaluate-{kind}"] = evaluated["run_id"]
     mlflow.log_metrics({f"{kind}_test_psnr": summary["test_psnr"],
@@ -152,11 +195,19 @@ def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
                              f"(v{served['version']}, {served['precision']}; app removed)")
     mlflow.log_metrics({f"{kind}_serve_request_ms": served["request_ms"],
                         f"{kind}_serve_deploy_s": served["deploy_s"]})
-    return {"registered": registered, "version": version, "metrics": values}
+    return SummaryRow(
+        kind=kind, data=data, counts=dict(kind_result.manifest.counts),
+        model=fp32.replace(":", " v") or model_uri, int8=f"{registered} v{version}",
+        psnr=summary["test_psnr"], psnr_copy=summary["test_psnr_copy_last"],
+        ssim=summary["test_ssim"], ssim_copy=summary["test_ssim_copy_last"],
+        size_ratio=values["size_ratio"], speedup_b1=values["speedup_b1"],
+        psnr_drop_db=values["psnr_drop_db"], serve_ms=served["request_ms"],
+        figure=tracking.artifact_path(evaluate_run, "figures/prediction.png"))
 
 
 def pipeline(config: PipelineConfig) -> dict[str, str]:
-    """Run every stage under one MLflow parent run; returns {stage: child run id or note}."""
+    """Run every stage under one MLflow parent run; returns {stage: child run id or note} and,
+    under "summary", the closing table."""
     import mlflow
 
     from framecast import tracking
@@ -165,7 +216,8 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
     tracking.use_experiment(config.experiment)
     init_ray()
     done: dict[str, str] = {}
-    with mlflow.start_run(run_name=f"pipeline-{config.preset}") as parent:
+    rows: list[SummaryRow] = []
+    with tracking.start_run(run_name=f"pipeline-{config.preset}") as parent:
         mlflow.set_tag("framecast.job", "pipeline")
         tracking.log_params(flat_params(config))
         for render_config in render_configs(config):
@@ -173,16 +225,21 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             result = render(render_config)
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
-            run_stages(config, result, parent.info.run_id, done)
-    models = ",".join(sorted({w.split(" -> ")[1].split()[0] for s, w in done.items()
-                              if s.startswith("quantize-")}))
+            rows.append(run_stages(config, result, parent.info.run_id, done))
+        table = summary_table(rows)
+        tracking.log_file_bytes(table.encode(), "summary", "summary.txt")
+    models = ",".join(r.int8.split()[0] for r in rows)
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")
-    print(f"  parent run   {parent.info.run_id}")
-    print(f"  browse with: {tracking.ui_command()}")
-    print(f"  serve with:  python -m jobs.serve --model {models}   "
+    print(f"  parent run   {parent.info.run_id}\n")
+    print(table)
+    print("\nGo further:")
+    print(f"  browse runs:  {tracking.ui_command()}")
+    print(f"  serve:        python -m jobs.serve --model {models}   "
           "# then http://127.0.0.1:8000/docs")
+    print("  train longer: python -m jobs.pipeline --train-steps 1000   # --preset paper on GPUs")
+    done["summary"] = table
     return done
 
 

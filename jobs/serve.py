@@ -125,7 +125,7 @@ def start_serve(host: str, port: int) -> tuple[str, bool]:
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from framecast.cluster import init_ray
+    from framecast.cluster import init_ray, quiet_console
 
     init_ray()
     client = _get_global_client(raise_if_no_controller_running=False)
@@ -136,6 +136,7 @@ def start_serve(host: str, port: int) -> tuple[str, bool]:
     if not port_is_free(host, port):
         raise ConfigError(f"port {port} on {host} is in use; pick another --port")
     serve.start(http_options={"host": host, "port": port})
+    quiet_console()  # Serve's driver-side logger is set up by serve.start
     return f"http://{host}:{port}", True
 
 

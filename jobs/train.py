@@ -14,8 +14,11 @@ registered in MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +31,8 @@ from jobs.common import log_prediction_figure, run_job
 class TrainJobConfig(OptimConfig):
     data: str = field(default="", metadata={"help": "data set folder from jobs.render (required)"})
     model: str = field(default="vblt", metadata={"help": "model name in the registry"})
-    preset: str = field(default="small", metadata={"help": "model preset: tiny, small, paper"})
+    preset: str = field(default="small", metadata={
+        "help": "model preset: tiny, small, demo, paper"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers (data parallel)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
     cpus_per_worker: float = field(default=0.0, metadata={
@@ -103,15 +107,11 @@ def train_worker(loop_config: dict) -> None:
     client = mlflow.MlflowClient(loop_config["tracking_uri"]) if chief else None
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        if chief:
+        if chief:  # the driver prints progress from these (`follow_run`)
             step = int(metrics["step"])
             now = int(time.time() * 1000)
             client.log_batch(loop_config["run_id"], metrics=[
                 Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
-            extra = "".join(f" {k} {v:.4g}" for k, v in metrics.items()
-                            if k.startswith("val_") and not k.endswith("copy_last"))
-            print(f"train: step {step}/{config.steps} loss {metrics['loss']:.4f}{extra}",
-                  flush=True)
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
 
@@ -134,10 +134,13 @@ def _mlflow_run(config: TrainJobConfig, name: str) -> str:
                                output_format="list")
     if found:
         print(f"train: resuming run {name} (MLflow run {found[0].info.run_id})")
+        mlflow.MlflowClient().update_run(found[0].info.run_id, status="RUNNING")
+        tracking.remember_run(found[0].info.run_id)
         return found[0].info.run_id
     run = mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags={
         "framecast.job": "train", "framecast.ray_run": name, "framecast.model": config.model,
         **tracking.parent_tags()})
+    tracking.remember_run(run.info.run_id)
     return run.info.run_id
 
 
@@ -190,10 +193,54 @@ def train(config: TrainJobConfig) -> dict:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )
-    result = trainer.fit()
+    with follow_run(run_id, config.steps):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name} produced no checkpoint")
     return finish(config, run_id, name, result.checkpoint, manifest)
+
+
+@contextlib.contextmanager
+def follow_run(run_id: str, steps: int, every_s: float = 2.0) -> Iterator[None]:
+    """Print one line per logged step of the MLflow run `run_id` while the block runs: the
+    workers log their metrics there, so the driver shows progress without Ray's worker output.
+    """
+    import mlflow
+
+    client, stop, shown = mlflow.MlflowClient(), threading.Event(), set()
+
+    def show_new() -> None:
+        try:
+            losses = client.get_metric_history(run_id, "loss")
+            vals = {(m.key, m.step): m.value for key in ("val_psnr", "val_psnr_copy_last",
+                                                         "val_ssim", "val_ssim_copy_last")
+                    for m in client.get_metric_history(run_id, key)}
+        except mlflow.exceptions.MlflowException:
+            return  # the store is busy: next time
+        for m in sorted(losses, key=lambda m: m.step):
+            if m.step in shown:
+                continue
+            shown.add(m.step)
+            line = f"train: step {m.step}/{steps} loss {m.value:.4f}"
+            if ("val_psnr", m.step) in vals:
+                v = {k: vals.get((k, m.step), float("nan")) for k, _ in vals}
+                line += (f"  val PSNR {v['val_psnr']:.2f} dB (copy-last "
+                         f"{v['val_psnr_copy_last']:.2f}), SSIM {v['val_ssim']:.3f} "
+                         f"(copy-last {v['val_ssim_copy_last']:.3f})")
+            print(line, flush=True)
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            show_new()
+
+    thread = threading.Thread(target=loop, name="follow-run", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        show_new()
 
 
 def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest) -> dict:
@@ -219,18 +266,19 @@ def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest)
     with tracking.start_run(run_id=run_id):
         mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}, step=step)
         log_prediction_figure(model, val[0], title=f"{name} step {step}")
-        uri = model_io.log_model(model, config.model, registered_name=registered,
-                                 extra={"preset": config.preset, "data": str(config.data),
-                                        "frame_shape": list(manifest.config.frame_shape),
-                                        "step": step}).model_uri
+        info = model_io.log_model(model, config.model, registered_name=registered,
+                                  extra={"preset": config.preset, "data": str(config.data),
+                                         "frame_shape": list(manifest.config.frame_shape),
+                                         "step": step})
+    uri, version = info.model_uri, info.registered_model_version
     print(f"train: step {step}; val PSNR {summary['val_psnr']:.2f} dB "
           f"(copy-last {summary['val_psnr_copy_last']:.2f}), SSIM {summary['val_ssim']:.3f} "
           f"(copy-last {summary['val_ssim_copy_last']:.3f}), MSE {summary['val_mse']:.4f} "
           f"(copy-last {summary['val_mse_copy_last']:.4f})")
     print(f"train: MLflow run {run_id}; model {uri}"
-          + (f" registered as {registered}" if registered else ""))
+          + (f" registered as {registered} v{version}" if registered else ""))
     return {"run_id": run_id, "name": name, "model_uri": uri, "registered": registered,
-            "step": step, "metrics": summary}
+            "version": version, "step": step, "metrics": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

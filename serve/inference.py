@@ -43,7 +43,7 @@ def predict_steps(model: nn.Module, contexts: list[np.ndarray]) -> list[Step]:
         for row, i in enumerate(members):
             video[row, :t] = contexts[i]
         logits = model(torch.from_numpy(video))[:, -step:].float()  # (B, step, H, W, C, 256)
-        frames = decode_bytes(logits, "mean").numpy()
+        frames = decode_bytes(logits).numpy()
         entropy = entropy_bits(logits).numpy().astype(np.float32)
         for row, i in enumerate(members):
             out[i] = Step(frames[row], entropy[row])

@@ -48,3 +48,19 @@ def test_shapes_are_checked():
         metrics.mse_per_frame(video(0), video(0, (2, 2, 16, 16, 1)))
     with pytest.raises(TypeError):
         metrics.mse_per_frame(np.zeros((1, 1, 4, 4, 1)), np.zeros((1, 1, 4, 4, 1)))
+
+
+def test_trimmed_decoding_ignores_a_thin_tail_but_blends_real_modes():
+    import torch
+
+    from framecast.predict import decode_bytes
+
+    p = torch.full((256,), 0.03 / 255)
+    p[0] = 0.97  # black, with 3% of mass spread over every other byte
+    two = torch.zeros(256)
+    two[0], two[200] = 0.5, 0.5  # a moving edge: black or grey, equally likely
+    flat = torch.full((256,), 1 / 256)  # nothing is likely: the plain mean
+    logits = torch.stack([p, two, flat]).log()
+    assert decode_bytes(logits, "mean").tolist()[:2] == [4, 100]  # the tail drags black to 4
+    assert decode_bytes(logits).tolist() == [0, 100, 128]
+    assert decode_bytes(logits, "argmax").tolist()[:2] == [0, 0]

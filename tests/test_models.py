@@ -104,3 +104,33 @@ def test_frames_not_divisible_by_the_patch_are_refused():
     model = create("vblt", "tiny")  # patch (2, 4, 4)
     with pytest.raises(ValueError, match="divisible by the patch"):
         model(torch.zeros(1, 5, 16, 16, 1, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("patch", [(1, 4, 4), (2, 4, 4)])
+def test_vblt_with_the_byte_skip_is_causal_for_every_time_patch(patch):
+    """The skip hands each pixel query its encoder states of the last frames of slice s
+    (two frames when a slice has one): never a frame of slice s + 1."""
+    torch.manual_seed(0)
+    model = create("vblt", "tiny", patch=patch, byte_skip=True, copy_prior=12.0).eval()
+    video = torch.randint(0, 256, (1, 8, 16, 16, 1), dtype=torch.uint8)
+    for cut in range(patch[0], 8 - patch[0], patch[0]):
+        changed = video.clone()
+        changed[:, cut:] = 255 - changed[:, cut:]
+        with torch.no_grad():
+            a, b = model(video), model(changed)
+        kept = cut  # output j is frame pt + j: frames up to cut + pt - 1 see only frames < cut
+        assert torch.equal(a[:, :kept], b[:, :kept]), cut
+        assert not torch.allclose(a[:, kept:], b[:, kept:]), cut
+
+
+def test_the_copy_prior_starts_the_demo_model_at_copy_last_frame():
+    """With one frame per slice and the copy prior, the untrained model predicts each frame as
+    the frame before it: training starts from the baseline instead of from noise."""
+    from framecast.predict import decode_bytes
+
+    torch.manual_seed(0)
+    model = create("vblt", "demo").eval()
+    assert model.context_frames == model.frames_per_step == 1
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(decode_bytes(model(video)), video[:, :-1])

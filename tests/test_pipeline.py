@@ -1,8 +1,20 @@
-"""The pipeline end to end on the smoke preset, twice: the second run reuses every stage."""
+"""The pipeline end to end on the smoke preset, twice: the second run reuses every stage; a
+stopped or failing job leaves no run RUNNING."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
+import pytest
 
 from jobs.pipeline import PipelineConfig, pipeline
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys):
@@ -16,13 +28,105 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys)
     versions = mlflow.MlflowClient().get_model_version_by_alias("vblt-2d-int8", "candidate")
     assert versions.tags["precision"] == "w8a8"
 
+    table = first["summary"].splitlines()
+    assert table[0].split()[:5] == ["data", "sequences", "model", "test", "PSNR"]
+    for kind, line in zip(("2d", "3d"), table[2:4], strict=True):
+        assert line.startswith(kind) and f"vblt-{kind} v" in line and f"vblt-{kind}-int8 v" in line
+        assert "x smaller" in line and line.rstrip().endswith("ms")
+    figures = [line.rsplit(": ", 1)[1] for line in table if "prediction figure" in line]
+    assert len(figures) == 2 and all(Path(f).is_file() for f in figures)
+
     second = pipeline(config)
     assert all(what.startswith("reused") for stage, what in second.items()
-               if not stage.startswith("serve-")), second
+               if not stage.startswith(("serve-", "summary"))), second
     out = capsys.readouterr().out
     assert "train-3d: reusing finished run" in out
-    assert "serve with:  python -m jobs.serve --model vblt-2d-int8,vblt-3d-int8" in out
+    assert "serve:        python -m jobs.serve --model vblt-2d-int8,vblt-3d-int8" in out
     parents = mlflow.search_runs(experiment_names=["test-pipeline"],
                                  filter_string="tags.`framecast.job` = 'pipeline'")
     assert len(parents) == 2
     assert set(parents["metrics.2d_size_ratio"]) and parents["metrics.2d_size_ratio"].min() > 1
+
+
+def runs_of(home: Path, experiment: str) -> list:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment) if (home / "mlruns").exists() else None
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+@pytest.mark.slow  # a second local Ray beside the session's: minutes on 2 cores
+def test_a_pipeline_stopped_by_sigterm_leaves_no_running_run(tmp_path):
+    """`ray job stop` sends SIGTERM: the pipeline's parent run and the stage running then end
+    KILLED (not RUNNING forever, as a killed process leaves them)."""
+    home = tmp_path / "home"
+    env = {**os.environ, "FRAMECAST_HOME": str(home)}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.pipeline", "--preset", "smoke", "--workers", "1",
+         "--data-dir", str(tmp_path / "data"), "--experiment", "stopped"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and job.poll() is None:
+            running = [r for r in runs_of(home, "stopped") if r.info.status == "RUNNING"
+                       and r.data.tags.get("framecast.job") == "train"]
+            if running:
+                break
+            time.sleep(1)
+        assert job.poll() is None and running, "the train stage never started"
+        job.send_signal(signal.SIGTERM)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 130, out[-2000:]
+    assert "stopped by SIGTERM" in out
+    runs = runs_of(home, "stopped")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    status = {r.data.tags.get("framecast.job"): r.info.status for r in runs}
+    assert status["pipeline"] == "KILLED" and status["train"] == "KILLED"
+    assert status["render"] == "FINISHED"  # a stage that finished before keeps its state
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_a_stopped_job_ends_its_runs_killed(stop):
+    """`ray job stop` sends SIGTERM, a user presses Ctrl-C: the job's runs (the active one and
+    one made through the client, as jobs.train does) end KILLED, never RUNNING."""
+    from framecast import tracking
+    from jobs.common import run_job
+
+    @dataclass(frozen=True)
+    class Nothing:
+        pass
+
+    def stopped(_config: Nothing) -> None:
+        tracking.use_experiment(f"stopped-{stop}")
+        with tracking.start_run(run_name="outer"):
+            run = mlflow.MlflowClient().create_run(mlflow.active_run().info.experiment_id)
+            tracking.remember_run(run.info.run_id)
+            if stop == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler interrupts this
+            raise KeyboardInterrupt
+
+    assert run_job("stopped", Nothing, stopped, [], description="") == 130
+    runs = mlflow.search_runs(experiment_names=[f"stopped-{stop}"], output_format="list")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
+
+
+def test_a_job_that_fails_ends_its_runs_failed(tmp_path, monkeypatch):
+    from framecast import tracking
+    from jobs.common import run_job
+
+    @dataclass(frozen=True)
+    class Nothing:
+        pass
+
+    def broken(_config: Nothing) -> None:
+        tracking.use_experiment("failing")
+        with tracking.start_run(run_name="outer"):
+            run = mlflow.MlflowClient().create_run(mlflow.active_run().info.experiment_id)
+            tracking.remember_run(run.info.run_id)
+            raise ValueError("the data folder is empty")
+
+    assert run_job("broken", Nothing, broken, [], description="") == 2
+    runs = mlflow.search_runs(experiment_names=["failing"], output_format="list")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}

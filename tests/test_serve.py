@@ -99,7 +99,7 @@ def direct_step(model, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits = model(torch.from_numpy(video)[None])[:, -step:]
     finally:
         torch.set_num_threads(threads)
-    return decode_bytes(logits, "mean")[0].numpy(), entropy_bits(logits)[0].numpy()
+    return decode_bytes(logits)[0].numpy(), entropy_bits(logits)[0].numpy()
 
 
 def test_a_batch_of_mixed_context_lengths_answers_each_as_if_alone(registered):

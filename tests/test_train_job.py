@@ -1,5 +1,10 @@
 """Ray Train on CPU with 2 workers: trains, checkpoints, logs to MLflow, resumes; evaluation."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -7,6 +12,8 @@ from framecast import model_io
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +74,24 @@ def test_a_cpu_reservation_that_would_hang_training_is_refused(tiny_data, capsys
     code = main(["--data", str(tiny_data), "--preset", "tiny", "--workers", "2",
                  "--cpus-per-worker", "1", "--batch-size", "2", "--steps", "2"])
     assert code == 2 and "leaves no CPU" in capsys.readouterr().err
+
+
+def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_data, tmp_path):
+    """A user's terminal shows one line per logged step (once, not once per log path) and
+    the result, not Ray's progress blocks, worker prefixes or deprecation notices."""
+    env = {**os.environ, "FRAMECAST_HOME": str(tmp_path)}
+    env.pop("FRAMECAST_VERBOSE", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--data", str(tiny_data), "--preset", "tiny",
+         "--steps", "4", "--batch-size", "2", "--log-every", "2", "--checkpoint-every", "4",
+         "--storage", str(tmp_path / "ray"), "--register", "none"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (out.stdout + out.stderr).splitlines()
+    steps = [line for line in lines if line.startswith("train: step ")]
+    assert [line.split()[2] for line in steps[:2]] == ["2/4", "4/4"]
+    assert len(steps) == len(set(steps))
+    assert any(line.startswith("ray: logs in ") for line in lines)
+    noise = [line for line in lines if "RayTrainWorker" in line or "TrainController" in line
+             or "logging_progress" in line or "DeprecationWarning" in line]
+    assert not noise, noise[:5]

@@ -5,7 +5,16 @@ Ray is imported inside the functions: the rest of the library never needs it.
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
+
+from framecast.config import VERBOSE_ENV
+
+
+def verbose() -> bool:
+    """Whether Ray's own output should reach this terminal (`--verbose`, FRAMECAST_VERBOSE=1)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def init_ray(num_cpus: int | None = None) -> dict:
@@ -13,15 +22,69 @@ def init_ray(num_cpus: int | None = None) -> dict:
 
     RAY_ADDRESS set (as `ray job submit` does for its jobs): join that cluster.
     Otherwise: start a fresh local Ray in-process, never attaching to someone else's by accident.
+    Unless `verbose()`, Ray's own logs, progress blocks and worker output stay in Ray's log
+    folder (named once here): jobs print their own progress.
     """
     import ray
 
     if not ray.is_initialized():
+        quiet = {} if verbose() else {
+            "log_to_driver": False, "logging_level": logging.ERROR,
+            "logging_config": ray.LoggingConfig(log_level="WARNING")}
         if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+            ray.init(**quiet)  # a submitted job's runtime_env is the submitter's to set
         else:
-            ray.init(address="local", num_cpus=num_cpus)
+            # Deprecation notices of Ray's own internals, in every worker: log files only.
+            env = {} if verbose() else {
+                "runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}}
+            ray.init(address="local", num_cpus=num_cpus, **quiet, **env)
+        if quiet:
+            log_dir = ray_log_dir()
+            route_driver_logs(Path(log_dir) / "framecast-driver.log")
+            import ray.data
+
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            print(f"ray: logs in {log_dir} (--verbose or {VERBOSE_ENV}=1 shows them here)")
     return ray.cluster_resources()
+
+
+_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow")
+
+
+def route_driver_logs(path: Path) -> None:
+    """Ray's and MLflow's own log records in this process go to `path` (INFO and up); only
+    errors still reach the terminal."""
+    try:
+        handler: logging.Handler = logging.FileHandler(path)
+    except OSError:  # the log folder is on another node: keep records out of the terminal only
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "mlflow"):
+        logging.getLogger(name).addHandler(handler)
+    quiet_console()
+
+
+def quiet_console() -> None:
+    """Raise the terminal handlers of Ray's and MLflow's loggers to ERROR (their records still
+    reach the file handler). Serve attaches its own handlers when it starts: call again then."""
+    if verbose():
+        return
+    for name in _RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        for existing in logger.handlers:
+            if type(existing) is logging.StreamHandler:
+                existing.setLevel(logging.ERROR)
+        logger.setLevel(logging.INFO)
+
+
+def ray_log_dir() -> str:
+    """This Ray session's log folder (on the head node)."""
+    import ray
+
+    try:
+        return str(ray._private.worker._global_node.get_logs_dir_path())
+    except AttributeError:  # joined a remote cluster: the folder is on its head node
+        return "the head node's /tmp/ray/session_latest/logs"
 
 
 def total_cpus() -> float:

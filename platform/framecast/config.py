@@ -132,20 +132,30 @@ def to_dict(config: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
+VERBOSE_ENV = "FRAMECAST_VERBOSE"
+
+
 def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str = "",
-               epilog: str = "", prog: str | None = None) -> T:
+               epilog: str = "", prog: str | None = None, verbose_flag: bool = False) -> T:
     """Parse command-line flags into a `cls` instance; `__post_init__` validates it.
 
     A ConfigError raised while building the config becomes a one-line argparse error (exit 2).
+    `verbose_flag` adds --verbose, which sets FRAMECAST_VERBOSE=1 for this process and Ray.
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, cls)
-    namespace = parser.parse_args(argv)
+    if verbose_flag:
+        parser.add_argument("--verbose", action="store_true", help=(
+            f"show Ray's own logs, progress blocks and worker output here (default: they go "
+            f"to Ray's log folder, named at start); {VERBOSE_ENV}=1 does the same"))
+    namespace = vars(parser.parse_args(argv))
+    if namespace.pop("verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
     try:
-        return from_dict(cls, vars(namespace))
+        return from_dict(cls, namespace)
     except ConfigError as err:
         parser.error(str(err))
         raise  # unreachable: parser.error exits

@@ -18,6 +18,7 @@ import numpy as np
 from framecast.config import project_home
 
 DEFAULT_EXPERIMENT = "framecast"
+_OPENED: list[str] = []  # runs this process started or resumed, oldest first
 
 
 def store_dir() -> Path:
@@ -80,6 +81,17 @@ def log_file_bytes(data: bytes, artifact_path: str, name: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def artifact_path(run_id: str, artifact: str) -> str:
+    """Where a run's artifact lives: a local path for a local store, else its URI."""
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    uri = f"{mlflow.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact}"
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
 def log_params(params: dict[str, Any]) -> None:
     import mlflow
 
@@ -87,10 +99,39 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def start_run(**kwargs: Any):
-    """`mlflow.start_run`, nested under the active run when there is one (a pipeline stage)."""
+    """`mlflow.start_run`, nested under the active run when there is one (a pipeline stage);
+    remembered so an interrupted job can end it with its true state (`end_open_runs`)."""
     import mlflow
 
-    return mlflow.start_run(nested=mlflow.active_run() is not None, **kwargs)
+    run = mlflow.start_run(nested=mlflow.active_run() is not None, **kwargs)
+    remember_run(run.info.run_id)
+    return run
+
+
+def remember_run(run_id: str) -> None:
+    """Count `run_id` (e.g. created through the client) among this process's runs."""
+    if run_id not in _OPENED:
+        _OPENED.append(run_id)
+
+
+def end_open_runs(status: str) -> list[str]:
+    """End every run this process opened that is not FINISHED with `status` (KILLED after
+    Ctrl-C/SIGTERM, FAILED after an error): MLflow's context managers end a run that an
+    exception leaves as FAILED, and a killed process leaves it RUNNING. Returns the run ids."""
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status=status)
+    client, ended = mlflow.MlflowClient(), []
+    for run_id in _OPENED:
+        try:
+            if client.get_run(run_id).info.status != "FINISHED":
+                client.set_terminated(run_id, status=status)
+                ended.append(run_id)
+        except mlflow.exceptions.MlflowException:
+            continue  # a deleted run, an unreachable store: nothing to mend
+    _OPENED.clear()
+    return ended
 
 
 def parent_tags() -> dict[str, str]:

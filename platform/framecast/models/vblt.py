@@ -47,6 +47,13 @@ class VBLTConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     rope_base: float = 10000.0
+    # Beyond the paper (as BLT's local decoder reads the encoder's byte states): each pixel query
+    # of slice s + 1 also gets that pixel's per-frame encoder states in slice s. Off = the paper
+    # (and models saved before the option existed).
+    byte_skip: bool = False
+    # With byte_skip: logits start as "the same byte as in the last frame of slice s" with this
+    # many nats of confidence (a learned 256x256 table per byte value); 0 = no such prior.
+    copy_prior: float = 0.0
 
     def __post_init__(self) -> None:
         for name, dim, heads in (("dim", self.dim, self.heads),
@@ -73,14 +80,16 @@ class LocalEncoder(nn.Module):
             for _ in range(cfg.encoder_layers))
 
     def forward(self, video: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
-                ) -> torch.Tensor:
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (patch latents (B, S*Hp*Wp, D), per-pixel states (B, conv_dim, T, H, W))."""
         x = self.byte_embed(video.long())  # (B, T, H, W, C, e)
         x = x.flatten(-2).permute(0, 4, 1, 2, 3)  # (B, C*e, T, H, W)
-        x = self.patch_conv(F.gelu(self.frame_conv(x)))  # (B, D, S, Hp, Wp)
+        pixels = F.gelu(self.frame_conv(x))  # (B, conv, T, H, W)
+        x = self.patch_conv(pixels)  # (B, D, S, Hp, Wp)
         tokens = x.flatten(2).transpose(1, 2)  # (B, S*Hp*Wp, D), slice-major
         for block in self.blocks:
             tokens = block(tokens, angles, mask)
-        return tokens
+        return tokens, pixels
 
 
 class DecoderBlock(nn.Module):
@@ -115,6 +124,13 @@ class LocalDecoder(nn.Module):
             for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.channels * 256)
+        pt = cfg.patch[0]
+        # Per pixel: the encoder states of the last `skip_frames` frames up to the end of slice s
+        # (at least two, so a pixel sees its own motion) -> a query offset per frame of s+1.
+        self.skip_frames = max(pt, 2)
+        self.skip = (nn.Linear(self.skip_frames * cfg.conv_dim, pt * cfg.decoder_dim)
+                     if cfg.byte_skip else None)
+        self.copy = nn.Embedding(256, 256) if cfg.byte_skip and cfg.copy_prior else None
 
     def positions(self, hp: int, wp: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """RoPE angles of pixel queries and latent keys, both in patch units, so attention sees
@@ -128,20 +144,35 @@ class LocalDecoder(nn.Module):
         base = self.cfg.rope_base
         return rope_3d_angles(pix, head_dim, base), rope_3d_angles(lat, head_dim, base)
 
-    def forward(self, latents: torch.Tensor, hp: int, wp: int) -> torch.Tensor:
-        """latents (B, S', P, D) of source slices -> logits (B, S', pt, H, W, C, 256)."""
+    def forward(self, latents: torch.Tensor, hp: int, wp: int, pixels: torch.Tensor | None = None,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """latents (B, S', P, D) of source slices (and, with byte_skip, their per-pixel encoder
+        states (B, conv, S'*pt, H, W) and last frames' bytes (B, S', H, W, C)) -> logits
+        (B, S', pt, H, W, C, 256)."""
         b, s, p, d = latents.shape
         pt, ph, pw = self.cfg.patch
         flat = latents.reshape(b * s, p, d)
         grid = flat.transpose(1, 2).reshape(b * s, d, 1, hp, wp)  # (B*S', D, 1, Hp, Wp)
         x = self.upsample(grid)  # (B*S', Dd, pt, H, W): each latent paints its own patch
         x = x.flatten(2).transpose(1, 2)  # (B*S', pt*H*W, Dd)
+        if self.skip is not None:
+            h, w, f = hp * ph, wp * pw, self.skip_frames
+            # Frames before the first are its copies; window j ends at the last frame of slice j.
+            pad = pixels[:, :, :1].expand(-1, -1, f - pt, -1, -1)
+            windows = torch.cat([pad, pixels], dim=2).unfold(2, f, pt)  # (B, conv, S', H, W, f)
+            states = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * s, h * w, -1)
+            states = self.skip(states)  # (B*S', H*W, pt*Dd)
+            states = states.view(b * s, h, w, pt, -1).permute(0, 3, 1, 2, 4)  # (B*S', pt, H, W, Dd)
+            x = x + states.reshape(b * s, pt * h * w, -1)
         context = self.context(flat)  # (B*S', P, Dd)
         q_angles, k_angles = self.positions(hp, wp, latents.device)
         for block in self.blocks:
             x = block(x, q_angles, context, k_angles)
         logits = self.head(self.norm(x))  # (B*S', pt*H*W, C*256)
-        return logits.view(b, s, pt, hp * ph, wp * pw, self.cfg.channels, 256)
+        logits = logits.view(b, s, pt, hp * ph, wp * pw, self.cfg.channels, 256)
+        if self.copy is not None:
+            logits = logits + self.copy(last.long())[:, :, None]  # same for every frame of s+1
+        return logits
 
 
 class VBLT(nn.Module):
@@ -158,6 +189,9 @@ class VBLT(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.decoder = LocalDecoder(cfg)
         init_weights(self)
+        if self.decoder.copy is not None:
+            with torch.no_grad():
+                self.decoder.copy.weight.copy_(torch.eye(256) * cfg.copy_prior)
 
     @property
     def context_frames(self) -> int:
@@ -182,9 +216,11 @@ class VBLT(nn.Module):
         angles = rope_3d_angles(grid_positions(s, hp, wp, video.device),
                                 self.cfg.dim // self.cfg.heads, self.cfg.rope_base)
         mask = block_causal_mask(s, hp * wp, video.device)
-        x = self.encoder(video, angles, mask)  # (B, S*P, D)
+        x, pixels = self.encoder(video, angles, mask)  # (B, S*P, D), (B, conv, T, H, W)
         for block in self.blocks:
             x = block(x, angles, mask)
         latents = self.norm(x).view(b, s, hp * wp, -1)[:, :-1]  # slices 0..S-2 predict 1..S-1
-        logits = self.decoder(latents, hp, wp)  # (B, S-1, pt, H, W, C, 256)
+        last = video[:, pt - 1:t - pt:pt]  # (B, S-1, H, W, C): each source slice's last frame
+        # (B, S-1, pt, H, W, C, 256)
+        logits = self.decoder(latents, hp, wp, pixels[:, :, :t - pt], last)
         return logits.reshape(b, t - pt, h, w, c, 256)
