@@ -52,8 +52,8 @@ _RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "mlflow
 
 
 def route_driver_logs(path: Path) -> None:
-    """Ray's and MLflow's own log records in this process go to `path` (INFO and up); only
-    errors still reach the terminal."""
+    """Ray's and MLflow's own warnings in this process go to `path`; only errors still reach
+    the terminal."""
     try:
         handler: logging.Handler = logging.FileHandler(path)
     except OSError:  # the log folder is on another node: keep records out of the terminal only
@@ -72,9 +72,13 @@ def quiet_console() -> None:
     for name in _RAY_LOGGERS:
         logger = logging.getLogger(name)
         for existing in logger.handlers:
-            if type(existing) is logging.StreamHandler:
+            if isinstance(existing, logging.StreamHandler) and not isinstance(
+                    existing, logging.FileHandler):
                 existing.setLevel(logging.ERROR)
-        logger.setLevel(logging.INFO)
+        # Warnings and up reach the file; Ray Data attaches terminal handlers of its own when a
+        # data set executes, so its INFO records stop here (they are in the session's logs).
+        logger.setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def ray_log_dir() -> str:
