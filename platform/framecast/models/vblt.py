@@ -159,7 +159,10 @@ class LocalDecoder(nn.Module):
             h, w, f = hp * ph, wp * pw, self.skip_frames
             # Frames before the first are its copies; window j ends at the last frame of slice j.
             pad = pixels[:, :, :1].expand(-1, -1, f - pt, -1, -1)
-            windows = torch.cat([pad, pixels], dim=2).unfold(2, f, pt)  # (B, conv, S', H, W, f)
+            padded = torch.cat([pad, pixels], dim=2)
+            # Frame i of window j is padded frame j*pt + i (strided slices: exports to ONNX).
+            windows = torch.stack([padded[:, :, i:i + (s - 1) * pt + 1:pt] for i in range(f)],
+                                  dim=-1)  # (B, conv, S', H, W, f)
             states = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * s, h * w, -1)
             states = self.skip(states)  # (B*S', H*W, pt*Dd)
             states = states.view(b * s, h, w, pt, -1).permute(0, 3, 1, 2, 4)  # (B*S', pt, H, W, Dd)
