@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 
 from framecast.config import VERBOSE_ENV
@@ -31,6 +32,9 @@ def init_ray(num_cpus: int | None = None) -> dict:
         quiet = {} if verbose() else {
             "log_to_driver": False, "logging_level": logging.ERROR,
             "logging_config": ray.LoggingConfig(log_level="WARNING")}
+        # ray.init installs a C++ SIGTERM handler that exits at once: a job's own handler
+        # (jobs.common.run_job: end MLflow runs as KILLED) is put back after it.
+        handler = signal.getsignal(signal.SIGTERM)
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)  # a submitted job's runtime_env is the submitter's to set
         else:
@@ -38,6 +42,8 @@ def init_ray(num_cpus: int | None = None) -> dict:
             env = {} if verbose() else {
                 "runtime_env": {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}}
             ray.init(address="local", num_cpus=num_cpus, **quiet, **env)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
         if quiet:
             log_dir = ray_log_dir()
             route_driver_logs(Path(log_dir) / "framecast-driver.log")
