@@ -86,13 +86,8 @@ def test_single_token_and_no_bias(bias):
 
 
 def full_range_operands(rows: int, k: int, n: int, bits: int = 8):
-    torch.manual_seed(3)
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
-    xq = torch.randint(low, high, (rows, k), dtype=torch.int8)
-    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-    xq[0], wq[0] = low, -128  # the extreme products: saturating int16 pairs would show here
-    xq[1], wq[1] = high - 1, 127
-    return xq, wq, torch.rand(n) + 0.5
+    # The chooser's own probe operands: full range, extreme products in the first rows.
+    return kernels._operands(rows, k, n, bits, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("tokens", [5, 300])
