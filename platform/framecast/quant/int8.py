@@ -3,7 +3,8 @@
 W8A8 as in VQ-ViT (digest section 3): weights int8 per output channel (static), activations int8
 per token (dynamic, computed at run time), int32 accumulation on an integer kernel (`kernels`),
 then one rescale: y = (x_q @ W_q^T) * s_x * s_w + b. The layer stores int8 weights, not floats:
-this is deployment, not fake quantization.
+this is deployment, not fake quantization. Scales, zero points and codes come from `maths`, the
+formulas the fake quantization of `learnable` uses too.
 """
 
 from __future__ import annotations
@@ -12,19 +13,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framecast.quant import kernels
+from framecast.quant import kernels, maths
+from framecast.quant.maths import QMAX, symmetric_qmax
 
-QMAX = 127  # symmetric int8 range [-127, 127]: keeps -x representable for every x
 
-
-def quantize_symmetric(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_symmetric(x: torch.Tensor, dim: int = -1, clip: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 values and float scales with x ~= q * scale, one scale per slice along `dim`
     (per output channel for a weight (out, in) with dim=-1; per token for activations).
-    Rounding error is at most scale / 2 per element."""
-    amax = x.detach().abs().amax(dim=dim, keepdim=True).float()
-    scale = amax.clamp_min(1e-8) / QMAX
-    q = torch.clamp(torch.round(x.float() / scale), -QMAX, QMAX).to(torch.int8)
-    return q, scale
+    `clip`: a learned beta, scale (max|x| + beta * std(x)) / 127 (`maths.clip_range`).
+    Rounding error is at most scale / 2 per element inside the range."""
+    x = x.detach().float()
+    rng = maths.clip_range(x, None if clip is None else clip.detach(), dim)
+    return maths.symmetric_codes(x, rng).to(torch.int8), rng / QMAX
 
 
 def quantize_asymmetric(x: torch.Tensor, dim: int = -1, bits: int = 8
@@ -32,15 +33,10 @@ def quantize_asymmetric(x: torch.Tensor, dim: int = -1, bits: int = 8
     """int8 values, scales and integer zero points with x ~= (q - zero) * scale over the range
     [min, max] of each slice: for skewed distributions (VQ-ViT's 'int8 asymmetric' precision).
     Codes span [-2^(bits-1), 2^(bits-1) - 1] (bits=7 for a GEMM path that takes 7-bit codes).
-    Also the per-token hot path of asymmetric layers (run fused, see `kernels.fused`; written
-    without in-place ops, which the compiler fuses worse). round(x / s) + z = round(z + x / s)
-    as z is an integer."""
-    low, levels = -(2 ** (bits - 1)), 2 ** bits - 1
-    lo = x.detach().amin(dim=dim, keepdim=True).float().clamp_max(0.0)
-    hi = x.detach().amax(dim=dim, keepdim=True).float().clamp_min(0.0)
-    scale = (hi - lo).clamp_min(1e-8) / levels
-    zero = torch.round(low - lo / scale).clamp(low, low + levels)
-    q = torch.addcmul(zero, x.detach().float(), scale.reciprocal()).round().clamp(low, low + levels)
+    Also the per-token hot path of asymmetric layers (run fused, see `kernels.fused`)."""
+    x = x.detach()
+    scale, zero = maths.asymmetric_grid(x, dim, bits)
+    q = maths.asymmetric_codes(x.float(), scale, zero, bits)
     return q.to(torch.int8), scale, zero
 
 
@@ -49,29 +45,15 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None =
     return ((q.float() - zero) if zero is not None else q.float()) * scale
 
 
-def row_std(x: torch.Tensor) -> torch.Tensor:
-    """Unbiased std of each row of a 2-D tensor, (rows, 1), from a sum and a sum of squares: two
-    plain reductions the compiler fuses with the quantizer's max into one pass (2x faster there
-    than torch.std or a norm)."""
-    n = x.shape[1]
-    s1 = x.sum(dim=1, keepdim=True)
-    s2 = (x * x).sum(dim=1, keepdim=True)
-    return ((s2 - s1 * s1 / n) / max(n - 1, 1)).clamp_min(0.0).sqrt()
-
-
 def quantize_tokens(x: torch.Tensor, delta: torch.Tensor | None = None, qmax: int = QMAX
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token symmetric int8 of a 2-D activation (tokens, features): the hot path of every W8A8
-    layer (run fused, see `kernels.fused`: one pass, ~4x faster than eager ops). Codes span
-    [-qmax, qmax] (63 for a GEMM path that takes 7-bit codes). With a delta the scale is
+    layer (run fused, see `kernels.fused`: one pass over the tokens). Codes span [-qmax, qmax]
+    (63 for a GEMM path that takes 7-bit codes). With a delta the scale is
     (max|x| + delta * std(x)) / qmax (VQ-ViT's learned LayerNorm-output scale) and values beyond
     it are clipped."""
-    amax = x.abs().amax(dim=1, keepdim=True).float()
-    if delta is not None:
-        amax = amax + delta * row_std(x)
-    amax = amax.clamp_min(1e-8)
-    q = (x * (qmax / amax)).round().clamp(-qmax, qmax)
-    return q.to(torch.int8), amax / qmax
+    rng = maths.clip_range(x, delta)
+    return maths.symmetric_codes(x, rng, qmax).to(torch.int8), rng / qmax
 
 
 _quantize_tokens_fused = kernels.fused(quantize_tokens)
@@ -154,7 +136,7 @@ class Int8Linear(nn.Module):
         if self.asymmetric:
             xq, xs, xz = _quantize_asymmetric_fused(x2, 1, path.act_bits)
         else:
-            xq, xs = _quantize_tokens_fused(x2, self._delta, 2 ** (path.act_bits - 1) - 1)
+            xq, xs = _quantize_tokens_fused(x2, self._delta, symmetric_qmax(path.act_bits))
         if path.pack is not None and path.name not in self._packed:
             self._packed[path.name] = path.pack(self.weight_q)
         y = path.run(xq, self.weight_q, self.weight_scale, self._packed.get(path.name))
@@ -213,6 +195,6 @@ def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> tor
     """The same arithmetic in float (dequantize then multiply): what Int8Linear must equal on a
     GEMM path taking `act_bits`-bit activation codes."""
     wq, ws = quantize_symmetric(linear.weight.detach(), dim=1)
-    xq, xs = quantize_tokens(x.reshape(-1, linear.in_features), qmax=2 ** (act_bits - 1) - 1)
+    xq, xs = quantize_tokens(x.reshape(-1, linear.in_features), qmax=symmetric_qmax(act_bits))
     y = F.linear(dequantize(xq, xs), dequantize(wq, ws), linear.bias)
     return y.reshape(*x.shape[:-1], linear.out_features)

@@ -2,13 +2,17 @@
 
 Weights: per row alpha_i = (max|W_i,:| + beta * std(W_i,:)) / 127 with a learnable beta (one per
 layer, starting at 0 = plain max scaling). Activations coming out of a LayerNorm: a dynamic scale
-alpha_ln = (max|x| + delta * std(x)) / 127 per token with a learnable delta. Rounding passes the
+alpha_ln = (max|x| + delta * std(x)) / qmax per token with a learnable delta. Rounding passes the
 gradient straight through, so a short calibration fine-tune can move the scales (and weights).
 `QATLinear.to_int8()` then freezes the learned weight scales into a real `Int8Linear`.
 
 The same module simulates the plan's other precisions while it trains: int8 asymmetric (range
 min..max with a zero point, weights per row and activations per token) and fp16 (weights rounded
 to float16); `to_deployed()` turns each into the module that really stores and multiplies it.
+
+Scales, zero points and codes come from `maths`, the formulas the deployed layers use, so a
+layer's fake-quant output is its deployed output up to float summation order
+(tests/test_quant_parity.py), activation code width included (see `QATLinear.activation_bits`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framecast.quant.int8 import QMAX, HalfLinear, Int8Linear
+from framecast.quant import kernels, maths
+from framecast.quant.int8 import HalfLinear, Int8Linear, quantize_symmetric
+from framecast.quant.maths import QMAX, symmetric_qmax
 from framecast.quant.plan import Precision
+
+_CPU = torch.device("cpu")
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -26,20 +34,17 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """clamp(round(x / scale), -127, 127) * scale, differentiable in x and scale (STE)."""
-    return torch.clamp(round_ste(x / scale), -QMAX, QMAX) * scale
+def fake_quantize(x: torch.Tensor, rng: torch.Tensor, qmax: int = QMAX) -> torch.Tensor:
+    """Symmetric fake quantization over the clipping range `rng` (`maths.clip_range`): the
+    deployed codes times the deployed scale rng / qmax, differentiable in x and rng (STE)."""
+    return maths.symmetric_codes(x, rng, qmax, round_ste) * (rng / qmax)
 
 
-def fake_quantize_asymmetric(x: torch.Tensor) -> torch.Tensor:
-    """Asymmetric int8 fake quantization per row of the last axis: (clamp(round(x / s) + z) - z) * s
-    over each row's [min, max] range; straight-through in x."""
-    lo = x.detach().amin(dim=-1, keepdim=True).clamp_max(0.0)
-    hi = x.detach().amax(dim=-1, keepdim=True).clamp_min(0.0)
-    scale = ((hi - lo) / 255.0).clamp_min(1e-8)
-    zero = torch.round(-128.0 - lo / scale)
-    q = torch.clamp(round_ste(x / scale) + zero, -128, 127)
-    return (q - zero) * scale
+def fake_quantize_asymmetric(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Asymmetric fake quantization per row of the last axis: (q - zero) * scale with the deployed
+    codes q over each row's [min, max] range; straight-through in x."""
+    scale, zero = maths.asymmetric_grid(x.detach(), -1, bits)
+    return (maths.asymmetric_codes(x, scale, zero, bits, round_ste) - zero) * scale
 
 
 def fake_half(x: torch.Tensor) -> torch.Tensor:
@@ -48,41 +53,49 @@ def fake_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def weight_scale(weight: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """(out, 1) per-row scales (max|W_i| + beta * std(W_i)) / 127, kept positive."""
-    amax = weight.abs().amax(dim=1, keepdim=True)
-    std = weight.std(dim=1, keepdim=True)
-    return ((amax + beta * std) / QMAX).clamp_min(1e-8)
-
-
-def token_scale(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """(..., 1) per-token scales (max|x| + delta * std(x)) / 127 for LayerNorm outputs."""
-    amax = x.detach().abs().amax(dim=-1, keepdim=True)
-    std = x.detach().std(dim=-1, keepdim=True)
-    return ((amax + delta * std) / QMAX).clamp_min(1e-8)
+    """(out, 1) per-row scales (max|W_i| + beta * std(W_i)) / 127, differentiable in W and beta."""
+    return maths.clip_range(weight, beta) / QMAX
 
 
 class QATLinear(nn.Module):
     """A linear layer trained under its planned precision's fake quantization: W8A8 symmetric
     with learnable beta and delta, W8A8 asymmetric, or fp16 weights."""
 
-    def __init__(self, linear: nn.Linear, precision: Precision = Precision.INT8) -> None:
+    def __init__(self, linear: nn.Linear, precision: Precision = Precision.INT8,
+                 act_bits: int | None = None) -> None:
         super().__init__()
         self.precision = Precision(precision)
+        self.act_bits = act_bits  # None: as the deployed layer will choose (activation_bits)
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None \
             else None
         self.beta = nn.Parameter(torch.zeros((), device=linear.weight.device))
         self.delta = nn.Parameter(torch.zeros((), device=linear.weight.device))
 
+    def activation_bits(self, tokens: int) -> int:
+        """Width of the activation codes the deployed layer will use on a CPU for `tokens`
+        tokens: 7 where the GEMM path chosen for the shape takes 7-bit codes, else 8. The choice
+        is measured once per shape class and process (`kernels.gemm_path`), so it matches a
+        deployment in this process; `act_bits` fixes it (a CUDA deployment takes 8)."""
+        if self.act_bits is not None:
+            return self.act_bits
+        return kernels.gemm_path(tokens, self.weight.shape[1], self.weight.shape[0],
+                                 _CPU).act_bits
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision is Precision.FP16:
             return F.linear(x, fake_half(self.weight), self.bias)
+        x2 = x.reshape(-1, self.weight.shape[1])  # (tokens, in), as the deployed layer sees it
+        bits = self.activation_bits(x2.shape[0])
         if self.precision is Precision.INT8_ASYM:
-            return F.linear(fake_quantize_asymmetric(x), fake_quantize_asymmetric(self.weight),
-                            self.bias)
-        w = fake_quantize(self.weight, weight_scale(self.weight, self.beta))
-        xq = fake_quantize(x, token_scale(x, self.delta))
-        return F.linear(xq, w, self.bias)
+            w = fake_quantize_asymmetric(self.weight)
+            xq = fake_quantize_asymmetric(x2, bits)
+        else:
+            w = fake_quantize(self.weight, maths.clip_range(self.weight, self.beta))
+            # Scale from the detached tokens: the gradient reaches delta, and x through the codes.
+            xq = fake_quantize(x2, maths.clip_range(x2.detach(), self.delta),
+                               symmetric_qmax(bits))
+        return F.linear(xq, w, self.bias).reshape(*x.shape[:-1], self.weight.shape[0])
 
     def scale_penalty(self) -> torch.Tensor:
         """||alpha||_2 of the weight scales: VQ-ViT's lambda_1 term keeps scales from growing."""
@@ -101,10 +114,9 @@ class QATLinear(nn.Module):
     def to_int8(self) -> Int8Linear:
         """A deployable symmetric Int8Linear with the learned weight scales and activation
         delta."""
-        scale = weight_scale(self.weight, self.beta)  # (out, 1)
+        q, scale = quantize_symmetric(self.weight, dim=1, clip=self.beta)  # (out, in), (out, 1)
         layer = Int8Linear(self.weight.shape[1], self.weight.shape[0], self.bias is not None)
-        layer.weight_q.copy_(torch.clamp(torch.round(self.weight / scale), -QMAX, QMAX)
-                             .to(torch.int8))
+        layer.weight_q.copy_(q)
         layer.weight_scale.copy_(scale.squeeze(1))
         layer.act_delta.copy_(self.delta.detach())
         if self.bias is not None:
