@@ -55,14 +55,14 @@ def register_models() -> tuple[str, str | None, str]:
         from framecast.quant.plan import plan_records, precision_plan
         from framecast.quant.schedule import QuantConfig, thresholds
         from framecast.quant.sensitivity import weight_sensitivity
-        from framecast.train import next_frame_loss
+        from framecast.train import batch_loss
     except ImportError as err:
         return "bench-vblt-small@latest", None, f"int8 missing: quantization unavailable ({err})"
     quant = create("vblt", "small")
     quant.load_state_dict(fp32.state_dict())
     linearize(quant)
     batch = torch.randint(0, 256, (2, *FRAME_SHAPE), dtype=torch.uint8)
-    sens = weight_sensitivity(quant, [batch], next_frame_loss)
+    sens = weight_sensitivity(quant, [batch], batch_loss)
     plan = precision_plan(sens, *thresholds(sens, QuantConfig()))
     quantize_model(quant, plan)
     with mlflow.start_run(run_name="serve-load-int8"):

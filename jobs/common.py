@@ -65,15 +65,14 @@ def _end_runs(status: str, prog: str) -> None:
 
 
 def log_prediction_figure(model, video, title: str = "") -> None:
-    """Log figures/prediction.png (truth / prediction / entropy, as in the V-BLT paper's figures
-    7-8) for one uint8 video (T, H, W, C) to the active MLflow run."""
-    from framecast import tracking, viz
-    from framecast.predict import predict
+    """Log the model's figure of one uint8 video (T, H, W, C) to the active MLflow run as
+    figures/prediction.png (a frame predictor's: truth / prediction / entropy, as in the V-BLT
+    paper's figures 7-8); nothing for a model that draws none."""
+    from framecast import tracking
 
-    k = model.context_frames
-    pred, entropy, _ = predict(model, video[None])
-    figure = viz.prediction_figure(video[k:], pred[0], entropy[0], title=title)
-    tracking.log_file_bytes(figure, "figures", "prediction.png")
+    figure = model.figure(video, title=title)
+    if figure is not None:
+        tracking.log_file_bytes(figure, "figures", "prediction.png")
 
 
 def load_logged_model(ref: str):

@@ -60,35 +60,44 @@ def format_table(rows: list[dict[str, float]]) -> str:
 
 
 def evaluate_job(config: EvaluateConfig) -> dict:
+    """Score the model on the split: a frame predictor per predicted frame against
+    copy-last-frame, any other family through its own `evaluate`."""
     import mlflow
 
     from framecast import data as fdata
     from framecast import tracking
+    from framecast.models.contract import FramePredictor
+    from framecast.models.registry import check_data
     from framecast.predict import evaluate, flat_summary
 
     manifest = fdata.read_manifest(config.data)
     tracking.use_experiment(config.experiment)
     model, meta = load_logged_model(config.model)
-    if model.cfg.channels != manifest.config.channels:
-        raise ConfigError(f"the model reads {model.cfg.channels} channel(s), the data set has "
-                          f"{manifest.config.channels}")
+    check_data(model, manifest.config.frame_shape)
     videos, _ = fdata.load_numpy(config.data, config.split)
     if config.limit:
         videos = videos[:config.limit]
     if not len(videos):
         raise ConfigError(f"split {config.split!r} of {config.data} is empty")
-    result = evaluate(model, videos, batch_size=config.batch_size)
-    rows = per_frame_rows(result, model.context_frames)
-    summary = flat_summary(result, prefix=f"{config.split}_")
+    prefix = f"{config.split}_"
     print(f"evaluate: {meta['name']} on {len(videos)} {config.split} sequences of {config.data}")
-    print(format_table(rows))
+    rows: list[dict[str, float]] = []
+    if isinstance(model, FramePredictor):
+        result = evaluate(model, videos, batch_size=config.batch_size)
+        rows = per_frame_rows(result, model.context_frames)
+        summary = flat_summary(result, prefix=prefix)
+        print(format_table(rows))
+    else:
+        summary = {prefix + k: v for k, v in model.evaluate(videos, config.batch_size).items()}
     print("mean  | " + "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
-    with tracking.start_run(run_name=f"evaluate-{meta['name']}-{config.split}") as run:
-        mlflow.set_tags({"framecast.job": "evaluate", "framecast.model_ref": config.model})
-        tracking.log_params(flat_params(config))
+    with tracking.job_run("evaluate", experiment=config.experiment,
+                          run_name=f"evaluate-{meta['name']}-{config.split}",
+                          params=flat_params(config),
+                          tags={"framecast.model_ref": config.model}) as run:
         mlflow.log_metrics(summary)
-        tracking.log_file_bytes(json.dumps(rows, indent=1).encode(), "evaluation",
-                                "per_frame.json")
+        if rows:
+            tracking.log_file_bytes(json.dumps(rows, indent=1).encode(), "evaluation",
+                                    "per_frame.json")
         log_prediction_figure(model, videos[0])
     print(f"evaluate: logged MLflow run {run.info.run_id}")
     return {"run_id": run.info.run_id, "rows": rows, "summary": summary}

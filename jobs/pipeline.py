@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from framecast.config import ConfigError, flat_params, project_home
+from framecast.models import registry
 from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.quantize import QuantizeJobConfig, quantize
@@ -29,6 +30,7 @@ from jobs.train import TrainJobConfig, train
 # copy-last-frame on 2D (at 32x32, 120 steps did not: benchmarks/RESULTS.md, demo).
 # paper: 12 frames of 64x64 and the paper's model (its data set size is not given; 10k is ours).
 # smoke: seconds per stage, to check the wiring (tests, a new cluster).
+MODEL = "vblt"  # the pipeline demonstrates V-BLT end to end
 PRESETS = {
     "smoke": {"render": {"num_sequences": 24, "frames": 4, "size": 16},
               "train": {"preset": "tiny", "steps": 4, "batch_size": 4, "checkpoint_every": 4,
@@ -56,12 +58,20 @@ class PipelineConfig:
     workers: int = field(default=2, metadata={"help": "Ray Data rendering actors"})
     train_workers: int = field(default=1, metadata={"help": "Ray Train workers"})
     train_steps: int = field(default=0, metadata={"help": "training steps (0: the preset's)"})
+    model_config: str = field(default="", metadata={
+        "help": "override V-BLT fields of the preset: KEY=VALUE[,KEY=VALUE...], tuples written "
+                "1x4x4 (see python -m jobs.train --help)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
 
     def __post_init__(self) -> None:
         if self.workers <= 0 or self.train_workers <= 0 or self.train_steps < 0:
             raise ConfigError("workers and train_workers must be positive, train_steps >= 0")
+        # The model against the frames this preset renders: refused before anything starts.
+        scale = PRESETS[self.preset]["render"]
+        registry.model_config(MODEL, PRESETS[self.preset]["train"]["preset"],
+                              frame_shape=(scale["frames"], scale["size"], scale["size"], 1),
+                              **registry.parse_overrides(MODEL, self.model_config))
 
 
 def render_configs(config: PipelineConfig) -> list[RenderJobConfig]:
@@ -82,9 +92,10 @@ def train_config(config: PipelineConfig, data: Path, parent_run_id: str) -> Trai
     if config.train_steps:
         preset["steps"] = config.train_steps
     return TrainJobConfig(
-        data=str(data), model="vblt", workers=config.train_workers, seed=config.seed,
+        data=str(data), model=MODEL, workers=config.train_workers, seed=config.seed,
+        model_config=config.model_config,
         use_gpu=ray.cluster_resources().get("GPU", 0) > 0, experiment=config.experiment,
-        name=f"vblt-{data.name}-{parent_run_id[:8]}", **preset)
+        name=f"{MODEL}-{data.name}-{parent_run_id[:8]}", **preset)
 
 
 @dataclass(frozen=True)
@@ -213,13 +224,12 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
     from framecast import tracking
     from framecast.cluster import init_ray
 
-    tracking.use_experiment(config.experiment)
     init_ray()
     done: dict[str, str] = {}
     rows: list[SummaryRow] = []
-    with tracking.start_run(run_name=f"pipeline-{config.preset}") as parent:
-        mlflow.set_tag("framecast.job", "pipeline")
-        tracking.log_params(flat_params(config))
+    with tracking.job_run("pipeline", experiment=config.experiment,
+                          run_name=f"pipeline-{config.preset}",
+                          params=flat_params(config)) as parent:
         for render_config in render_configs(config):
             kind = render_config.kind
             result = render(render_config)

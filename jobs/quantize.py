@@ -93,6 +93,8 @@ def quantize(config: QuantizeJobConfig) -> dict:
 
     from framecast import data as fdata
     from framecast import model_io, tracking, viz
+    from framecast.models.contract import FramePredictor
+    from framecast.models.registry import check_data
     from framecast.quant import compare
     from framecast.quant.apply import precision_counts
     from framecast.quant.plan import format_plan, plan_records
@@ -104,9 +106,10 @@ def quantize(config: QuantizeJobConfig) -> dict:
     fp32_run = model_io.source_run_id(config.model)
     if meta.get("quant_plan"):
         raise ConfigError(f"--model {config.model!r} is already quantized; give the fp32 model")
-    if fp32.cfg.channels != manifest.config.channels:
-        raise ConfigError(f"the model reads {fp32.cfg.channels} channel(s), the data set has "
-                          f"{manifest.config.channels}")
+    if not isinstance(fp32, FramePredictor):  # token generators: their own issue
+        raise ConfigError(f"jobs.quantize quantizes frame predictors so far; {meta['name']} is "
+                          f"a {fp32.family}")
+    check_data(fp32, manifest.config.frame_shape)
     train, _ = fdata.load_numpy(config.data, "train")
     val, _ = fdata.load_numpy(config.data, "val")
     test, _ = fdata.load_numpy(config.data, "test")
@@ -120,10 +123,11 @@ def quantize(config: QuantizeJobConfig) -> dict:
 
     print(f"quantize: {meta['name']} from {config.model} (run {fp32_run}); calibrating on "
           f"{len(train)} train sequences of {config.data}")
-    with tracking.start_run(run_name=f"quantize-{meta['name']}-{manifest.config.kind}") as run:
-        mlflow.set_tags({"framecast.job": "quantize", "framecast.model_ref": config.model,
-                         "framecast.fp32_run_id": fp32_run or ""})
-        tracking.log_params(flat_params(config))
+    with tracking.job_run("quantize", experiment=config.experiment,
+                          run_name=f"quantize-{meta['name']}-{manifest.config.kind}",
+                          params=flat_params(config),
+                          tags={"framecast.model_ref": config.model,
+                                "framecast.fp32_run_id": fp32_run or ""}) as run:
         result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
             train, config.batch_size, config.seed), val, config)
         quant = result.model

@@ -133,11 +133,10 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
 
     from framecast import tracking, viz
 
-    tracking.use_experiment(config.experiment)
     videos, _ = fdata.load_preview(result.out, config.preview)
-    with tracking.start_run(run_name=f"render-{config.kind}") as run:
-        mlflow.set_tags({"framecast.job": "render", "framecast.dataset": str(result.out)})
-        tracking.log_params(flat_params(config))
+    with tracking.job_run("render", experiment=config.experiment, run_name=f"render-{config.kind}",
+                          params=flat_params(config),
+                          tags={"framecast.dataset": str(result.out)}) as run:
         mlflow.log_metrics({
             "sequences_per_s": result.seq_per_s,
             "render_seconds": result.seconds,

@@ -97,8 +97,8 @@ def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
     is one line for the user, not a replica failing to start."""
     import mlflow
 
+    from framecast.model_io import resolve_version
     from framecast.tracking import default_tracking_uri
-    from serve.model_deployment import resolve_version
 
     mlflow.set_tracking_uri(default_tracking_uri())
     return {name: resolve_version(name, alias) for name, alias in specs}

@@ -3,26 +3,38 @@
     python -m jobs.train --model vblt --preset small --data data/2d-demo-s0 --steps 300 --workers 2
     ray job submit --working-dir . -- python -m jobs.train --data /shared/data/tri --preset paper
 
-Each worker reads its shard of the data set's train split (a Ray Dataset) and runs the plain
-PyTorch loop in `framecast.train`; GPU workers train in bf16 autocast. Checkpoints go through
+    python -m jobs.train --data DIR --preset tiny --model-config global_layers=2,patch=1x4x4
+
+Any registered model trains here (`--model`; its family's contract is in
+`framecast.models.contract`): each worker reads its shard of the data set's train split (a Ray
+Dataset) and runs the plain PyTorch loop in `framecast.train`, which minimises the model's own
+loss; GPU workers train in bf16 autocast. `--model-config` overrides fields of the preset's
+config, checked (with the data's frame shape) before Ray starts. Checkpoints go through
 `ray.train.report`: a worker failure retries from the last one (`--max-failures`), and rerunning
 with the same `--name` resumes a killed run with the same step count and optimizer state, logging
 into the same MLflow run. At the end the model is evaluated on the val split against
-copy-last-frame, a figure (truth / prediction / entropy) is logged, and the model is logged and
+copy-last-frame (for a frame predictor), its figure is logged, and the model is logged and
 registered in MLflow.
+
+A Ray Tune trial calls the same pieces: `plan` (checks, no Ray, no MLflow), `fit` (Ray Train in
+the caller's Ray, into the caller's MLflow run, with the caller's callbacks) and `finish`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from framecast import data as fdata
 from framecast.config import ConfigError, flat_params, project_home, to_dict
+from framecast.models import registry
 from framecast.train import OptimConfig
 from jobs.common import log_prediction_figure, run_job
 
@@ -33,6 +45,9 @@ class TrainJobConfig(OptimConfig):
     model: str = field(default="vblt", metadata={"help": "model name in the registry"})
     preset: str = field(default="small", metadata={
         "help": "model preset: tiny, small, demo, paper"})
+    model_config: str = field(default="", metadata={
+        "help": "override model fields: KEY=VALUE[,KEY=VALUE...], tuples written 2x4x4 "
+                "(e.g. global_layers=2,patch=1x4x4)"})
     workers: int = field(default=1, metadata={"help": "Ray Train workers (data parallel)"})
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
     cpus_per_worker: float = field(default=0.0, metadata={
@@ -59,6 +74,48 @@ class TrainJobConfig(OptimConfig):
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0:
             raise ConfigError("lr must be > 0; warmup_steps and eval_every must be >= 0")
+        registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """--model-config as typed config fields."""
+        return registry.parse_overrides(self.model, self.model_config)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a training run will do, checked before Ray starts or an MLflow run exists."""
+
+    config: TrainJobConfig
+    manifest: fdata.Manifest
+    model: Any  # the model's config dataclass: preset + overrides, fitted to the data
+    name: str  # the Ray Train run name (reused to resume)
+    storage: Path
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """What the MLflow run records: job flags, data, and every field of the model config."""
+        model = {f"model.{k}": "x".join(map(str, v)) if isinstance(v, list) else v
+                 for k, v in to_dict(self.model).items()}  # tuples as written on the CLI
+        return {**flat_params(self.config), "data_kind": self.manifest.config.kind,
+                "data_sequences": self.manifest.config.num_sequences, **model}
+
+
+def plan(config: TrainJobConfig) -> TrainPlan:
+    """Check the data folder, the split sizes and the model config against the data's frames;
+    raises ConfigError/DatasetError with one line. No Ray, no MLflow."""
+    manifest = fdata.read_manifest(config.data)
+    if manifest.counts["train"] < config.batch_size * config.workers:
+        raise ConfigError(f"the train split has {manifest.counts['train']} sequences, fewer than "
+                          f"batch_size x workers = {config.batch_size * config.workers}")
+    model = registry.model_config(config.model, config.preset,
+                                  frame_shape=tuple(manifest.config.frame_shape),
+                                  **config.overrides)
+    name = config.name or (f"{config.model}-{config.preset}-{manifest.config.kind}-"
+                           f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    storage = Path(config.storage).resolve() if config.storage else (
+        project_home() / "ray_results")
+    return TrainPlan(config, manifest, model, name, storage)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -72,20 +129,20 @@ def train_worker(loop_config: dict) -> None:
     import torch
     from mlflow.entities import Metric
 
-    from framecast import data as fdata
     from framecast.config import from_dict
-    from framecast.models import create
-    from framecast.predict import evaluate, flat_summary
-    from framecast.train import load_checkpoint, make_optimizer, train_loop
+    from framecast.train import Objective, load_checkpoint, make_optimizer, train_loop
 
-    config = from_dict(TrainJobConfig, loop_config["job"])
+    # The job's checks ran on the driver (they need the registry there): the loop's fields only.
+    job = loop_config["job"]
+    config = from_dict(OptimConfig, {f.name: job[f.name] for f in dataclasses.fields(OptimConfig)})
     ctx = ray.train.get_context()
     chief = ctx.get_world_rank() == 0
-    torch.manual_seed(config.seed)
+    torch.manual_seed(job["seed"])
     torch.set_num_threads(max(1, int(loop_config["threads"])))
-    model = create(config.model, config.preset, channels=loop_config["channels"])
+    model = loop_config["entry"].build(loop_config["model"])
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
+    # DDP must wrap the loss (see Objective): its forward is where gradients are synchronised.
+    model = ray.train.torch.prepare_model(Objective(model))
     optimizer = make_optimizer(model, config)
     start = 0
     checkpoint = ray.train.get_checkpoint()
@@ -100,10 +157,10 @@ def train_worker(loop_config: dict) -> None:
         for epoch in itertools.count():  # epochs until the step budget is spent
             for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True,
                                                   local_shuffle_buffer_size=4 * config.batch_size,
-                                                  local_shuffle_seed=config.seed + epoch):
+                                                  local_shuffle_seed=job["seed"] + epoch):
                 yield batch["frames"]
 
-    val = fdata.load_numpy(config.data, "val")[0][:config.eval_sequences] if chief else None
+    val = fdata.load_numpy(job["data"], "val")[0][:job["eval_sequences"]] if chief else None
     client = mlflow.MlflowClient(loop_config["tracking_uri"]) if chief else None
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -116,70 +173,52 @@ def train_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
 
     def evaluate_val(m):
-        return flat_summary(evaluate(m, val, batch_size=config.batch_size)) if len(val) else {}
+        if not len(val):
+            return {}
+        return {f"val_{k}": v for k, v in m.evaluate(val, batch_size=config.batch_size).items()}
 
     train_loop(model, optimizer, batches(), config, report, start_step=start, device=device,
                bf16=device.type == "cuda", is_chief=chief, evaluate=evaluate_val,
                eval_every=loop_config["eval_every"])
 
 
-def _mlflow_run(config: TrainJobConfig, name: str) -> str:
-    """The MLflow run of this Ray run: reused when resuming (same name), else created."""
-    import mlflow
+def _shippable(entry: registry.ModelEntry) -> registry.ModelEntry:
+    """The registry entry as Ray will send it to the workers: a model class defined outside the
+    framecast package (a user's script, a test) travels by value, since the workers cannot
+    import the module that registered it."""
+    import sys as _sys
 
-    from framecast import tracking
+    from ray import cloudpickle
 
-    experiment_id = tracking.use_experiment(config.experiment)
-    found = mlflow.search_runs([experiment_id], f"tags.`framecast.ray_run` = '{name}'",
-                               output_format="list")
-    if found:
-        print(f"train: resuming run {name} (MLflow run {found[0].info.run_id})")
-        mlflow.MlflowClient().update_run(found[0].info.run_id, status="RUNNING")
-        tracking.remember_run(found[0].info.run_id)
-        return found[0].info.run_id
-    run = mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags={
-        "framecast.job": "train", "framecast.ray_run": name, "framecast.model": config.model,
-        **tracking.parent_tags()})
-    tracking.remember_run(run.info.run_id)
-    return run.info.run_id
+    module = entry.model_class.__module__
+    if module.split(".")[0] != "framecast" and module in _sys.modules:
+        cloudpickle.register_pickle_by_value(_sys.modules[module])
+    return entry
 
 
-def train(config: TrainJobConfig) -> dict:
-    """Train, evaluate, log and register; returns {'run_id', 'model_uri', 'metrics', ...}."""
-    import mlflow
+def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = ()) -> Any:
+    """Train `plan` with Ray Train in the Ray the caller started or joined (no ray.init here);
+    the chief worker logs metrics into the caller's MLflow run `run_id`; `callbacks` are Ray
+    Train callbacks (a Tune trial passes Tune's report callback). Returns the last checkpoint
+    (a ray.train.Checkpoint)."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from framecast import data as fdata
     from framecast import tracking
-    from framecast.cluster import init_ray, total_cpus, worker_cpus
+    from framecast.cluster import total_cpus, worker_cpus
 
-    manifest = fdata.read_manifest(config.data)  # fails early, before Ray, on a bad folder
-    if manifest.counts["train"] < config.batch_size * config.workers:
-        raise ConfigError(f"the train split has {manifest.counts['train']} sequences, fewer than "
-                          f"batch_size x workers = {config.batch_size * config.workers}")
-    kind = manifest.config.kind
-    name = config.name or (f"{config.model}-{config.preset}-{kind}-"
-                           f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    storage = Path(config.storage).resolve() if config.storage else (
-        project_home() / "ray_results")
-    init_ray()
-    cpus = worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # checked before MLflow
+    config = plan.config
+    cpus = worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)
     # Training shows its own progress per step; Ray Data's bars from every worker are noise.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    run_id = _mlflow_run(config, name)
-    with tracking.start_run(run_id=run_id):
-        try:
-            tracking.log_params({**flat_params(config), "data_kind": kind,
-                                 "data_sequences": manifest.config.num_sequences})
-        except mlflow.exceptions.MlflowException:
-            pass  # resuming: params were logged by the first attempt
-    steps_per_epoch = max(1, manifest.counts["train"] // (config.batch_size * config.workers))
+    counts = plan.manifest.counts
+    steps_per_epoch = max(1, counts["train"] // (config.batch_size * config.workers))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "job": to_dict(config), "run_id": run_id, "channels": manifest.config.channels,
+            "job": to_dict(config), "run_id": run_id, "model": plan.model,
+            "entry": _shippable(registry.entry(config.model)),
             "tracking_uri": tracking.default_tracking_uri(),
             "eval_every": config.eval_every or steps_per_epoch,
             "threads": max(1, total_cpus() // config.workers),
@@ -188,32 +227,53 @@ def train(config: TrainJobConfig) -> dict:
             num_workers=config.workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(storage),
+            name=plan.name, storage_path=str(plan.storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )
-    with follow_run(run_id, config.steps):
-        result = trainer.fit()
+    result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training run {name} produced no checkpoint")
-    return finish(config, run_id, name, result.checkpoint, manifest)
+        raise RuntimeError(f"training run {plan.name} produced no checkpoint")
+    return result.checkpoint
+
+
+def train(config: TrainJobConfig) -> dict:
+    """Train, evaluate, log and register; returns {'run_id', 'model_uri', 'metrics', ...}."""
+    from framecast import tracking
+    from framecast.cluster import init_ray, worker_cpus
+
+    checked = plan(config)  # before Ray and MLflow: a bad flag leaves nothing behind
+    init_ray()
+    worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # before the MLflow run
+    resumed = tracking.find_run(config.experiment, "framecast.ray_run", checked.name)
+    if resumed:
+        print(f"train: resuming run {checked.name} (MLflow run {resumed})")
+    with tracking.job_run("train", experiment=config.experiment, run_name=checked.name,
+                          run_id=resumed, params=checked.params,
+                          tags={"framecast.ray_run": checked.name,
+                                "framecast.model": config.model}) as run:
+        headline = registry.entry(config.model).model_class.headline
+        with follow_run(run.info.run_id, config.steps, headline):
+            checkpoint = fit(checked, run.info.run_id)
+        return finish(checked, run.info.run_id, checkpoint)
 
 
 @contextlib.contextmanager
-def follow_run(run_id: str, steps: int, every_s: float = 2.0) -> Iterator[None]:
+def follow_run(run_id: str, steps: int, headline: Sequence[str] = ("psnr", "ssim"),
+               every_s: float = 2.0) -> Iterator[None]:
     """Print one line per logged step of the MLflow run `run_id` while the block runs: the
     workers log their metrics there, so the driver shows progress without Ray's worker output.
-    """
+    Steps with a val evaluation add the model's `headline` metrics (and copy-last's beside)."""
     import mlflow
 
     client, stop, shown = mlflow.MlflowClient(), threading.Event(), set()
+    keys = [f"val_{k}{suffix}" for k in headline for suffix in ("", "_copy_last")]
 
     def show_new() -> None:
         try:
             losses = client.get_metric_history(run_id, "loss")
-            vals = {(m.key, m.step): m.value for key in ("val_psnr", "val_psnr_copy_last",
-                                                         "val_ssim", "val_ssim_copy_last")
+            vals = {(m.key, m.step): m.value for key in keys
                     for m in client.get_metric_history(run_id, key)}
         except mlflow.exceptions.MlflowException:
             return  # the store is busy: next time
@@ -221,13 +281,9 @@ def follow_run(run_id: str, steps: int, every_s: float = 2.0) -> Iterator[None]:
             if m.step in shown:
                 continue
             shown.add(m.step)
-            line = f"train: step {m.step}/{steps} loss {m.value:.4f}"
-            if ("val_psnr", m.step) in vals:
-                v = {k: vals.get((k, m.step), float("nan")) for k, _ in vals}
-                line += (f"  val PSNR {v['val_psnr']:.2f} dB (copy-last "
-                         f"{v['val_psnr_copy_last']:.2f}), SSIM {v['val_ssim']:.3f} "
-                         f"(copy-last {v['val_ssim_copy_last']:.3f})")
-            print(line, flush=True)
+            print(f"train: step {m.step}/{steps} loss {m.value:.4f}"
+                  + _headline(headline, {k: v for (k, s), v in vals.items() if s == m.step}),
+                  flush=True)
 
     def loop() -> None:
         while not stop.wait(every_s):
@@ -243,41 +299,54 @@ def follow_run(run_id: str, steps: int, every_s: float = 2.0) -> Iterator[None]:
         show_new()
 
 
-def finish(config: TrainJobConfig, run_id: str, name: str, checkpoint, manifest) -> dict:
-    """Evaluate the final checkpoint on the val split, log figure and model, register it."""
+def _headline(names: Sequence[str], values: dict[str, float], prefix: str = "val_") -> str:
+    """'  val PSNR 19.37 (copy-last 18.19), SSIM 0.893 (copy-last 0.871)' from the metrics."""
+    parts = []
+    for name in names:
+        if f"{prefix}{name}" not in values:
+            continue
+        text = f"{name.upper() if len(name) <= 4 else name} {_num(values[prefix + name])}"
+        if f"{prefix}{name}_copy_last" in values:
+            text += f" (copy-last {_num(values[prefix + name + '_copy_last'])})"
+        parts.append(text)
+    return ("  " + prefix.rstrip("_") + " " + ", ".join(parts)) if parts else ""
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
+    """Evaluate the final checkpoint on the val split, log metrics, figure and model into the
+    active MLflow run `run_id`, register it."""
     import mlflow
 
-    from framecast import data as fdata
-    from framecast import model_io, tracking
-    from framecast.models import create
-    from framecast.predict import evaluate, flat_summary
+    from framecast import model_io
     from framecast.train import load_checkpoint
 
-    model = create(config.model, config.preset, channels=manifest.config.channels)
+    config, manifest = plan.config, plan.manifest
+    model = registry.entry(config.model).build(plan.model)
     with checkpoint.as_directory() as d:
         step = load_checkpoint(d, model)
     val, _ = fdata.load_numpy(config.data, "val")
     if not len(val):
         val, _ = fdata.load_numpy(config.data, "test")
-    result = evaluate(model, val, batch_size=config.batch_size)
-    summary = flat_summary(result)
+    summary = {f"val_{k}": v for k, v in model.eval().evaluate(val, config.batch_size).items()}
     registered = None if config.register == "none" else (
         config.register or f"{config.model}-{manifest.config.kind}")
-    with tracking.start_run(run_id=run_id):
-        mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}, step=step)
-        log_prediction_figure(model, val[0], title=f"{name} step {step}")
-        info = model_io.log_model(model, config.model, registered_name=registered,
-                                  extra={"preset": config.preset, "data": str(config.data),
-                                         "frame_shape": list(manifest.config.frame_shape),
-                                         "step": step})
+    mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}, step=step)
+    log_prediction_figure(model, val[0], title=f"{plan.name} step {step}")
+    info = model_io.log_model(model, config.model, registered_name=registered,
+                              extra={"preset": config.preset, "data": str(config.data),
+                                     "frame_shape": list(manifest.config.frame_shape),
+                                     "overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                   for k, v in config.overrides.items()},
+                                     "step": step})
     uri, version = info.model_uri, info.registered_model_version
-    print(f"train: step {step}; val PSNR {summary['val_psnr']:.2f} dB "
-          f"(copy-last {summary['val_psnr_copy_last']:.2f}), SSIM {summary['val_ssim']:.3f} "
-          f"(copy-last {summary['val_ssim_copy_last']:.3f}), MSE {summary['val_mse']:.4f} "
-          f"(copy-last {summary['val_mse_copy_last']:.4f})")
+    print(f"train: step {step};" + _headline(model.headline, summary).replace("  val", " val"))
     print(f"train: MLflow run {run_id}; model {uri}"
           + (f" registered as {registered} v{version}" if registered else ""))
-    return {"run_id": run_id, "name": name, "model_uri": uri, "registered": registered,
+    return {"run_id": run_id, "name": plan.name, "model_uri": uri, "registered": registered,
             "version": version, "step": step, "metrics": summary}
 
 

@@ -72,7 +72,8 @@ class ModelInfo(BaseModel):
     name: str
     alias: str
     version: str
-    family: str
+    family: str = Field(description="the model's family: frame_predictor, token_generator, ...")
+    architecture: str = Field(description="the registry's model name, e.g. vblt")
     precision: str
     preset: str | None
     frame_shape: list[int]

@@ -1,9 +1,9 @@
 """The model step the endpoints run, in plain numpy/torch (no Ray): testable without a cluster.
 
-A model of the common interface predicts `frames_per_step` frames per forward pass: append that
-many placeholder frames to the context, run the model, read the logits of the placeholders. Their
-logits depend only on earlier frames (the model is causal over time), so the placeholders' values
-never matter.
+A frame predictor (`framecast.models.contract.FramePredictor`) predicts `frames_per_step` frames
+per forward pass: append that many placeholder frames to the context, run the model, read the
+logits of the placeholders. Their logits depend only on earlier frames (the model is causal over
+time), so the placeholders' values never matter.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from framecast.models.layers import entropy_bits
-from framecast.predict import decode_bytes
+from framecast.metrics import entropy_bits
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,8 @@ def predict_steps(model: nn.Module, contexts: list[np.ndarray]) -> list[Step]:
         video = np.zeros((len(members), t + step, h, w, c), dtype=np.uint8)
         for row, i in enumerate(members):
             video[row, :t] = contexts[i]
-        logits = model(torch.from_numpy(video))[:, -step:].float()  # (B, step, H, W, C, 256)
-        frames = decode_bytes(logits).numpy()
+        logits = model(torch.from_numpy(video))[:, -step:].float()  # (B, step, H, W, C, V)
+        frames = model.decode(logits).numpy()
         entropy = entropy_bits(logits).numpy().astype(np.float32)
         for row, i in enumerate(members):
             out[i] = Step(frames[row], entropy[row])

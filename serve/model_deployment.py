@@ -21,24 +21,6 @@ from serve.inference import Step, context_window, predict_steps
 DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
 
 
-def resolve_version(name: str, alias: str) -> str:
-    """The registry version `name@alias` points at; alias '' or 'latest' means the newest
-    version. Raises ValueError naming the model and the store when there is none."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    where = f"in the MLflow registry at {mlflow.get_tracking_uri()}"
-    if alias in ("", "latest"):
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
-            raise ValueError(f"no registered model named {name!r} {where}")
-        return str(max(int(v.version) for v in versions))
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException as err:
-        raise ValueError(f"model {name}@{alias} not found {where}: {err.message[:160]}") from None
-
-
 def default_max_context(frame_shape: list[int], step: int) -> int:
     """The longest context whose forward pass (context + one step) fits the training length:
     longer inputs would ask the positional encoding for unseen positions."""
@@ -55,7 +37,8 @@ class FrameModel:
         import mlflow
         import torch
 
-        from framecast.model_io import load_logged_model
+        from framecast.model_io import load_logged_model, resolve_version
+        from framecast.models.contract import FramePredictor
 
         # Replicas run in other processes, maybe on other nodes: the store is passed explicitly.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -64,6 +47,9 @@ class FrameModel:
             torch.set_num_threads(torch_threads)
         version = resolve_version(name, alias)
         self.model, meta = load_logged_model(f"models:/{name}/{version}")
+        if not isinstance(self.model, FramePredictor):
+            raise ValueError(f"{name} v{version} is a {self.model.family}; this deployment "
+                             f"serves frame predictors")
         if "frame_shape" not in meta:
             raise ValueError(f"{name} v{version} does not record the frame_shape it was trained "
                              f"on, so its input size is unknown")
@@ -81,7 +67,8 @@ class FrameModel:
         self.batching = dict(DEFAULT_BATCH)
         self.meta = {
             "name": name, "alias": alias or "latest", "version": version,
-            "family": meta["name"], "precision": meta.get("precision", "fp32"),
+            "family": self.model.family, "architecture": meta["name"],
+            "precision": meta.get("precision", "fp32"),
             "kernels": kernels.choices(),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
             "input": {"height": h, "width": w, "channels": c, "frames_per_step": step,

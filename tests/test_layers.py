@@ -4,10 +4,10 @@ import math
 
 import torch
 
+from framecast.metrics import entropy_bits
 from framecast.models.layers import (
     apply_rope,
     block_causal_mask,
-    entropy_bits,
     grid_positions,
     rope_3d_angles,
 )

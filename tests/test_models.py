@@ -6,7 +6,7 @@ import torch
 from framecast.config import ConfigError, to_dict
 from framecast.models import available_models, create, create_from_config, model_config
 
-MODELS = available_models()
+MODELS = available_models(family="frame_predictor")
 
 
 def moving_square(batch: int = 2, frames: int = 8, size: int = 16) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from framecast import model_io, tracking
+from framecast.metrics import entropy_bits
 from framecast.models import create
-from framecast.models.layers import entropy_bits
 from framecast.predict import decode_bytes
 from serve.app import AppArgs, ModelSpec, build_app
 from serve.codec import ENTROPY_PNG_BITS, decode_png, encode_png, entropy_to_png_bytes
@@ -125,8 +125,8 @@ def test_healthz_and_model_listing_say_what_is_deployed(served):
     assert len(listed) == 1
     entry = listed[0]
     assert (entry["name"], entry["alias"], entry["version"]) == (NAME, "candidate", version)
-    assert (entry["family"], entry["precision"], entry["frame_shape"]) == ("vblt", "fp32",
-                                                                           FRAME_SHAPE)
+    assert (entry["family"], entry["architecture"], entry["precision"], entry["frame_shape"]) == (
+        "frame_predictor", "vblt", "fp32", FRAME_SHAPE)
     assert entry["input"] == {"height": 16, "width": 16, "channels": 1, "frames_per_step": 2,
                               "max_context_frames": 6, "max_future_frames": MAX_FUTURE}
     assert requests.get(f"{url}/v1/models/{NAME}", timeout=30).json() == entry
@@ -387,7 +387,7 @@ def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
             proc.kill()
     assert proc.returncode == 0, output[-2000:]
     assert "serve: stopped" in output
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(requests.ConnectionError, match="Connection refused|Max retries"):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
@@ -401,7 +401,7 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import PlanEntry, Precision, plan_records
     from framecast.quant.sensitivity import weight_sensitivity
-    from framecast.train import next_frame_loss
+    from framecast.train import batch_loss
 
     url, _, _ = served
     quant = create("vblt", "tiny")
@@ -409,7 +409,7 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
     video = torch.randint(0, 256, (1, *FRAME_SHAPE), dtype=torch.uint8)
     linearize(quant)
     plan = [PlanEntry(name, s, Precision.INT8) for name, s in
-            weight_sensitivity(quant, [video], next_frame_loss).items()]
+            weight_sensitivity(quant, [video], batch_loss).items()]
     quantize_model(quant, plan)
     name = f"{NAME}-int8"
     with mlflow.start_run():

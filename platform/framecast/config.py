@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -139,7 +140,8 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
                epilog: str = "", prog: str | None = None, verbose_flag: bool = False) -> T:
     """Parse command-line flags into a `cls` instance; `__post_init__` validates it.
 
-    A ConfigError raised while building the config becomes a one-line argparse error (exit 2).
+    A ConfigError raised while building the config becomes one line on stderr and exit code 2
+    (argparse's usage block would bury it).
     `verbose_flag` adds --verbose, which sets FRAMECAST_VERBOSE=1 for this process and Ray.
     """
     parser = argparse.ArgumentParser(
@@ -157,8 +159,8 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
     try:
         return from_dict(cls, namespace)
     except ConfigError as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:

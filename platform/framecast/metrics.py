@@ -1,4 +1,5 @@
-"""Frame-prediction metrics on the [0, 1] pixel scale, and the copy-last-frame baseline.
+"""Frame-prediction metrics on the [0, 1] pixel scale, the copy-last-frame baseline, and the
+entropy of predicted distributions.
 
 All functions take uint8 videos (N, T, H, W, C) of predicted and true frames and return one value
 per predicted frame position, averaged over the N sequences.
@@ -6,7 +7,10 @@ per predicted frame position, averaged over the N sequences.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from skimage.metrics import structural_similarity
 
 _MIN_MSE = 1e-10  # identical frames: PSNR capped at 100 dB instead of infinity
@@ -68,3 +72,9 @@ def frame_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
 def summary(per_frame: dict[str, np.ndarray]) -> dict[str, float]:
     """Average each per-frame metric over the frame positions."""
     return {k: float(np.mean(v)) for k, v in per_frame.items()}
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy H = -sum p log2 p of softmax(logits) over the last axis, in bits (V-BLT eq. 6)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(2.0)

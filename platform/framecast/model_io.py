@@ -1,9 +1,11 @@
 """Save and load models as tensors + JSON (never pickles), locally and through MLflow.
 
 A saved model is a folder: `model.pt` (a state dict, loaded with weights_only=True) and
-`model.json` (registry name, config, context frames, what data it was trained on; for a quantized
-model also `precision` and its `quant_plan`, from which the int8 / fp16 structure is rebuilt
-before the tensors load). In MLflow it is
+`model.json` (registry name, family, config, what data it was trained on; the registry name and
+config of each component model it contains, e.g. a generator's tokenizer, whose tensors are in
+the same state dict, so one folder loads a working composite; for a quantized model also
+`precision` and its `quant_plan`, from which the int8 / fp16 structure is rebuilt before the
+tensors load). In MLflow it is
 logged as a pyfunc model whose loader is this module, so the registry can hold it and
 `mlflow.pyfunc.load_model` works, without pickled Python objects.
 """
@@ -26,12 +28,16 @@ WEIGHTS, META = "model.pt", "model.json"
 ARTIFACT = "model"  # the MLflow artifact name of a logged model
 
 
-def save_model(directory: str | Path, model: nn.Module, name: str, extra: dict | None = None
-               ) -> Path:
+def save_model(directory: str | Path, model: nn.Module, name: str = "",
+               extra: dict | None = None) -> Path:
+    """Write the model's tensors and JSON meta; `name` defaults to its registry name."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), directory / WEIGHTS)
-    meta = {"name": name, "config": to_dict(model.cfg), "context_frames": model.context_frames,
+    meta = {"name": name or model.registry_name, "family": model.family,
+            "config": to_dict(model.cfg),
+            "components": {attr: {"name": part.registry_name, "config": to_dict(part.cfg)}
+                           for attr, part in model.components().items()},
             **(extra or {})}
     (directory / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
@@ -45,7 +51,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     """Rebuild the model from its JSON config and load its tensors (weights_only=True)."""
     directory = Path(directory)
     meta = read_meta(directory)
-    model = create_from_config(meta["name"], meta["config"])
+    parts = {attr: create_from_config(part["name"], part["config"])
+             for attr, part in meta.get("components", {}).items()}
+    model = create_from_config(meta["name"], meta["config"], **parts)
     if meta.get("quant_plan"):
         from framecast.quant.apply import empty_quantized
         from framecast.quant.plan import plan_from_records
@@ -57,14 +65,19 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
 
 
 class _PyfuncModel:
-    """What `mlflow.pyfunc.load_model` returns: predict(uint8 video array) -> predicted frames."""
+    """What `mlflow.pyfunc.load_model` returns: `.model` is the framecast model; for a frame
+    predictor predict(uint8 video array) -> predicted frames."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     def predict(self, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        from framecast.models.contract import FramePredictor
         from framecast.predict import predict
 
+        if not isinstance(self.model, FramePredictor):
+            raise TypeError(f"pyfunc predict serves frame predictors; this model is a "
+                            f"{self.model.family}: use `.model`")
         return predict(self.model, np.asarray(model_input, dtype=np.uint8))[0]
 
 
@@ -96,6 +109,24 @@ def resolve_model_uri(ref: str) -> str:
     return f"models:/{ref}@latest" if "@" not in ref else f"models:/{ref}"
 
 
+def resolve_version(name: str, alias: str = "") -> str:
+    """The registry version of `name@alias`; alias '' or 'latest' means the newest version.
+    Raises ValueError naming the model and the store when there is none."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    where = f"in the MLflow registry at {mlflow.get_tracking_uri()}"
+    if alias in ("", "latest"):
+        versions = client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise ValueError(f"no registered model named {name!r} {where}")
+        return str(max(int(v.version) for v in versions))
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException as err:
+        raise ValueError(f"model {name}@{alias} not found {where}: {err.message[:160]}") from None
+
+
 def source_run_id(ref: str) -> str | None:
     """The MLflow run that logged the model `ref` points at (None if it cannot be told)."""
     import mlflow
@@ -106,17 +137,12 @@ def source_run_id(ref: str) -> str | None:
     body = uri.removeprefix("models:/")
     if body.startswith("m-") and not any(c in body for c in "/@"):  # MLflow 3 logged-model id
         return mlflow.get_logged_model(body).source_run_id
-    name, _, rest = body.partition("@")
-    client = mlflow.MlflowClient()
-    if rest == "latest":
-        versions = client.search_model_versions(f"name='{name}'")
-        version = max(versions, key=lambda v: int(v.version)) if versions else None
-    elif rest:
-        version = client.get_model_version_by_alias(name, rest)
-    else:
+    name, at, alias = body.partition("@")
+    if not at:
         name, _, number = name.partition("/")
-        version = client.get_model_version(name, number)
-    return version.run_id if version else None
+    else:
+        number = resolve_version(name, alias)
+    return mlflow.MlflowClient().get_model_version(name, number).run_id
 
 
 def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -128,12 +154,8 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file: noise
     uri = resolve_model_uri(ref)
     if uri.endswith("@latest"):
-        client = mlflow.MlflowClient()
         name = uri.removeprefix("models:/").removesuffix("@latest")
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
-            raise ValueError(f"no registered model named {name!r}")
-        uri = f"models:/{name}/{max(int(v.version) for v in versions)}"
+        uri = f"models:/{name}/{resolve_version(name)}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         data = next(p.parent for p in local.rglob(META))

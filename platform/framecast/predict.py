@@ -1,4 +1,5 @@
-"""Run a model over videos: predicted frames, entropy maps, and metrics against the baseline."""
+"""Run a frame predictor (`models.contract.FramePredictor`) over videos: predicted frames,
+entropy maps, and metrics against the copy-last-frame baseline."""
 
 from __future__ import annotations
 
@@ -7,35 +8,36 @@ import torch
 from torch import nn
 
 from framecast import metrics
-from framecast.models.layers import entropy_bits
+from framecast.metrics import entropy_bits
+from framecast.models.contract import categorical_nll
 
 DECODES = ("trimmed", "mean", "argmax")
 TRIM = 0.03  # bytes less likely than this are left out of the trimmed mean
 
 
 def decode_bytes(logits: torch.Tensor, decode: str = "trimmed") -> torch.Tensor:
-    """One byte per pixel from its 256-way distribution:
+    """One value per pixel from its distribution over the pixel values (logits (..., V)):
 
     - 'trimmed' (default): the expected value over the bytes of probability >= 3%, rounded. The
       plain mean minimises squared error under a calibrated distribution, but a young model
-      leaves a thin tail over all 256 bytes, and 1% of mass spread that way moves a black pixel
+      leaves a thin tail over all values, and 1% of mass spread that way moves a black pixel
       by ~1-3 levels: every flat region drifts, and SSIM's luminance term near black punishes
       that hard (benchmarks/RESULTS.md, demo). Trimming keeps the mean's blend of real modes.
-    - 'mean': the expected value over all 256 bytes.
+    - 'mean': the expected value over all values.
     - 'argmax': the most likely byte.
     """
     if decode == "argmax":
         return logits.argmax(-1).to(torch.uint8)
     if decode not in DECODES:
         raise ValueError(f"decode={decode!r} is unknown; accepted: {', '.join(DECODES)}")
-    values = torch.arange(256, device=logits.device, dtype=torch.float32)
+    values = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
     p = torch.softmax(logits.float(), dim=-1)
     if decode == "trimmed":
         # Never trim everything: the most likely byte always stays.
         floor = torch.minimum(p.amax(dim=-1, keepdim=True), torch.tensor(TRIM))
         p = torch.where(p >= floor, p, 0.0)
         p = p / p.sum(dim=-1, keepdim=True)
-    return (p @ values).round().clamp(0, 255).to(torch.uint8)
+    return (p @ values).round().to(torch.uint8)
 
 
 @torch.no_grad()
@@ -54,12 +56,11 @@ def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
     preds, ents, ce_sum, n_bytes = [], [], 0.0, 0
     for start in range(0, len(videos), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
-        logits = model(batch.to(device)).float()  # (B, T', H, W, C, 256)
+        logits = model(batch.to(device)).float()  # (B, T', H, W, C, V)
         target = batch[:, k:].to(device).long()
-        ce_sum += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, 256), target.reshape(-1), reduction="sum").item()
+        ce_sum += categorical_nll(logits, target, reduction="sum").item()
         n_bytes += target.numel()
-        preds.append(decode_bytes(logits, decode).cpu().numpy())
+        preds.append(model.decode(logits, decode).cpu().numpy())
         ents.append(entropy_bits(logits).cpu().numpy().astype(np.float32))
     return np.concatenate(preds), np.concatenate(ents), ce_sum / max(n_bytes, 1)
 

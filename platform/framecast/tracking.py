@@ -8,8 +8,10 @@ folder, which under `ray job submit` is a temporary copy that disappears.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,38 @@ def start_run(**kwargs: Any):
     run = mlflow.start_run(nested=mlflow.active_run() is not None, **kwargs)
     remember_run(run.info.run_id)
     return run
+
+
+@contextlib.contextmanager
+def job_run(job: str, *, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+            run_id: str | None = None, params: dict[str, Any] | None = None,
+            tags: dict[str, Any] | None = None) -> Iterator[Any]:
+    """The MLflow run of one job (or pipeline stage): in `experiment` of the default store,
+    nested under the active run, tagged `framecast.job=job` and `tags`, with `params` logged.
+    `run_id` resumes that run (params already logged with the same values are kept)."""
+    import mlflow
+
+    use_experiment(experiment)
+    with start_run(run_name=run_name, run_id=run_id) as run:
+        mlflow.set_tags({"framecast.job": job, **{k: str(v) for k, v in (tags or {}).items()}})
+        if params:
+            try:
+                log_params(params)
+            except mlflow.exceptions.MlflowException:
+                if run_id is None:
+                    raise  # a new run refusing its params is a real error
+        yield run
+
+
+def find_run(experiment: str, tag: str, value: str) -> str | None:
+    """The newest run of `experiment` whose tag `tag` is `value`, or None."""
+    import mlflow
+
+    experiment_id = use_experiment(experiment)
+    found = mlflow.search_runs([experiment_id], f"tags.`{tag}` = '{value}'",
+                               output_format="list", order_by=["attributes.start_time DESC"],
+                               max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def remember_run(run_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The training loop, plain PyTorch: next-frame prediction with pixel-wise cross-entropy.
+"""The training loop, plain PyTorch, for any model of the contract (`models.contract`): each
+step minimises `model.loss(batch)`, so the loop knows no vocabulary, channel count or grid.
 
 Ray Train runs `train_loop` on every worker; the loop knows nothing of Ray or MLflow. It calls
 `report(metrics, checkpoint_dir)`: the job passes a function that reports to Ray Train and MLflow,
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 Report = Callable[[dict[str, float], str | None], None]
@@ -45,16 +45,38 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class Objective(nn.Module):
+    """`forward(batch) = model.loss(batch)`. Wrap a model in this *before*
+    DistributedDataParallel: DDP synchronises gradients only through its own forward, so the
+    loss must be what that forward computes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.module.loss(batch)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper, if any."""
-    return model.module if hasattr(model, "module") else model
+    """The model inside DistributedDataParallel and `Objective` wrappers, if any."""
+    while isinstance(model, Objective) or (
+            hasattr(model, "module") and isinstance(model.module, nn.Module)):
+        model = model.module
+    return model
 
 
-def next_frame_loss(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (nats) of the predicted byte distributions against the true bytes."""
-    logits = model(video)  # (B, T', H, W, C, 256)
-    target = video[:, unwrap(model).context_frames:].long()
-    return F.cross_entropy(logits.reshape(-1, 256).float(), target.reshape(-1))
+def objective(model: nn.Module) -> nn.Module:
+    """`model` if it already computes the loss (an Objective, maybe inside DDP), else
+    Objective(model)."""
+    inner = getattr(model, "module", None)
+    return model if isinstance(model, Objective) or isinstance(inner, Objective) else \
+        Objective(model)
+
+
+def batch_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The model's own training loss on one batch (for calibration and sensitivity)."""
+    return unwrap(model).loss(batch)[0]
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -97,22 +119,24 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
                eval_every: int = 0) -> int:
     """Train from `start_step` to `cfg.steps`; returns the final step.
 
-    Every `log_every` steps: report({'step', 'loss', 'lr'}, None). Every `checkpoint_every`
-    steps and at the end: save a checkpoint (chief only) and report it. Every `eval_every`
-    steps the chief adds `evaluate(model)` to that report.
+    Every `log_every` steps: report({'step', 'loss', 'lr', and the means of the extra metrics
+    of `model.loss`}, None). Every `checkpoint_every` steps and at the end: save a checkpoint
+    (chief only) and report it. Every `eval_every` steps the chief adds `evaluate(model)` to
+    that report. `model` may come wrapped by DDP (around an `Objective`, see there).
     """
     device = device or torch.device("cpu")
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else nullcontext())
+    step_loss = objective(model)
     model.train()
-    running, count = 0.0, 0
+    running, count, extra = 0.0, 0, {}
     step = start_step
     while step < cfg.steps:
         video = next(batches).to(device, non_blocking=True)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast:
-            loss = next_frame_loss(model, video)
+            loss, more = step_loss(video)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -121,13 +145,16 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
         step += 1
         running += loss.item()
         count += 1
+        for key, value in more.items():
+            extra[key] = extra.get(key, 0.0) + float(value)
         last = step == cfg.steps
         want_ckpt = last or step % cfg.checkpoint_every == 0
         want_eval = evaluate is not None and eval_every > 0 and (last or step % eval_every == 0)
         if not (want_ckpt or want_eval or step % cfg.log_every == 0):
             continue
-        metrics = {"step": float(step), "loss": running / count, "lr": lr_at(step - 1, cfg)}
-        running, count = 0.0, 0
+        metrics = {"step": float(step), "loss": running / count, "lr": lr_at(step - 1, cfg),
+                   **{k: v / count for k, v in extra.items()}}
+        running, count, extra = 0.0, 0, {}
         if want_eval and is_chief:
             model.eval()
             metrics.update(evaluate(unwrap(model)))

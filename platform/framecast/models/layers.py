@@ -6,8 +6,6 @@ into a sequence of S * P tokens; `grid_positions` gives each token its (t, y, x)
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,16 +63,15 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with 3D RoPE on queries and keys; self- or cross-attention."""
+    """Multi-head attention with 3D RoPE on queries and keys; cross-attention when given a
+    context."""
 
-    def __init__(self, dim: int, heads: int, *, cross: bool = False, dropout: float = 0.0
-                 ) -> None:
+    def __init__(self, dim: int, heads: int, *, dropout: float = 0.0) -> None:
         super().__init__()
         if dim % heads or (dim // heads) % 6:
             raise ValueError(f"dim={dim} with heads={heads}: the per-head dimension must be a "
                              "multiple of 6 for 3D RoPE")
         self.heads, self.head_dim = heads, dim // heads
-        self.cross = cross
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
@@ -101,25 +98,19 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: (masked) self-attention, optional cross-attention, MLP."""
+    """Pre-norm transformer block: (masked) self-attention, then an MLP."""
 
-    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, cross: bool = False,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: float = 4.0, dropout: float = 0.0
+                 ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout=dropout)
-        self.cross_norm = nn.LayerNorm(dim) if cross else None
-        self.cross_attn = Attention(dim, heads, cross=True, dropout=dropout) if cross else None
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None, *,
-                context: torch.Tensor | None = None, context_angles: torch.Tensor | None = None
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None
                 ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), angles, mask=mask)
-        if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), angles, context=context,
-                                    kv_angles=context_angles)
         return x + self.mlp(self.norm2(x))
 
 
@@ -132,13 +123,3 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy H = -sum p log2 p of softmax(logits) over the last axis, in bits (V-BLT eq. 6)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1) / math.log(2.0)

@@ -14,12 +14,14 @@ is block-causal, so the logits for slice s + 1 depend only on slices <= s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framecast.config import ConfigError
+from framecast.models.contract import FramePredictor
 from framecast.models.layers import (
     MLP,
     Attention,
@@ -64,6 +66,16 @@ class VBLTConfig:
         if min(self.patch) < 1 or len(self.patch) != 3:
             raise ValueError(f"patch={self.patch} must be three positive sizes (pt, ph, pw)")
 
+    def for_data(self, frame_shape: tuple[int, int, int, int]) -> VBLTConfig:
+        """This config for videos of frame_shape (T, H, W, C): the data's channels; refused
+        when the patch does not tile the frames or leaves fewer than two time slices."""
+        t, h, w, c = frame_shape
+        pt, ph, pw = self.patch
+        if t % pt or h % ph or w % pw or t < 2 * pt:
+            raise ConfigError(f"patch {pt}x{ph}x{pw} does not tile the data's {t}x{h}x{w} frames "
+                              f"(T, H, W must be multiples of it, with at least two time slices)")
+        return replace(self, channels=c)
+
 
 class LocalEncoder(nn.Module):
     """Bytes -> one latent per (pt, ph, pw) patch: per-frame conv, patch conv, shallow blocks."""
@@ -101,7 +113,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.cross = Attention(dim, heads, cross=True, dropout=dropout)
+        self.cross = Attention(dim, heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
@@ -178,13 +190,14 @@ class LocalDecoder(nn.Module):
         return logits
 
 
-class VBLT(nn.Module):
+class VBLT(FramePredictor):
     """forward(uint8 video (B, T, H, W, C)) -> logits (B, T - pt, H, W, C, 256) for every frame
     after the first time slice; the logits of a frame depend only on earlier slices."""
 
+    config_class = VBLTConfig
+
     def __init__(self, cfg: VBLTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.encoder = LocalEncoder(cfg)
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)

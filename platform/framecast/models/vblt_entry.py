@@ -1,7 +1,7 @@
 """V-BLT presets in the model registry."""
 
 from framecast.models.registry import register_model
-from framecast.models.vblt import VBLT, VBLTConfig
+from framecast.models.vblt import VBLT
 
 VBLT_PRESETS = {
     # The paper: d = 384, 4x4x4 patches, 12 frames of 64x64 (GPU).
@@ -22,6 +22,4 @@ VBLT_PRESETS = {
 }
 
 
-@register_model("vblt", VBLTConfig, VBLT_PRESETS)
-def build_vblt(config: VBLTConfig) -> VBLT:
-    return VBLT(config)
+register_model("vblt", VBLT_PRESETS)(VBLT)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast import metrics
-from framecast.predict import decode_bytes
 from framecast.quant.apply import state_bytes
 
 
@@ -57,8 +56,9 @@ def compression(fp32: nn.Module, quant: nn.Module) -> dict[str, float]:
 @torch.inference_mode()
 def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: int = 8
             ) -> dict[str, float]:
-    """MSE/PSNR/SSIM and cross-entropy (nats per byte, against the true frames) of both models,
-    their differences, and KL(fp32 || quantized): how far the quantized distributions moved."""
+    """MSE/PSNR/SSIM and cross-entropy (nats per pixel value, against the true frames) of two
+    frame predictors, their differences, and KL(fp32 || quantized): how far the quantized
+    distributions moved."""
     k = fp32.context_frames
     device = next(fp32.parameters()).device
     preds = {"fp32": [], "quant": []}
@@ -70,8 +70,8 @@ def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: i
         logp = {}
         for name, model in (("fp32", fp32), ("quant", quant)):
             logits = model(batch).float()
-            preds[name].append(decode_bytes(logits).cpu().numpy())
-            logp[name] = torch.log_softmax(logits.reshape(-1, 256), dim=-1)
+            preds[name].append(model.decode(logits).cpu().numpy())
+            logp[name] = torch.log_softmax(logits.flatten(0, -2), dim=-1)
             ce[name] += F.nll_loss(logp[name], target, reduction="sum").item()
         kl += F.kl_div(logp["quant"], logp["fp32"], log_target=True, reduction="sum").item()
         count += target.numel()

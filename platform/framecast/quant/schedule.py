@@ -21,15 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from framecast import metrics
 from framecast.config import ConfigError
-from framecast.predict import predict
 from framecast.quant.apply import STAGES, layer_roles, precision_counts, to_deployed, to_training
 from framecast.quant.gemm_form import linearize
 from framecast.quant.learnable import QATLinear
 from framecast.quant.plan import PlanEntry, Precision, precision_plan
 from framecast.quant.sensitivity import weight_sensitivity
-from framecast.train import next_frame_loss
+from framecast.train import batch_loss
 
 FALLBACK = {Precision.INT8: Precision.INT8_ASYM, Precision.INT8_ASYM: Precision.FP16}
 
@@ -86,10 +84,9 @@ def thresholds(sensitivities: dict[str, float], cfg: QuantConfig) -> tuple[float
 
 
 def eval_psnr(model: nn.Module, videos: np.ndarray, batch_size: int = 8) -> float:
-    """Mean PSNR (dB) of the model's predictions (mean decoding) over the videos."""
-    pred, _, _ = predict(model, videos, batch_size=batch_size)
-    truth = videos[:, model.context_frames:]
-    return float(metrics.psnr_per_frame(pred, truth).mean())
+    """The model family's quality number on the videos (`Model.quality`: mean PSNR in dB of a
+    frame predictor's decoded predictions)."""
+    return float(model.quality(videos, batch_size))
 
 
 def fine_tune(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, cfg: QuantConfig
@@ -108,7 +105,7 @@ def fine_tune(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, cfg
     model.train()
     total = 0.0
     for _ in range(steps):
-        loss = next_frame_loss(model, next(batches).to(device))
+        loss = batch_loss(model, next(batches).to(device))
         if cfg.scale_penalty and qat:
             loss = loss + cfg.scale_penalty * sum(m.scale_penalty() for m in qat)
         optimizer.zero_grad(set_to_none=True)
@@ -131,7 +128,7 @@ def progressive_quantize(model: nn.Module, batches: Iterator[torch.Tensor],
     reference = eval_psnr(model, eval_videos)
     device = next(model.parameters()).device
     calib = [next(batches).to(device) for _ in range(cfg.calib_batches)]
-    sens = weight_sensitivity(model, calib, next_frame_loss)
+    sens = weight_sensitivity(model, calib, batch_loss)
     tau_low, tau_high = thresholds(sens, cfg)
     plan = {e.layer: e for e in precision_plan(sens, tau_low, tau_high)}
     roles = layer_roles(model)

@@ -1,0 +1,178 @@
+"""The model contract: what every model in the registry promises, so that training, evaluation,
+quantization, MLflow and Serve handle any of them without knowing which one it is.
+
+Read this first when adding a model. A new model is one file: a config dataclass, a subclass of
+one family below, and `register_model(name, presets)(TheClass)` (see `registry`). Nothing in
+`train.py`, `jobs/` or `serve/` changes, and nothing there branches on a model's name.
+
+Every model (`Model`):
+- is built from one frozen config dataclass (`config_class`, stored as `self.cfg`); the config may
+  define `for_data(frame_shape) -> config` to fill fields the data decides (channels) and to
+  refuse data it cannot read (raising `ConfigError`), checked before any job starts Ray;
+- trains on uint8 video batches `(B, T, H, W, C)`: `loss(video) -> (loss, metrics)` is its own
+  objective (the nanoGPT `forward(idx, targets)` idea), so the loop knows no vocabulary size,
+  channel count or token grid; `metrics` are extra floats to log;
+- scores itself on held-out videos: `evaluate(videos) -> {metric: float}` (logged with a `val_` /
+  `test_` prefix), `headline` names the metrics a progress line shows, and `quality(videos)` is
+  the one number (higher is better) that quantization's fall-back judges;
+- may draw a figure of one video for MLflow (`figure(video) -> PNG bytes`, None when it has none);
+- lists the registered models it contains (`components()`: a generator's tokenizer): they are
+  saved, logged and loaded with it as one unit (tensors + JSON, never pickles).
+
+Families:
+- `FramePredictor` (V-BLT; ViViT and UNet-3D next): uint8 video in, a categorical distribution
+  over every pixel value of the frames after the first `context_frames` out; `frames_per_step`
+  frames are predicted per forward step (a rollout appends that many placeholder frames, reads
+  their distributions and repeats).
+- `Tokenizer`: uint8 video <-> integer token grid `(B, T', H', W')`; `codebook_size` and `grid()`
+  are its properties, not constants elsewhere.
+- `TokenGenerator`: token grid in, logits over its tokenizer's codebook out; it holds (and names)
+  the tokenizer it was trained with, and generates video block by block with a cache.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast import metrics
+
+Metrics = dict[str, float]
+
+
+class Model(nn.Module, abc.ABC):
+    """What every registered model is. Subclasses set `family` and `config_class`."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+    headline: ClassVar[tuple[str, ...]] = ()  # `evaluate` keys a progress line shows
+    registry_name: str = ""  # set by the registry when it builds the model
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @abc.abstractmethod
+    def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """The training objective on a uint8 batch (B, T, H, W, C): a scalar to minimise and
+        extra metrics (floats) worth logging."""
+
+    @abc.abstractmethod
+    def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> Metrics:
+        """Scores on held-out uint8 videos (N, T, H, W, C), averaged; no prefix."""
+
+    def quality(self, videos: np.ndarray, batch_size: int = 8) -> float:
+        """One number, higher is better, that quantization uses to judge a stage."""
+        return -self.evaluate(videos, batch_size)["loss"]
+
+    def figure(self, video: np.ndarray, title: str = "") -> bytes | None:
+        """A PNG of what the model makes of one uint8 video (T, H, W, C); None if nothing."""
+        return None
+
+    def components(self) -> dict[str, Model]:
+        """Registered models this one contains, by attribute name (saved and loaded with it)."""
+        return {}
+
+
+def categorical_nll(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+                    ) -> torch.Tensor:
+    """Cross-entropy (nats) of logits (..., V) against integer targets (...), in fp32."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                           reduction=reduction)
+
+
+class FramePredictor(Model):
+    """uint8 video in; `forward` returns logits (B, T - k, H, W, C, levels) over every pixel
+    value of the frames after the first k = `context_frames`, frame t's logits depending only on
+    frames before it. Decoding, entropy maps, metrics against copy-last-frame and the loss come
+    with the family."""
+
+    family = "frame_predictor"
+    headline = ("psnr", "ssim")
+    levels: ClassVar[int] = 256  # values a pixel byte takes
+
+    @property
+    @abc.abstractmethod
+    def context_frames(self) -> int:
+        """Frames at the start that are given, never predicted."""
+
+    @property
+    @abc.abstractmethod
+    def frames_per_step(self) -> int:
+        """Frames one forward step predicts together."""
+
+    def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """Mean cross-entropy (nats per pixel byte) of the predicted distributions."""
+        return categorical_nll(self(video), video[:, self.context_frames:].long()), {}
+
+    def decode(self, logits: torch.Tensor, how: str = "trimmed") -> torch.Tensor:
+        """One uint8 value per pixel from its distribution (see `predict.decode_bytes`)."""
+        from framecast.predict import decode_bytes
+
+        return decode_bytes(logits, how)
+
+    def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> Metrics:
+        from framecast.predict import evaluate, flat_summary
+
+        return flat_summary(evaluate(self, videos, batch_size=batch_size), prefix="")
+
+    def quality(self, videos: np.ndarray, batch_size: int = 8) -> float:
+        """Mean PSNR (dB) of the decoded predictions."""
+        from framecast.predict import predict
+
+        pred, _, _ = predict(self, videos, batch_size=batch_size)
+        return float(metrics.psnr_per_frame(pred, videos[:, self.context_frames:]).mean())
+
+    def figure(self, video: np.ndarray, title: str = "") -> bytes | None:
+        """Truth / prediction / entropy per predicted frame (the V-BLT paper's figures 7-8)."""
+        from framecast import viz
+        from framecast.predict import predict
+
+        k = self.context_frames
+        pred, entropy, _ = predict(self, video[None])
+        return viz.prediction_figure(video[k:], pred[0], entropy[0], title=title)
+
+
+class Tokenizer(Model):
+    """uint8 video (B, T, H, W, C) <-> integer tokens (B, T', H', W') in [0, codebook_size)."""
+
+    family = "tokenizer"
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int:
+        """How many distinct tokens there are."""
+
+    @abc.abstractmethod
+    def grid(self, frame_shape: tuple[int, int, int, int]) -> tuple[int, int, int]:
+        """The token grid (T', H', W') of a video of frame_shape (T, H, W, C)."""
+
+    @abc.abstractmethod
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, C) -> int64 tokens (B, T', H', W')."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """int64 tokens (B, T', H', W') -> uint8 video (B, T, H, W, C)."""
+
+
+class TokenGenerator(Model):
+    """Token grid in, logits over the tokenizer's codebook out: `forward(tokens (B, T', H', W'))
+    -> logits (B, T'*H'*W', codebook_size)`; `generate` continues a video block by block with a
+    cache. Holds the tokenizer it was trained with (`self.tokenizer`, a component)."""
+
+    family = "token_generator"
+    tokenizer: Tokenizer
+
+    def components(self) -> dict[str, Model]:
+        return {"tokenizer": self.tokenizer}
+
+    @abc.abstractmethod
+    def generate(self, context: torch.Tensor, future_frames: int, *, temperature: float = 1.0,
+                 top_k: int = 0, seed: int = 0) -> torch.Tensor:
+        """uint8 context frames (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C)."""

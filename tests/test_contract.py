@@ -1,0 +1,296 @@
+"""The model contract: a family defined only here trains through the real job path; composite
+models save and load as one unit; model overrides are typed and refused before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framecast import model_io
+from framecast.config import ConfigError
+from framecast.models import registry
+from framecast.models.contract import Model, Tokenizer, TokenGenerator, categorical_nll
+from jobs.render import RenderJobConfig, render
+from jobs.train import TrainJobConfig, main, train
+
+
+# A fourth family, registered here only: the next frame's mean brightness, as a regression.
+@dataclass(frozen=True)
+class BrightnessConfig:
+    hidden: int = 8
+    context: int = 2
+
+
+class BrightnessForecaster(Model):
+    family = "brightness_forecaster"
+    config_class = BrightnessConfig
+    headline = ("mae",)
+
+    def __init__(self, cfg: BrightnessConfig) -> None:
+        super().__init__(cfg)
+        self.net = nn.Sequential(nn.Linear(cfg.context, cfg.hidden), nn.Tanh(),
+                                 nn.Linear(cfg.hidden, 1))
+
+    def _pairs(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        level = video.float().mean(dim=(2, 3, 4)) / 255.0  # (B, T)
+        k = self.cfg.context
+        inputs = level.unfold(1, k, 1)[:, :-1]  # (B, T - k, k)
+        return self.net(inputs).squeeze(-1), level[:, k:]
+
+    def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        pred, truth = self._pairs(video)
+        return F.mse_loss(pred, truth), {"mae": float((pred - truth).abs().mean())}
+
+    @torch.no_grad()
+    def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> dict[str, float]:
+        pred, truth = self._pairs(torch.from_numpy(videos))
+        return {"loss": float(F.mse_loss(pred, truth)), "mae": float((pred - truth).abs().mean())}
+
+
+registry.register_model("toy-brightness", {"tiny": {}, "wide": {"hidden": 32}})(
+    BrightnessForecaster)
+
+
+# A composite: a generator that holds its tokenizer (2x2 patches to 4 brightness levels).
+@dataclass(frozen=True)
+class PatchTokenizerConfig:
+    levels: int = 4
+    patch: int = 2
+
+
+class PatchTokenizer(Tokenizer):
+    config_class = PatchTokenizerConfig
+
+    def __init__(self, cfg: PatchTokenizerConfig) -> None:
+        super().__init__(cfg)
+        self.offset = nn.Parameter(torch.zeros(()))  # a tensor that must travel with the unit
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.levels
+
+    def grid(self, frame_shape):
+        t, h, w, _ = frame_shape
+        return t, h // self.cfg.patch, w // self.cfg.patch
+
+    def encode(self, video):
+        p, width = self.cfg.patch, 256 // self.cfg.levels
+        mean = F.avg_pool2d(video.float().mean(-1).flatten(0, 1)[:, None], p)[:, 0]
+        tokens = ((mean + self.offset) // width).clamp(0, self.cfg.levels - 1).long()
+        return tokens.view(video.shape[0], video.shape[1], *tokens.shape[1:])
+
+    def decode(self, tokens):
+        width = 256 // self.cfg.levels
+        values = (tokens * width + width // 2).to(torch.uint8)
+        p = self.cfg.patch
+        return values.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., None]
+
+    def loss(self, video):
+        return self.offset.square(), {}
+
+    def evaluate(self, videos, batch_size=8):
+        video = torch.from_numpy(videos)
+        error = (self.decode(self.encode(video)).float() - video.float()).abs().mean()
+        return {"loss": float(error)}
+
+
+@dataclass(frozen=True)
+class TinyGeneratorConfig:
+    dim: int = 8
+
+
+class TinyGenerator(TokenGenerator):
+    config_class = TinyGeneratorConfig
+
+    def __init__(self, cfg: TinyGeneratorConfig, tokenizer: Tokenizer) -> None:
+        super().__init__(cfg)
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(tokenizer.codebook_size, cfg.dim)
+        self.head = nn.Linear(cfg.dim, tokenizer.codebook_size)
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens.flatten(1)))  # each token predicts the next
+
+    def loss(self, video):
+        tokens = self.tokenizer.encode(video).flatten(1)
+        return categorical_nll(self(tokens[:, :-1].reshape(len(tokens), 1, 1, -1)),
+                               tokens[:, 1:]), {}
+
+    def evaluate(self, videos, batch_size=8):
+        return {"loss": float(self.loss(torch.from_numpy(videos))[0])}
+
+    @torch.no_grad()
+    def generate(self, context, future_frames, *, temperature=1.0, top_k=0, seed=0):
+        tokens = self.tokenizer.encode(context)
+        per_frame = tokens[0, 0].numel()
+        flat = tokens.flatten(1)
+        for _ in range(future_frames * per_frame):
+            flat = torch.cat([flat, self(flat[:, -1:])[:, -1].argmax(-1, keepdim=True)], dim=1)
+        grid = flat[:, -future_frames * per_frame:].view(len(flat), future_frames,
+                                                         *tokens.shape[2:])
+        return self.tokenizer.decode(grid)
+
+
+registry.register_model("toy-patches", {"tiny": {}})(PatchTokenizer)
+registry.register_model("toy-generator", {"tiny": {}})(TinyGenerator)
+
+
+@pytest.fixture(scope="module")
+def data(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("contract") / "tri"
+    render(RenderJobConfig(num_sequences=16, frames=4, size=16, out=str(out), mlflow=False,
+                           val_fraction=0.25, test_fraction=0.0))
+    return out
+
+
+def all_runs() -> list:
+    client = mlflow.MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return mlflow.search_runs(ids, output_format="list") if ids else []
+
+
+def test_a_family_defined_in_a_test_trains_through_the_ray_train_job(data, tmp_path):
+    """No change to train.py or the jobs: the loop calls the model's own loss, the workers get
+    the class by value, the driver evaluates, logs and registers it through the contract."""
+    result = train(TrainJobConfig(
+        data=str(data), model="toy-brightness", preset="tiny", model_config="hidden=4",
+        steps=6, batch_size=2, log_every=2, checkpoint_every=3, lr=1e-2,
+        storage=str(tmp_path / "ray"), register="toy-brightness-2d"))
+    assert result["step"] == 6
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.data.params["model.hidden"] == "4" and run.data.params["model"] == "toy-brightness"
+    assert {"loss", "mae", "final_val_mae", "final_val_loss"} <= set(run.data.metrics)
+    model, meta = model_io.load_logged_model("toy-brightness-2d")
+    assert isinstance(model, BrightnessForecaster) and model.cfg.hidden == 4
+    assert meta["family"] == "brightness_forecaster" and meta["overrides"] == {"hidden": 4}
+
+
+def test_vblt_trains_with_model_overrides_and_logs_them(data, tmp_path):
+    code = main(["--data", str(data), "--preset", "tiny", "--steps", "2", "--batch-size", "2",
+                 "--model-config", "global_layers=2,patch=1x4x4", "--register", "none",
+                 "--storage", str(tmp_path / "ray"), "--name", "overridden"])
+    assert code == 0
+    [run] = [r for r in all_runs() if r.data.tags.get("framecast.ray_run") == "overridden"]
+    assert run.data.params["model.global_layers"] == "2"
+    assert run.data.params["model.patch"] == "1x4x4"
+    assert run.data.params["model_config"] == "global_layers=2,patch=1x4x4"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "gpt5"], "model 'gpt5' is unknown; available:"),
+    (["--preset", "huge"], "preset 'huge' of vblt is unknown"),
+    (["--model-config", "dimm=12"], "vblt has no field 'dimm'"),
+    (["--model-config", "global_layers=two"], "global_layers='two': expected int"),
+    (["--model-config", "patch=2x4"], "patch='2x4': expected intxintxint"),
+    (["--model-config", "dim=32,heads=2"], "multiple of 6"),
+    (["--model-config", "patch=2x5x5"], "patch 2x5x5 does not tile the data's 4x16x16 frames"),
+])
+def test_bad_models_are_refused_in_one_line_before_any_run(data, flags, message, capsys):
+    before = len(all_runs())
+    try:
+        code = main(["--data", str(data), "--preset", "tiny", *flags])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert len(all_runs()) == before
+
+
+def test_overrides_are_typed_against_the_config():
+    assert registry.parse_overrides("vblt", "patch=1x4x4, byte_skip=false,mlp_ratio=2") == {
+        "patch": (1, 4, 4), "byte_skip": False, "mlp_ratio": 2.0}
+    assert registry.parse_overrides("vblt", "") == {}
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        registry.parse_overrides("vblt", "patch")
+    with pytest.raises(ConfigError, match="byte_skip='maybe': expected bool"):
+        registry.parse_overrides("vblt", "byte_skip=maybe")
+
+
+def test_a_model_refuses_data_it_was_not_built_for():
+    model = registry.create("vblt", "tiny")  # 1 channel, patch 2x4x4
+    registry.check_data(model, (8, 16, 16, 1))
+    with pytest.raises(ConfigError, match=r"channels=1 \(data: 3\)"):
+        registry.check_data(model, (8, 16, 16, 3))
+    with pytest.raises(ConfigError, match="does not tile"):
+        registry.check_data(model, (8, 18, 16, 1))
+
+
+def test_the_loss_is_the_models_own_and_equals_next_frame_cross_entropy():
+    torch.manual_seed(0)
+    model = registry.create("vblt", "tiny")
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    loss, _ = model.loss(video)
+    logits = model(video)
+    expected = F.cross_entropy(logits.reshape(-1, 256).float(),
+                               video[:, model.context_frames:].long().reshape(-1))
+    assert torch.equal(loss, expected)
+
+
+def test_a_composite_generator_saves_logs_and_loads_as_one_unit(tmp_path):
+    tokenizer = registry.create("toy-patches", "tiny")
+    generator = registry.build("toy-generator", registry.model_config("toy-generator", "tiny"),
+                               tokenizer=tokenizer)
+    with torch.no_grad():
+        tokenizer.offset.fill_(7.0)
+        generator.head.bias.normal_()
+    video = torch.randint(0, 256, (1, 2, 8, 8, 1), dtype=torch.uint8)
+    expected = generator.generate(video, 1)
+
+    folder = model_io.save_model(tmp_path / "m", generator)
+    meta = model_io.read_meta(folder)
+    assert meta["components"] == {"tokenizer": {"name": "toy-patches",
+                                                "config": {"levels": 4, "patch": 2}}}
+    loaded = model_io.load_model(folder)
+    assert loaded.tokenizer.offset.item() == 7.0
+    assert torch.equal(loaded.generate(video, 1), expected)
+
+    from framecast import tracking
+    tracking.use_experiment("contract-test")
+    with mlflow.start_run():
+        model_io.log_model(generator, "toy-generator", registered_name="toy-gen")
+    again, _ = model_io.load_logged_model("toy-gen")
+    assert torch.equal(again.generate(video, 1), expected)
+
+
+@pytest.mark.slow
+def test_a_ray_tune_trial_trains_through_the_same_entry_point(data, tmp_path):
+    """jobs.train's plan / fit / finish inside a Tune trial: the trial owns the MLflow run and
+    passes Tune's report callback; no second copy of training."""
+    from ray import tune
+
+    def trial(params: dict) -> None:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from framecast import tracking
+        from jobs import train as train_job
+
+        config = train_job.TrainJobConfig(
+            data=params["data"], preset="tiny", steps=4, batch_size=2, log_every=2,
+            checkpoint_every=4, lr=params["lr"], cpus_per_worker=0.5, register="none",
+            storage=params["storage"], name=f"trial-lr{params['lr']}")
+        checked = train_job.plan(config)
+        with tracking.job_run("train", experiment="tune-test", run_name=checked.name,
+                              params=checked.params) as run:
+            checkpoint = train_job.fit(checked, run.info.run_id,
+                                       callbacks=[TuneReportCallback()])
+            train_job.finish(checked, run.info.run_id, checkpoint)
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"cpu": 0.1}),
+        param_space={"lr": tune.grid_search([1e-3]), "data": str(data),
+                     "storage": str(tmp_path / "ray")},
+        tune_config=tune.TuneConfig(metric="loss", mode="min"),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="contract"))
+    best = tuner.fit().get_best_result()
+    assert best.error is None and best.metrics["step"] == 4
+    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert "final_val_psnr" in runs[0].data.metrics
