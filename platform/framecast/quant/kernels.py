@@ -1,10 +1,11 @@
 """The integer hot path of a W8A8 layer on the fastest exact kernel this machine has, chosen by
 measurement.
 
-CPU flags do not tell which int8 kernel is fast: oneDNN's int8 GEMM is ~2x `torch._int_mm` on a
-CPU with AMX, falls back to its reference implementation (1000x slower) on some VNNI-only CPUs,
-and on AVX2-only CPUs (no VNNI) it pairs u8 x s8 products in saturating int16, so full-range
-8-bit codes come out wrong, while `torch._int_mm` there is 15-30x slower than a float GEMM.
+CPU flags do not tell which int8 kernel is fast: oneDNN's int8 GEMM beats `torch._int_mm` on a
+CPU with AMX, falls back to its reference implementation (orders of magnitude slower) on some
+VNNI-only CPUs, and on AVX2-only CPUs (no VNNI) it pairs u8 x s8 products in saturating int16,
+so full-range 8-bit codes come out wrong, while `torch._int_mm` there is far slower than a
+float GEMM (measured: benchmarks/RESULTS.md, "int8 kernels chosen by measurement").
 So each GEMM shape is measured once per process (`gemm_path`): every available path is timed on
 full-range operands of that shape and checked exact against a float64 product; the fastest exact
 one is kept, and the choice is logged once. Paths:
@@ -209,7 +210,9 @@ def shape_class(tokens: int, k: int, n: int) -> tuple[int, int, int]:
 
 
 def _run_ms(path: GemmPath, operands: tuple, packed: Any, calls: int) -> tuple[float, Any]:
-    """Median ms of `calls` runs (after none: the caller warms up) and the last output."""
+    """Fastest of `calls` runs in ms (after none: the caller warms up) and the last output.
+    The minimum, not the median: on a busy machine noise only ever adds time, and one
+    descheduled call must not knock the fast path out of the screen."""
     times, out = [], None
     for _ in range(calls):
         start = time.perf_counter()
@@ -233,7 +236,7 @@ def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tup
 
 def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
     """Screen every available path on 64 rows (exactness against a float64 product, and a
-    timing that drops paths over 4x the best, such as a reference kernel, after two calls),
+    timing that drops paths over 4x the best, such as a reference kernel, after three calls),
     then time the survivors on up to 1024 rows of the shape class."""
     rows, _, _ = shape_class(tokens, k, n)
     m = Measured(shape_class(tokens, k, n))
@@ -245,7 +248,7 @@ def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
         try:
             packed = path.pack(wq) if path.pack else None
             path.run(xq, wq, scale, packed)  # first call: builds the kernel
-            ms, out = _run_ms(path, (xq, wq, scale), packed, 1)
+            ms, out = _run_ms(path, (xq, wq, scale), packed, 2)
         except (RuntimeError, NotImplementedError) as err:
             log.info("int8 path %s unavailable here: %s", name, str(err).splitlines()[0])
             continue
