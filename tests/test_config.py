@@ -29,14 +29,14 @@ def test_a_false_flag_beats_the_default_and_is_not_lost():
 
 def test_unknown_flags_and_bad_values_exit_with_usage_error(capsys):
     for argv in (["--stepz", "3"], ["--steps", "three"], ["--mode", "z"], ["--span", "1"]):
-        with pytest.raises(SystemExit) as exit_info:
+        with pytest.raises(SystemExit, match="2") as exit_info:
             parse_args(Example, argv)
         assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
 
 
 def test_help_lists_every_field(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="0"):
         parse_args(Example, ["--help"])
     out = capsys.readouterr().out
     for flag in ("--name", "--steps", "--rate", "--flag", "--mode", "--span"):

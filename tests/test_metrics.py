@@ -39,14 +39,14 @@ def test_copy_last_frame_predicts_each_frame_by_its_predecessor():
     v = np.arange(6, dtype=np.uint8).reshape(1, 6, 1, 1, 1) * 10
     pred = metrics.copy_last_frame(v, context_frames=2)
     assert pred[0, :, 0, 0, 0].tolist() == [10, 20, 30, 40]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="context_frames=6 must be in 1..5"):
         metrics.copy_last_frame(v, context_frames=6)
 
 
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="must both be"):
         metrics.mse_per_frame(video(0), video(0, (2, 2, 16, 16, 1)))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected uint8 video, got float64"):
         metrics.mse_per_frame(np.zeros((1, 1, 4, 4, 1)), np.zeros((1, 1, 4, 4, 1)))
 
 

@@ -51,7 +51,7 @@ def test_shapes_are_face_connected():
 def test_sizes_outside_the_enumerator_are_refused():
     with pytest.raises(ValueError, match="outside the supported range"):
         polycubes.enumerate_polycubes(polycubes.MAX_CUBES + 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n=0 is outside the supported range"):
         polycubes.enumerate_polycubes(0)
 
 

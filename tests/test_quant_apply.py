@@ -145,9 +145,10 @@ def test_schedule_without_fallbacks_keeps_the_thresholds_plan():
     assert result.thresholds == (0.0, 1e9)
 
 
-@pytest.mark.parametrize("kwargs", [{"tau_low": 2.0, "tau_high": 1.0},
-                                    {"tau_low_quantile": 0.9, "tau_high_quantile": 0.5},
-                                    {"calib_batches": 0}])
-def test_bad_schedule_settings_are_refused(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    ({"tau_low": 2.0, "tau_high": 1.0}, "tau_low=2.0 must not exceed tau_high=1.0"),
+    ({"tau_low_quantile": 0.9, "tau_high_quantile": 0.5}, "quantiles must satisfy"),
+    ({"calib_batches": 0}, "calib_batches must be >= 1")])
+def test_bad_schedule_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         QuantConfig(**kwargs)

@@ -80,7 +80,7 @@ def test_quantizing_a_quantized_model_or_a_missing_one_exits_2(fp32_model, capsy
 
 
 def test_bad_quantize_flags_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match="2") as exc:
         main(["--model", "m", "--data", "d", "--tau-low", "3", "--tau-high", "1"])
     assert exc.value.code == 2
     assert "tau_low" in capsys.readouterr().err

@@ -67,9 +67,13 @@ def test_resuming_from_a_checkpoint_gives_the_same_weights_as_never_stopping(tmp
         train_loop(model, opt, stream, cfg, report, start_step=start)
         return model
 
+    def dies_after_four():
+        yield from itertools.islice(batches(), 4)
+        raise RuntimeError("worker died before batch 5")
+
     straight = run(batches())
-    with pytest.raises(StopIteration):  # the run dies when its 5th batch never comes
-        run(itertools.islice(batches(), 4))
+    with pytest.raises(RuntimeError, match="worker died before batch 5"):
+        run(dies_after_four())
     resumed = run(itertools.islice(batches(), 4, None), start_dir=tmp_path / "ckpt")
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
