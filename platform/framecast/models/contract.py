@@ -78,6 +78,13 @@ class Model(nn.Module, abc.ABC):
         """Registered models this one contains, by attribute name (saved and loaded with it)."""
         return {}
 
+    @classmethod
+    def component_refs(cls, cfg: Any) -> dict[str, str]:
+        """Logged models a new instance is built around, by constructor argument (a generator's
+        tokenizer: a registered name, `name@alias`, run id or URI in its config). Jobs load them
+        from MLflow and pass them to the constructor; saved, the model carries them itself."""
+        return {}
+
 
 def categorical_nll(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
                     ) -> torch.Tensor:
@@ -171,6 +178,11 @@ class TokenGenerator(Model):
 
     def components(self) -> dict[str, Model]:
         return {"tokenizer": self.tokenizer}
+
+    @classmethod
+    def component_refs(cls, cfg: Any) -> dict[str, str]:
+        """The tokenizer named by the config's `tokenizer` field."""
+        return {"tokenizer": cfg.tokenizer}
 
     @abc.abstractmethod
     def generate(self, context: torch.Tensor, future_frames: int, *, temperature: float = 1.0,
