@@ -91,6 +91,11 @@ class TrainPlan:
     model: Any  # the model's config dataclass: preset + overrides, fitted to the data
     name: str  # the Ray Train run name (reused to resume)
     storage: Path
+    components: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. a tokenizer
+
+    def build(self) -> Any:
+        """A fresh model of this plan (around its loaded components)."""
+        return registry.entry(self.config.model).build(self.model, **self.components)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -108,14 +113,24 @@ def plan(config: TrainJobConfig) -> TrainPlan:
     if manifest.counts["train"] < config.batch_size * config.workers:
         raise ConfigError(f"the train split has {manifest.counts['train']} sequences, fewer than "
                           f"batch_size x workers = {config.batch_size * config.workers}")
-    model = registry.model_config(config.model, config.preset,
-                                  frame_shape=tuple(manifest.config.frame_shape),
+    from framecast.model_io import load_components
+
+    frame_shape = tuple(manifest.config.frame_shape)
+    entry = registry.entry(config.model)
+    model = registry.model_config(config.model, config.preset, frame_shape=frame_shape,
                                   **config.overrides)
+    components = load_components(entry.model_class.component_refs(model))
+    try:
+        entry.build(model, **components).check_data(frame_shape)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # e.g. a component of the wrong family
+        raise ConfigError(f"{config.model}: {err}") from None
     name = config.name or (f"{config.model}-{config.preset}-{manifest.config.kind}-"
                            f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     storage = Path(config.storage).resolve() if config.storage else (
         project_home() / "ray_results")
-    return TrainPlan(config, manifest, model, name, storage)
+    return TrainPlan(config, manifest, model, name, storage, components)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -139,7 +154,7 @@ def train_worker(loop_config: dict) -> None:
     chief = ctx.get_world_rank() == 0
     torch.manual_seed(job["seed"])
     torch.set_num_threads(max(1, int(loop_config["threads"])))
-    model = loop_config["entry"].build(loop_config["model"])
+    model = loop_config["entry"].build(loop_config["model"], **loop_config["components"])
     device = ray.train.torch.get_device()
     # DDP must wrap the loss (see Objective): its forward is where gradients are synchronised.
     model = ray.train.torch.prepare_model(Objective(model))
@@ -218,6 +233,7 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = ()) -> Any:
         train_worker,
         train_loop_config={
             "job": to_dict(config), "run_id": run_id, "model": plan.model,
+            "components": plan.components,
             "entry": _shippable(registry.entry(config.model)),
             "tracking_uri": tracking.default_tracking_uri(),
             "eval_every": config.eval_every or steps_per_epoch,
@@ -325,7 +341,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
     from framecast.train import load_checkpoint
 
     config, manifest = plan.config, plan.manifest
-    model = registry.entry(config.model).build(plan.model)
+    model = plan.build()
     with checkpoint.as_directory() as d:
         step = load_checkpoint(d, model)
     val, _ = fdata.load_numpy(config.data, "val")

@@ -160,3 +160,26 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         data = next(p.parent for p in local.rglob(META))
         return load_model(data, device), read_meta(data)
+
+
+def load_components(refs: dict[str, str]) -> dict[str, nn.Module]:
+    """Load the logged models a new model is built around (`Model.component_refs`), by
+    constructor argument. A missing or unknown reference raises ConfigError naming it."""
+    import mlflow
+
+    from framecast.config import ConfigError
+    from framecast.tracking import default_tracking_uri
+
+    out = {}
+    for attr, ref in refs.items():
+        if not ref:
+            raise ConfigError(f"no {attr} given: name the logged {attr} with --model-config "
+                              f"{attr}=NAME (a registered name, name@alias, run id or URI)")
+        mlflow.set_tracking_uri(default_tracking_uri())
+        try:
+            out[attr], _ = load_logged_model(ref)
+        except (mlflow.exceptions.MlflowException, ValueError, OSError) as err:
+            text = getattr(err, "message", str(err)).splitlines()[0][:160]
+            raise ConfigError(f"{attr} {ref!r} not found in MLflow ({default_tracking_uri()}): "
+                              f"{text}") from None
+    return out

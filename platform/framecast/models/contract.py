@@ -33,6 +33,7 @@ Families:
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast import metrics
+from framecast.config import ConfigError
 
 Metrics = dict[str, float]
 
@@ -77,6 +79,24 @@ class Model(nn.Module, abc.ABC):
     def components(self) -> dict[str, Model]:
         """Registered models this one contains, by attribute name (saved and loaded with it)."""
         return {}
+
+    def check_data(self, frame_shape: tuple[int, int, int, int]) -> None:
+        """Refuse (ConfigError, one line) data of frame_shape (T, H, W, C) this built model
+        cannot read: by default its config fitted to the data (`for_data`) must equal its
+        config; a composite also asks its components."""
+        for part in self.components().values():
+            part.check_data(frame_shape)
+        cfg = self.cfg
+        if not hasattr(cfg, "for_data"):
+            return
+        fitted = cfg.for_data(tuple(frame_shape))
+        changed = {f.name: (getattr(cfg, f.name), getattr(fitted, f.name))
+                   for f in dataclasses.fields(cfg)
+                   if getattr(cfg, f.name) != getattr(fitted, f.name)}
+        if changed:
+            raise ConfigError(f"{self.registry_name or type(self).__name__} does not fit data "
+                              f"of frame shape {tuple(frame_shape)}: " + ", ".join(
+                                  f"{k}={a} (data: {b})" for k, (a, b) in changed.items()))
 
     @classmethod
     def component_refs(cls, cfg: Any) -> dict[str, str]:

@@ -106,17 +106,8 @@ def create_from_config(name: str, config: dict[str, Any], **components: Model) -
 
 
 def check_data(model: Model, frame_shape: FrameShape) -> None:
-    """Refuse (ConfigError) data a built model cannot read: its config fitted to the data's
-    frame shape must be the config it has."""
-    cfg = model.cfg
-    if not hasattr(cfg, "for_data"):
-        return
-    fitted = cfg.for_data(tuple(frame_shape))
-    changed = {f.name: (getattr(cfg, f.name), getattr(fitted, f.name))
-               for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(fitted, f.name)}
-    if changed:
-        raise ConfigError(f"the model does not fit data of frame shape {tuple(frame_shape)}: " +
-                          ", ".join(f"{k}={a} (data: {b})" for k, (a, b) in changed.items()))
+    """Refuse (ConfigError) data a built model cannot read (`Model.check_data`)."""
+    model.check_data(tuple(frame_shape))
 
 
 def parse_overrides(name: str, text: str) -> dict[str, Any]:
