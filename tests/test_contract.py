@@ -150,9 +150,11 @@ def data(ray_local, tmp_path_factory):
 
 
 def all_runs() -> list:
-    client = mlflow.MlflowClient()
+    from framecast import tracking
+
+    client = mlflow.MlflowClient(tracking.default_tracking_uri())
     ids = [e.experiment_id for e in client.search_experiments()]
-    return mlflow.search_runs(ids, output_format="list") if ids else []
+    return client.search_runs(ids) if ids else []
 
 
 def test_a_family_defined_in_a_test_trains_through_the_ray_train_job(data, tmp_path):

@@ -156,7 +156,9 @@ def end_open_runs(status: str) -> list[str]:
 
     while mlflow.active_run() is not None:
         mlflow.end_run(status=status)
-    client, ended = mlflow.MlflowClient(), []
+    if not _OPENED:
+        return []  # a job that failed before logging: touching MLflow would create a store
+    client, ended = mlflow.MlflowClient(default_tracking_uri()), []
     for run_id in _OPENED:
         try:
             if client.get_run(run_id).info.status != "FINISHED":
