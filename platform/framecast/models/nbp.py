@@ -17,9 +17,9 @@ and all earlier ones (bidirectional inside a block, causal across blocks); condi
 only the condition (they come first, so a cache filled with them never needs updating). With
 block 1x1x1 this is plain next-token prediction, by the same code.
 
-Generation: one forward step per block with a KV cache: the first step reads the condition, any
-further context blocks and the begin-of-video block; each later step feeds the block just
-generated, whose slot predicts the next block.
+Generation: one forward step per block with a KV cache: the first step reads the condition, the
+begin-of-video block and any context blocks after the condition; each later step feeds the block
+just generated, whose slot predicts the next block.
 """
 
 from __future__ import annotations
