@@ -136,6 +136,10 @@ class TinyGenerator(TokenGenerator):
                                                          *tokens.shape[2:])
         return self.tokenizer.decode(grid)
 
+    def forward_steps(self, frame_shape, context_frames):
+        t, h, w = self.tokenizer.grid(frame_shape)
+        return (t - context_frames) * h * w  # one token per step
+
 
 registry.register_model("toy-patches", {"tiny": {}})(PatchTokenizer)
 registry.register_model("toy-generator", {"tiny": {}})(TinyGenerator)

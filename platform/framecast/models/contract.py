@@ -190,8 +190,9 @@ class Tokenizer(Model):
 
 class TokenGenerator(Model):
     """Token grid in, logits over the tokenizer's codebook out: `forward(tokens (B, T', H', W'))
-    -> logits (B, T'*H'*W', codebook_size)`; `generate` continues a video block by block with a
-    cache. Holds the tokenizer it was trained with (`self.tokenizer`, a component)."""
+    -> logits (B, N, codebook_size)` for the N tokens after the condition, in raster order;
+    `generate` continues a video block by block with a cache. Holds the tokenizer it was
+    trained with (`self.tokenizer`, a component)."""
 
     family = "token_generator"
     tokenizer: Tokenizer
@@ -208,3 +209,8 @@ class TokenGenerator(Model):
     def generate(self, context: torch.Tensor, future_frames: int, *, temperature: float = 1.0,
                  top_k: int = 0, seed: int = 0) -> torch.Tensor:
         """uint8 context frames (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C)."""
+
+    @abc.abstractmethod
+    def forward_steps(self, frame_shape: tuple[int, int, int, int], context_frames: int) -> int:
+        """Forward passes `generate` makes to continue `context_frames` frames to a clip of
+        frame_shape (T, H, W, C): the cost NBP cuts."""
