@@ -298,6 +298,9 @@ def test_a_ray_tune_trial_trains_through_the_same_entry_point(data, tmp_path):
         run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="contract"))
     best = tuner.fit().get_best_result()
     assert best.error is None and best.metrics["step"] == 4
+    from framecast import tracking
+
+    tracking.use_experiment("tune-test")  # the trial's store: the session's FRAMECAST_HOME
     runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert "final_val_psnr" in runs[0].data.metrics
