@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import toy_models  # noqa: F401  (registers the test tokenizer `toy-patches`)
 from torch import nn
 
 from framecast import model_io
 from framecast.config import ConfigError
 from framecast.models import registry
-from framecast.models.contract import Model, Tokenizer, TokenGenerator, categorical_nll
+from framecast.models.contract import Model, TokenGenerator, Tokenizer, categorical_nll
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train
 
@@ -57,49 +58,7 @@ registry.register_model("toy-brightness", {"tiny": {}, "wide": {"hidden": 32}})(
     BrightnessForecaster)
 
 
-# A composite: a generator that holds its tokenizer (2x2 patches to 4 brightness levels).
-@dataclass(frozen=True)
-class PatchTokenizerConfig:
-    levels: int = 4
-    patch: int = 2
-
-
-class PatchTokenizer(Tokenizer):
-    config_class = PatchTokenizerConfig
-
-    def __init__(self, cfg: PatchTokenizerConfig) -> None:
-        super().__init__(cfg)
-        self.offset = nn.Parameter(torch.zeros(()))  # a tensor that must travel with the unit
-
-    @property
-    def codebook_size(self) -> int:
-        return self.cfg.levels
-
-    def grid(self, frame_shape):
-        t, h, w, _ = frame_shape
-        return t, h // self.cfg.patch, w // self.cfg.patch
-
-    def encode(self, video):
-        p, width = self.cfg.patch, 256 // self.cfg.levels
-        mean = F.avg_pool2d(video.float().mean(-1).flatten(0, 1)[:, None], p)[:, 0]
-        tokens = ((mean + self.offset) // width).clamp(0, self.cfg.levels - 1).long()
-        return tokens.view(video.shape[0], video.shape[1], *tokens.shape[1:])
-
-    def decode(self, tokens):
-        width = 256 // self.cfg.levels
-        values = (tokens * width + width // 2).to(torch.uint8)
-        p = self.cfg.patch
-        return values.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., None]
-
-    def loss(self, video):
-        return self.offset.square(), {}
-
-    def evaluate(self, videos, batch_size=8):
-        video = torch.from_numpy(videos)
-        error = (self.decode(self.encode(video)).float() - video.float()).abs().mean()
-        return {"loss": float(error)}
-
-
+# A composite: a generator that holds its tokenizer (tests/toy_models.py: `toy-patches`).
 @dataclass(frozen=True)
 class TinyGeneratorConfig:
     dim: int = 8
@@ -141,7 +100,6 @@ class TinyGenerator(TokenGenerator):
         return (t - context_frames) * h * w  # one token per step
 
 
-registry.register_model("toy-patches", {"tiny": {}})(PatchTokenizer)
 registry.register_model("toy-generator", {"tiny": {}})(TinyGenerator)
 
 

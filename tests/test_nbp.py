@@ -4,63 +4,16 @@ blocks that do not tile, training, and save/load as one unit with its tokenizer.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+import toy_models  # noqa: F401  (registers the test tokenizer `toy-patches`)
 
 from framecast import model_io
 from framecast.config import ConfigError
 from framecast.models import registry
-from framecast.models.contract import Tokenizer, categorical_nll
+from framecast.models.contract import categorical_nll
 from framecast.models.nbp import NBP, block_mask, block_order
-
-
-# A test-only tokenizer: the mean of each 2x2 patch quantized to `levels` values, frame by frame.
-@dataclass(frozen=True)
-class PatchTokenizerConfig:
-    levels: int = 4
-    patch: int = 2
-
-
-class PatchTokenizer(Tokenizer):
-    config_class = PatchTokenizerConfig
-
-    def __init__(self, cfg: PatchTokenizerConfig) -> None:
-        super().__init__(cfg)
-        self.offset = nn.Parameter(torch.zeros(()))  # a tensor that must travel with the unit
-
-    @property
-    def codebook_size(self) -> int:
-        return self.cfg.levels
-
-    def grid(self, frame_shape):
-        t, h, w, _ = frame_shape
-        return t, h // self.cfg.patch, w // self.cfg.patch
-
-    def encode(self, video):
-        p, width = self.cfg.patch, 256 // self.cfg.levels
-        mean = F.avg_pool2d(video.float().mean(-1).flatten(0, 1)[:, None], p)[:, 0]
-        tokens = ((mean + self.offset) // width).clamp(0, self.cfg.levels - 1).long()
-        return tokens.view(video.shape[0], video.shape[1], *tokens.shape[1:])
-
-    def decode(self, tokens):
-        width = 256 // self.cfg.levels
-        values = (tokens * width + width // 2).to(torch.uint8)
-        p = self.cfg.patch
-        return values.repeat_interleave(p, -2).repeat_interleave(p, -1)[..., None]
-
-    def loss(self, video):
-        return self.offset.square(), {}
-
-    def evaluate(self, videos, batch_size=8):
-        return {"loss": 0.0}
-
-
-registry.register_model("test-nbp-patches", {"tiny": {}, "fine": {"levels": 16},
-                                              "coarse": {"patch": 4}})(PatchTokenizer)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,7 +28,7 @@ def one_thread():
 
 def make_nbp(levels: str = "tiny", seed: int = 0, **overrides) -> NBP:
     torch.manual_seed(seed)
-    tokenizer = registry.create("test-nbp-patches", levels)
+    tokenizer = registry.create("toy-patches", levels)
     return registry.build("nbp", registry.model_config("nbp", "tiny", **overrides),
                           tokenizer=tokenizer)
 
@@ -260,7 +213,7 @@ def test_a_saved_generator_reloads_with_its_tokenizer_to_identical_outputs(tmp_p
     folder = model_io.save_model(tmp_path / "nbp", model)
     meta = model_io.read_meta(folder)
     assert meta["name"] == "nbp"
-    assert meta["components"] == {"tokenizer": {"name": "test-nbp-patches",
+    assert meta["components"] == {"tokenizer": {"name": "toy-patches",
                                                 "config": {"levels": 4, "patch": 2}}}
     loaded = model_io.load_model(folder)
     assert isinstance(loaded, NBP) and loaded.tokenizer.offset.item() == 5.0
