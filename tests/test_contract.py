@@ -135,6 +135,7 @@ def test_a_family_defined_in_a_test_trains_through_the_ray_train_job(data, tmp_p
     assert meta["family"] == "brightness_forecaster" and meta["overrides"] == {"hidden": 4}
 
 
+@pytest.mark.slow  # a second Ray Train fit; the toy family above checks overrides as params
 def test_vblt_trains_with_model_overrides_and_logs_them(data, tmp_path):
     code = main(["--data", str(data), "--preset", "tiny", "--steps", "2", "--batch-size", "2",
                  "--model-config", "global_layers=2,patch=1x4x4", "--register", "none",

@@ -41,6 +41,7 @@ def test_bad_generate_input_is_one_line_and_logs_nothing(clips, flags, message, 
     assert run_count() == before
 
 
+@pytest.mark.slow  # three Ray Train fits: ~2 minutes on 2 cores
 def test_tokenizer_then_nbp_then_generation_through_the_jobs(clips, tmp_path, capsys):
     """The user's path: train an FSQ tokenizer, train NBP on its tokens (named by its registry
     name), continue test clips with jobs.generate; refusals on the way."""
