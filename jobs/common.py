@@ -19,9 +19,18 @@ USER_ERRORS = (ConfigError, DatasetError, FileNotFoundError, ValueError)
 class Stopped(KeyboardInterrupt):
     """SIGTERM (what `ray job stop` sends), handled like Ctrl-C."""
 
+    received = ""  # the signal's name once `_stop` ran; `report`: what it did to the runs
+    report = ""
+
 
 def _stop(signum: int, _frame: object) -> None:
-    raise Stopped(signal.Signals(signum).name)
+    # The runs are ended KILLED here, first, not once the exception has unwound: `ray job stop`
+    # SIGKILLs the driver 3 s after its SIGTERM, and unwinding can take longer (Ray Train's
+    # threads, ray.shutdown at exit). A `ray.get` (Ray Train's fit) runs this handler at its
+    # periodic signal check but re-raises a plain KeyboardInterrupt: `received` keeps the name.
+    Stopped.received = signal.Signals(signum).name
+    Stopped.report = _end_runs("KILLED")  # printed by run_job: no I/O inside a signal handler
+    raise Stopped(Stopped.received)
 
 
 def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str] | None,
@@ -31,37 +40,52 @@ def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str
     prog = f"python -m jobs.{name}"
     config = parse_args(cls, argv, description=description, epilog=epilog, prog=prog,
                         verbose_flag=True)
+    Stopped.received = Stopped.report = ""
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         main(config)
+        if Stopped.received:  # the handler's exception was caught on the way (by Ray, say)
+            raise Stopped(Stopped.received)
     except USER_ERRORS as err:
-        _end_runs("FAILED", prog)
+        if note := _end_runs("FAILED"):
+            print(f"{prog}: {note}", file=sys.stderr)
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:
-        _end_runs("KILLED", prog)
-        print(f"{prog}: {'stopped by ' + str(err) if isinstance(err, Stopped) else 'interrupted'}",
-              file=sys.stderr)
+    except KeyboardInterrupt:
+        for note in (Stopped.report, _end_runs("KILLED")):
+            if note:
+                print(f"{prog}: {note}", file=sys.stderr)
+        print(f"{prog}: {'stopped by ' + Stopped.received if Stopped.received else 'interrupted'}",
+              file=sys.stderr, flush=True)
+        main_module = getattr(sys.modules["__main__"], "__spec__", None)
+        if Stopped.received and getattr(main_module, "name", "") == f"jobs.{name}":
+            # This job's own process, its runs ended: exit now. Interpreter teardown (ray.shutdown,
+            # then collecting Torch's, Ray's and MLflow's objects) took 16 s on a busy 2-core
+            # machine, and `ray job stop` SIGKILLs 3 s after its SIGTERM.
+            import os
+
+            sys.stdout.flush()
+            os._exit(130)
         return 130
     except BaseException:
-        _end_runs("FAILED", prog)
+        if note := _end_runs("FAILED"):
+            print(f"{prog}: {note}", file=sys.stderr)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-def _end_runs(status: str, prog: str) -> None:
+def _end_runs(status: str) -> str:
+    """End the job's open MLflow runs with `status`; returns the line to print ('': none)."""
     from framecast import tracking
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
     try:
         ended = tracking.end_open_runs(status)
     except Exception as err:  # the store is gone: the job's own error matters more
-        print(f"{prog}: could not mark MLflow runs {status}: {err}", file=sys.stderr)
-        return
-    if ended:
-        print(f"{prog}: MLflow runs marked {status}: {', '.join(ended)}", file=sys.stderr)
+        return f"could not mark MLflow runs {status}: {err}"
+    return f"MLflow runs marked {status}: {', '.join(ended)}" if ended else ""
 
 
 def log_prediction_figure(model, video, title: str = "") -> None:

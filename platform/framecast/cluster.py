@@ -33,8 +33,11 @@ def init_ray(num_cpus: int | None = None) -> dict:
             "log_to_driver": False, "logging_level": logging.ERROR,
             "logging_config": ray.LoggingConfig(log_level="WARNING")}
         # ray.init installs a C++ SIGTERM handler that exits at once: a job's own handler
-        # (jobs.common.run_job: end MLflow runs as KILLED) is put back after it.
+        # (jobs.common.run_job: end MLflow runs as KILLED) is put back after it, and stays
+        # (measured: Ray Data and Ray Train install none later).
         handler = signal.getsignal(signal.SIGTERM)
+        if quiet:  # the token-auth notice ray.init logs through a terminal handler of its own
+            logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**quiet)  # a submitted job's runtime_env is the submitter's to set
         else:
@@ -45,9 +48,14 @@ def init_ray(num_cpus: int | None = None) -> dict:
         if callable(handler):
             signal.signal(signal.SIGTERM, handler)
         if quiet:
+            # Ray Data sets its logger up again (level, terminal handler) when imported and when
+            # a data set's context changes: the level from the environment wins each time. Set
+            # after ray.init, so Ray's own processes keep theirs.
+            os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+            import ray.data
+
             log_dir = ray_log_dir()
             route_driver_logs(Path(log_dir) / "framecast-driver.log")
-            import ray.data
 
             ray.data.DataContext.get_current().enable_progress_bars = False
             print(f"ray: logs in {log_dir} (--verbose or {VERBOSE_ENV}=1 shows them here)")
