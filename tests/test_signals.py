@@ -19,6 +19,7 @@ from jobs.common import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 @dataclass(frozen=True)
 class Nothing:
     pass
