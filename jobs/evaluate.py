@@ -67,13 +67,12 @@ def evaluate_job(config: EvaluateConfig) -> dict:
     from framecast import data as fdata
     from framecast import tracking
     from framecast.models.contract import FramePredictor
-    from framecast.models.registry import check_data
     from framecast.predict import evaluate, flat_summary
 
     manifest = fdata.read_manifest(config.data)
     tracking.use_experiment(config.experiment)
     model, meta = load_logged_model(config.model)
-    check_data(model, manifest.config.frame_shape)
+    model.check_data(manifest.config.frame_shape)
     videos, _ = fdata.load_numpy(config.data, config.split)
     if config.limit:
         videos = videos[:config.limit]

@@ -94,7 +94,6 @@ def quantize(config: QuantizeJobConfig) -> dict:
     from framecast import data as fdata
     from framecast import model_io, tracking, viz
     from framecast.models.contract import FramePredictor
-    from framecast.models.registry import check_data
     from framecast.quant import compare
     from framecast.quant.apply import precision_counts
     from framecast.quant.plan import format_plan, plan_records
@@ -109,7 +108,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
     if not isinstance(fp32, FramePredictor):  # token generators: their own issue
         raise ConfigError(f"jobs.quantize quantizes frame predictors so far; {meta['name']} is "
                           f"a {fp32.family}")
-    check_data(fp32, manifest.config.frame_shape)
+    fp32.check_data(manifest.config.frame_shape)
     train, _ = fdata.load_numpy(config.data, "train")
     val, _ = fdata.load_numpy(config.data, "val")
     test, _ = fdata.load_numpy(config.data, "test")

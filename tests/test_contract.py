@@ -182,11 +182,11 @@ def test_overrides_are_typed_against_the_config():
 
 def test_a_model_refuses_data_it_was_not_built_for():
     model = registry.create("vblt", "tiny")  # 1 channel, patch 2x4x4
-    registry.check_data(model, (8, 16, 16, 1))
+    model.check_data((8, 16, 16, 1))
     with pytest.raises(ConfigError, match=r"channels=1 \(data: 3\)"):
-        registry.check_data(model, (8, 16, 16, 3))
+        model.check_data((8, 16, 16, 3))
     with pytest.raises(ConfigError, match="does not tile"):
-        registry.check_data(model, (8, 18, 16, 1))
+        model.check_data((8, 18, 16, 1))
 
 
 def test_the_loss_is_the_models_own_and_equals_next_frame_cross_entropy():

@@ -105,11 +105,6 @@ def create_from_config(name: str, config: dict[str, Any], **components: Model) -
     return build(name, from_dict(entry(name).config_class, config), **components)
 
 
-def check_data(model: Model, frame_shape: FrameShape) -> None:
-    """Refuse (ConfigError) data a built model cannot read (`Model.check_data`)."""
-    model.check_data(tuple(frame_shape))
-
-
 def parse_overrides(name: str, text: str) -> dict[str, Any]:
     """`KEY=VALUE[,KEY=VALUE...]` -> typed overrides of model `name`'s config; tuples are
     written with x (`patch=2x4x4`), booleans true/false. Unknown keys and bad values raise
