@@ -211,11 +211,13 @@ def _shippable(entry: registry.ModelEntry) -> registry.ModelEntry:
     return entry
 
 
-def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = ()) -> Any:
+def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads: int = 0
+        ) -> Any:
     """Train `plan` with Ray Train in the Ray the caller started or joined (no ray.init here);
     the chief worker logs metrics into the caller's MLflow run `run_id`; `callbacks` are Ray
-    Train callbacks (a Tune trial passes Tune's report callback). Returns the last checkpoint
-    (a ray.train.Checkpoint)."""
+    Train callbacks (a Tune trial passes Tune's report callback). `threads`: torch threads per
+    worker (0: the cluster's CPUs shared by the workers; Tune trials running side by side pass
+    their share). Returns the last checkpoint (a ray.train.Checkpoint)."""
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -237,7 +239,7 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = ()) -> Any:
             "entry": _shippable(registry.entry(config.model)),
             "tracking_uri": tracking.default_tracking_uri(),
             "eval_every": config.eval_every or steps_per_epoch,
-            "threads": max(1, total_cpus() // config.workers),
+            "threads": threads or max(1, total_cpus() // config.workers),
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,

@@ -143,12 +143,19 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
     A ConfigError raised while building the config becomes one line on stderr and exit code 2
     (argparse's usage block would bury it).
     `verbose_flag` adds --verbose, which sets FRAMECAST_VERBOSE=1 for this process and Ray.
+    `--config FILE` (every job) reads settings from YAML first; flags on the command line win.
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataclass_arguments(parser, cls)
+    config_flag = "config" not in {f.name for f in dataclasses.fields(cls)}  # type: ignore
+    if config_flag:
+        parser.add_argument("--config", metavar="FILE", default=None, help=(
+            "a YAML file of this job's settings (keys are the flags' names, e.g. the "
+            "best_config.yaml of a jobs.tune study); flags given here win over it; unknown keys "
+            "are refused"))
     if verbose_flag:
         parser.add_argument("--verbose", action="store_true", help=(
             f"show Ray's own logs, progress blocks and worker output here (default: they go "
@@ -157,10 +164,32 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
     if namespace.pop("verbose", False):
         os.environ[VERBOSE_ENV] = "1"
     try:
-        return from_dict(cls, namespace)
+        path = namespace.pop("config", None) if config_flag else None
+        # Flags are SUPPRESSed unless given, so those given are exactly the ones that win.
+        return from_dict(cls, {**(read_config_file(path) if path else {}), **namespace})
     except ConfigError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings in a YAML file (a mapping of field names, `-` or `_`) for `from_dict`,
+    which refuses unknown keys; raises ConfigError naming the file when it is not such a
+    mapping."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})"
+                          ) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise ConfigError(f"--config {path}: expected a mapping of setting names to values")
+    return {k.replace("-", "_"): v for k, v in values.items()}
 
 
 def flat_params(config: Any, prefix: str = "") -> dict[str, str]:
