@@ -161,6 +161,72 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
     return rows
 
 
+# NBPConfig's own defaults (LLaMA-like widths): GEMMs wide enough for int8 to matter.
+NBP_WIDE = {"dim": 384, "heads": 8, "layers": 6, "mlp_hidden": 1024}
+
+
+def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
+             ) -> list[dict[str, float | str]]:
+    """An untrained NBP generator `preset` (+ overrides) with an untrained `fsq small` tokenizer
+    on (12, size, size) clips: size ratio of the generator, greedy generation latency (one
+    condition frame, 11 generated, tokenizer encode/decode included) at batch 1 and 8 for fp32,
+    bf16 (native only), W8A8 (the job's plan rule on the measured kernels) and linears free
+    (the bound), alternated; and how far W8A8's generations move from fp32's on the same clips
+    (PSNR of W8A8 frames against fp32 frames, share of identical tokens). Weights are drawn
+    larger than at init so that greedy choices are not near-ties of an untrained model."""
+    import copy
+
+    from framecast.models import registry
+    from framecast.quant import compare
+    from framecast.quant.apply import quantize_model, replace_layers, to_bf16
+    from framecast.quant.plan import precision_plan
+    from framecast.quant.schedule import QuantConfig, thresholds
+    from framecast.quant.sensitivity import linear_weights, weight_sensitivity
+    from framecast.train import batch_loss
+
+    torch.manual_seed(0)
+    tokenizer = registry.create("fsq", "small")
+    fp32 = registry.build("nbp", registry.model_config("nbp", preset, **(overrides or {})),
+                          tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        for name, p in fp32.named_parameters():
+            if p.dim() > 1 and not name.startswith("tokenizer."):
+                p.normal_(0.0, 1.5 / p.shape[-1] ** 0.5)
+    videos = torch.randint(0, 256, (8, 12, size, size, 1), dtype=torch.uint8)
+    quant = copy.deepcopy(fp32)
+    sens = weight_sensitivity(quant, [videos[:2]], batch_loss)
+    quantize_model(quant, precision_plan(sens, *thresholds(sens, QuantConfig())))
+    free = copy.deepcopy(fp32)
+    replace_layers(free, linear_weights(free), lambda _, linear: FreeLinear(linear))
+    agreement = compare.generator_quality(fp32, quant, videos.numpy(), batch_size=8)
+    forms = {"fp32": fp32, "w8a8": quant, "bound": free}
+    if kernels.native_16bit(torch.bfloat16):
+        forms["bf16"] = to_bf16(copy.deepcopy(fp32))
+    label = preset + "".join(f", {k}={v}" for k, v in (overrides or {}).items())
+    rows: list[dict[str, float | str]] = []
+    for b in (1, 8):
+        video = videos[:b]
+        for model in forms.values():  # warm-up: quantizer compile, kernel measurement
+            compare.latency_ms(model, video, 1, warmup=0)
+        times: dict[str, list[float]] = {name: [] for name in forms}
+        for _ in range(2):
+            for name, model in forms.items():
+                times[name].append(compare.latency_ms(model, video, repeats, warmup=0))
+        ms = {name: sum(t) / len(t) for name, t in times.items()}
+        row: dict[str, float | str] = {
+            "model": label, "batch": b,
+            "size_ratio": compare.compression(fp32, quant)["size_ratio"],
+            "psnr_w8a8_vs_fp32": agreement["psnr_quant_vs_fp32"],
+            "token_agreement": agreement["token_agreement"]}
+        for name in ("fp32", "bf16", "w8a8", "bound"):
+            missing = "not native on this CPU"
+            row[f"ms_{name}"] = ms.get(name, missing)
+            if name != "fp32":
+                row[f"speedup_{name}"] = ms["fp32"] / ms[name] if name in ms else missing
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,8 +253,12 @@ def main() -> None:
         if not args.model:
             os.environ.setdefault("FRAMECAST_HOME", tmp)  # keep runs out of the user store
         small = trained_row(args, Path(tmp))
-    latency = (latency_rows("small", args.size, args.repeats, with_ort=True)
-               + latency_rows("paper", 64, args.paper_repeats, with_ort=not args.quick))
+    latency = latency_rows("small", args.size, args.repeats, with_ort=True)
+    if not args.quick:  # the paper preset's eager int_mm pass alone takes minutes on 2 cores
+        latency += latency_rows("paper", 64, args.paper_repeats, with_ort=True)
+    nbp = nbp_rows("small", args.size, args.repeats)
+    if not args.quick:
+        nbp += nbp_rows("small", args.size, args.repeats, NBP_WIDE)
     trained = markdown_table(
         ["model", "MB fp32", "MB quant", "size ratio", "b1 ms fp32", "b1 ms quant", "speed-up b1",
          "b8 ms fp32", "b8 ms quant", "speed-up b8", "PSNR fp32", "PSNR quant", "SSIM fp32",
@@ -209,6 +279,13 @@ def main() -> None:
           r["ms_ort_fp32"], r["ms_ort_int8"], r["speedup_bf16"], r["speedup_w8a8"],
           r["speedup_w8a8_int_mm"], r["speedup_bound"], r["speedup_ort_int8"], r["w8a8_vs_ort"],
           r["size_ratio"]] for r in latency])
+    generators = markdown_table(
+        ["NBP generator", "batch", "ms fp32", "ms bf16", "ms W8A8", "ms linears free",
+         "speed-up bf16", "speed-up W8A8", "bound (linears free)", "size ratio",
+         "PSNR W8A8 vs fp32 frames", "same tokens"],
+        [[r["model"], r["batch"], r["ms_fp32"], r["ms_bf16"], r["ms_w8a8"], r["ms_bound"],
+          r["speedup_bf16"], r["speedup_w8a8"], r["speedup_bound"], r["size_ratio"],
+          r["psnr_w8a8_vs_fp32"], r["token_agreement"]] for r in nbp])
     chosen = kernels.choices()
     source = (f"model {args.model} on {args.data}" if args.model else
               f"`small` preset trained {args.steps} steps (batch 8) on {args.sequences} 2D "
@@ -227,25 +304,42 @@ def main() -> None:
              "fall-back (eager quantizer, torch._int_mm); linears free = fp32 with every linear "
              "layer costing nothing, the bound on any speed-up from quantizing linear layers; "
              "ORT = ONNX Runtime on the exported fp32 model and its quantize_dynamic int8 copy "
-             f"({'small preset only in --quick' if args.quick else 'both presets'}); W8A8 vs "
-             "ORT int8 = ORT int8 ms / W8A8 ms. "
+             "; W8A8 vs ORT int8 = ORT int8 ms / W8A8 ms"
+             f"{' (--quick: small preset only)' if args.quick else ''}. Third table: an "
+             "untrained NBP generator (weights drawn larger than at init, so greedy choices are "
+             "not near-ties) with an untrained `fsq small` tokenizer, 12x"
+             f"{args.size}x{args.size} clips, block 1x8x8: greedy generation of 11 frames "
+             "after one (11 forward steps, tokenizer encode and decode included), forms "
+             "alternated, mean of two rounds of medians; size ratio of the generator (the "
+             "tokenizer stays float); W8A8 frames scored against fp32's frames on the same 8 "
+             "clips (an untrained generator has no truth to be scored against)"
+             f"{'; --quick: small only' if args.quick else ''}. "
              f"CPU int8/bf16 flags: {chosen['cpu_flags']}; int8 GEMM paths chosen (shape "
              f"classes per path): {chosen['int8_gemm']}. "
              "Targets: >= 3.5x smaller, >= 2.5x faster, PSNR within 0.3 dB.")
     by = {(r["preset"], r["batch"]): r for r in latency}
     values = {"size_ratio": small["size_ratio"], "speedup_b1": small["speedup_b1"],
               "speedup_b8": small["speedup_b8"], "psnr_drop_db": small["psnr_drop_db"],
-              "size_ratio_paper": by["paper", 1]["size_ratio"],
-              "speedup_b1_paper": by["paper", 1]["speedup_w8a8"],
-              "speedup_b8_paper": by["paper", 8]["speedup_w8a8"],
               "bound_b8_small": by["small", 8]["speedup_bound"],
-              "bound_b8_paper": by["paper", 8]["speedup_bound"],
-              "speedup_bf16_b8_paper": by["paper", 8]["speedup_bf16"],
               "speedup_ort_int8_b8": by["small", 8]["speedup_ort_int8"],
               "w8a8_vs_ort_b8": by["small", 8]["w8a8_vs_ort"],
               "int8_paths": "+".join(chosen["int8_gemm"]) or "none",
               "psnr_drop_bf16_db": small["psnr_drop_bf16_db"]}
-    report("quantize", "V-BLT fp32 vs mixed-precision W8A8 (VQ-ViT)", f"{trained}\n\n{forms}",
+    if not args.quick:
+        values.update({"size_ratio_paper": by["paper", 1]["size_ratio"],
+                       "speedup_b1_paper": by["paper", 1]["speedup_w8a8"],
+                       "speedup_b8_paper": by["paper", 8]["speedup_w8a8"],
+                       "bound_b8_paper": by["paper", 8]["speedup_bound"],
+                       "speedup_bf16_b8_paper": by["paper", 8]["speedup_bf16"]})
+    gen = {(r["model"], r["batch"]): r for r in nbp}
+    values.update({"size_ratio_nbp": gen["small", 1]["size_ratio"],
+                   "speedup_b1_nbp": gen["small", 1]["speedup_w8a8"],
+                   "speedup_b8_nbp": gen["small", 8]["speedup_w8a8"],
+                   "bound_b8_nbp": gen["small", 8]["speedup_bound"],
+                   "psnr_w8a8_vs_fp32_nbp": gen["small", 1]["psnr_w8a8_vs_fp32"],
+                   "token_agreement_nbp": gen["small", 1]["token_agreement"]})
+    report("quantize", "V-BLT and NBP, fp32 vs mixed-precision W8A8 (VQ-ViT)",
+           f"{trained}\n\n{forms}\n\n{generators}",
            notes, f"RESULT quantize {key_values(values)}")
 
 

@@ -15,7 +15,6 @@ generated.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 
 from framecast.config import ConfigError, flat_params
@@ -47,10 +46,10 @@ class GenerateConfig:
 def generate_job(config: GenerateConfig) -> dict:
     import mlflow
     import numpy as np
-    import torch
 
     from framecast import data as fdata
     from framecast import metrics, tracking, viz
+    from framecast.generation import continue_clips
     from framecast.models.contract import TokenGenerator
 
     manifest = fdata.read_manifest(config.data)
@@ -71,16 +70,10 @@ def generate_job(config: GenerateConfig) -> dict:
     k, future = config.cond_frames, t - config.cond_frames
     print(f"generate: {meta['name']} ({config.model}) continues {len(test)} test clips of "
           f"{config.data}: {k} condition frame(s), {future} generated")
-    outputs, seconds = [], 0.0
-    for start in range(0, len(test), config.batch_size):
-        context = torch.from_numpy(np.ascontiguousarray(test[start:start + config.batch_size,
-                                                             :k]))
-        begin = time.perf_counter()
-        frames = model.generate(context, future, temperature=config.temperature,
-                                top_k=config.top_k, seed=config.seed + start)
-        seconds += time.perf_counter() - begin
-        outputs.append(frames.numpy())
-    generated, truth = np.concatenate(outputs), test[:, k:]
+    generated, seconds = continue_clips(model, test, k, temperature=config.temperature,
+                                        top_k=config.top_k, seed=config.seed,
+                                        batch_size=config.batch_size)
+    truth = test[:, k:]
     ours = metrics.frame_metrics(generated, truth)
     copy = metrics.frame_metrics(metrics.copy_last_frame(
         np.concatenate([test[:, :k], np.repeat(test[:, k - 1:k], future, axis=1)], axis=1), k),

@@ -10,7 +10,8 @@
 `--model` takes registered names, comma-separated, each with an optional `@alias` (otherwise
 `--alias`; `latest` means the newest version). One model deployment per name, with dynamic
 batching and autoscaling, behind one FastAPI ingress (serve/app.py): GET /healthz, GET /v1/models,
-POST /v1/models/NAME/predict and /rollout; OpenAPI docs at /docs. The same app runs with
+POST /v1/models/NAME/predict and /rollout (frame predictors), /generate (token generators);
+OpenAPI docs at /docs. The same app runs with
 `serve run serve/config.yaml`. Binds 127.0.0.1 unless --host says otherwise.
 
 Ctrl-C or SIGTERM removes the app and, when this job started Serve, shuts Serve down (about 5 s);
@@ -27,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -56,6 +57,9 @@ class ServeJobConfig:
     max_body_mb: float = field(default=32.0, metadata={"help": "request body limit (413 above)"})
     max_future_frames: int = field(default=32, metadata={"help": "longest rollout"})
     app_name: str = field(default="framecast", metadata={"help": "Serve application name"})
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "compute precision of float models (quantized ones run as quantized); bf16 "
+                "only on a CPU with native bf16 (AMX / avx512_bf16), refused elsewhere"})
 
     def __post_init__(self) -> None:
         if not model_specs(self.model, self.alias):
@@ -69,6 +73,19 @@ class ServeJobConfig:
         if self.batch_wait_ms < 0 or self.cpus_per_replica <= 0 or self.max_body_mb <= 0:
             raise ConfigError("batch_wait_ms >= 0, cpus_per_replica > 0 and max_body_mb > 0 "
                               "are required")
+        if self.precision == "bf16":
+            native_bf16_or_refuse()
+
+
+def native_bf16_or_refuse() -> None:
+    import torch
+
+    from framecast.quant import kernels
+
+    if not kernels.native_16bit(torch.bfloat16):
+        raise ConfigError("--precision bf16 refused: this CPU has no native bf16 (no amx_bf16 / "
+                          "avx512_bf16 in its flags), so bf16 would run slower than fp32; "
+                          "serve as fp32")
 
 
 def model_specs(models: str, alias: str) -> list[tuple[str, str]]:
@@ -86,22 +103,32 @@ def app_args(config: ServeJobConfig, tracking_uri: str) -> dict[str, Any]:
     models = [{"name": name, "alias": alias, "num_cpus": config.cpus_per_replica,
                "min_replicas": config.min_replicas, "max_replicas": config.max_replicas,
                "max_batch_size": config.max_batch_size,
-               "batch_wait_timeout_s": config.batch_wait_ms / 1e3}
+               "batch_wait_timeout_s": config.batch_wait_ms / 1e3,
+               "precision": config.precision}
               for name, alias in model_specs(config.model, config.alias)]
     return {"models": models, "tracking_uri": tracking_uri, "max_body_mb": config.max_body_mb,
             "max_future_frames": config.max_future_frames}
 
 
-def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
-    """{name: registry version} for every model, before anything is deployed: a missing model
-    is one line for the user, not a replica failing to start."""
+def check_models(specs: list[tuple[str, str]], precision: str = "fp32") -> dict[str, str]:
+    """{name: registry version} for every model, before anything is deployed: a missing model,
+    or bf16 asked of a quantized one, is one line for the user, not a replica failing to start.
+    """
     import mlflow
 
     from framecast.model_io import resolve_version
     from framecast.tracking import default_tracking_uri
 
     mlflow.set_tracking_uri(default_tracking_uri())
-    return {name: resolve_version(name, alias) for name, alias in specs}
+    versions = {name: resolve_version(name, alias) for name, alias in specs}
+    if precision != "fp32":
+        client = mlflow.MlflowClient()
+        for name, version in versions.items():
+            stored = client.get_model_version(name, version).tags.get("precision", "fp32")
+            if stored != "fp32":
+                raise ConfigError(f"--precision {precision} is for float models; {name} "
+                                  f"v{version} is {stored}")
+    return versions
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -189,7 +216,7 @@ def serve_job(config: ServeJobConfig) -> dict[str, Any]:
     from serve.app import build_app
 
     specs = model_specs(config.model, config.alias)
-    versions = check_models(specs)
+    versions = check_models(specs, config.precision)
     base, started = start_serve(config.host, config.port)
     if base != f"http://{config.host}:{config.port}":
         print(f"serve: Serve already runs on this cluster at {base}; using it")
@@ -209,10 +236,11 @@ def serve_job(config: ServeJobConfig) -> dict[str, Any]:
 
 
 def smoke(model_ref: str, alias: str, video: np.ndarray) -> dict[str, Any]:
-    """Deploy `model_ref@alias`, send one predict request over HTTP with the first frames of
-    `video` (uint8 (T, H, W, C)), tear the app down. For the pipeline: proves the registered model
-    serves. Returns the URL, timings (s / ms) and the predicted frames' MSE against the truth
-    when `video` holds the frames that follow the context."""
+    """Deploy `model_ref@alias`, send one request over HTTP with the first frames of `video`
+    (uint8 (T, H, W, C)), tear the app down. For the pipeline: proves the registered model
+    serves. A frame predictor gets /predict, a token generator /generate (greedy, from its
+    fewest context frames to the clip's end). Returns the URL, timings (s / ms), the frames that
+    came back, and their MSE against the truth when `video` holds the frames that follow."""
     import requests
     from ray import serve
 
@@ -233,22 +261,29 @@ def smoke(model_ref: str, alias: str, video: np.ndarray) -> dict[str, Any]:
         url = f"{base}{prefix}/v1/models/{model_ref}"
         info = requests.get(url, timeout=60).json()
         spec = InputSpec(**info["input"])
-        count = min(len(video) - spec.frames_per_step, spec.max_context_frames)
-        count = max(count, spec.frames_per_step) // spec.frames_per_step * spec.frames_per_step
+        if info["family"] == "token_generator":
+            route, count = "generate", spec.least
+            fields = {"future_frames": min(spec.max_future_frames, len(video) - count),
+                      "temperature": 0.0}
+        else:
+            route, fields = "predict", {}
+            count = min(len(video) - spec.frames_per_step, spec.max_context_frames)
+            count = max(count, spec.frames_per_step) // spec.frames_per_step * \
+                spec.frames_per_step
         sent = time.perf_counter()
-        response = requests.post(f"{url}/predict", timeout=120,
-                                 json={"frames": [encode_png(f) for f in video[:count]]})
+        response = requests.post(f"{url}/{route}", timeout=120, json={
+            "frames": [encode_png(f) for f in video[:count]], **fields})
         request_ms = (time.perf_counter() - sent) * 1e3
         if response.status_code != 200:
-            raise RuntimeError(f"smoke request to {url}/predict failed: "
+            raise RuntimeError(f"smoke request to {url}/{route} failed: "
                                f"{response.status_code} {response.text[:300]}")
         body = response.json()
     finally:
         stop_app(SMOKE_APP, started)
-    out = {"url": f"{url}/predict", "version": info["version"], "precision": info["precision"],
-           "deploy_s": deploy_s, "request_ms": request_ms, "context_frames": count,
-           "timing_ms": body["timing_ms"]}
     pred = np.stack([decode_png(frame) for frame in body["frames"]])
+    out = {"url": f"{url}/{route}", "version": info["version"], "precision": info["precision"],
+           "deploy_s": deploy_s, "request_ms": request_ms, "context_frames": count,
+           "timing_ms": body["timing_ms"], "frames": pred}
     truth = video[count:count + len(pred)]
     if len(truth) == len(pred):
         out["mse"] = float(mse_per_frame(pred[None], truth[None]).mean())

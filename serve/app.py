@@ -4,16 +4,18 @@
     python -m jobs.serve --model vblt-2d-int8 --alias candidate
 
 Routes (OpenAPI docs at /docs): GET /healthz, GET /v1/models, GET /v1/models/{name},
-POST /v1/models/{name}/predict, POST /v1/models/{name}/rollout. Models are addressed by their
-registered name and reached only through the common model interface, so any model family in the
-registry serves through the same routes. The ingress checks every request before it reaches a
-model (see serve/codec.py): bad input is a 4xx JSON error `{"error": code, "detail": line}`.
+POST /v1/models/{name}/predict and /rollout (frame predictors), POST /v1/models/{name}/generate
+(token generators). Models are addressed by their registered name and reached only through their
+family's interface, so any model in the registry serves through its family's routes. The
+ingress checks every request before it reaches a model (see serve/codec.py): bad input is a 4xx
+JSON error `{"error": code, "detail": line}`.
 This module has no `from __future__ import annotations`: Serve reads the builder's typed argument
 at run time.
 """
 
+import dataclasses
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -27,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from serve import codec
 from serve.codec import RequestError
-from serve.model_deployment import DEFAULT_BATCH, FrameModel
+from serve.model_deployment import DEFAULT_BATCH, FrameModel, future_limit
 
 MiB = 2**20
 INFO_TTL_S = 10.0  # how long the ingress trusts a model's input spec before asking again
@@ -47,6 +49,9 @@ class ModelSpec(BaseModel):
                                 description="dynamic batch size; 1 turns batching off")
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH["batch_wait_timeout_s"], ge=0)
     torch_threads: int = Field(0, ge=0, description="torch threads per replica (0: Ray's)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="a float model's compute precision; bf16 only where the CPU computes "
+                            "it natively (AMX / avx512_bf16), refused elsewhere")
 
 
 class AppArgs(BaseModel):
@@ -76,6 +81,11 @@ class ModelInfo(BaseModel):
     architecture: str = Field(description="the registry's model name, e.g. vblt")
     precision: str
     preset: str | None
+    config: dict[str, Any] = Field(description="the model's config (a generator's block shape, "
+                                               "its tokenizer reference, ...)")
+    components: dict[str, dict[str, str]] = Field(
+        description="models it contains, e.g. a generator's tokenizer: architecture and the "
+                    "reference it was trained with")
     frame_shape: list[int]
     input: codec.InputSpec  # the same limits the ingress checks requests against
     batching: Batching
@@ -98,6 +108,17 @@ class FramesResponse(BaseModel):
     entropy_png_bits: float
     mean_entropy_bits: list[float] = Field(description="mean entropy of each predicted frame")
     batch_sizes: list[int] = Field(description="size of the dynamic batch of each model step")
+    timing_ms: dict[str, float]
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: str
+    precision: str
+    context_frames: int
+    frames: list[str] = Field(description="generated frames, base64 PNG")
+    forward_steps: int = Field(description="generator forward passes (one per block)")
+    batch_sizes: list[int] = Field(description="size of the dynamic batch the request rode in")
     timing_ms: dict[str, float]
 
 
@@ -192,6 +213,35 @@ def parse_frames(kind: str, body: bytes, schema: type[codec.PredictRequest],
     return frames, future if rollout else None
 
 
+def parse_generation(kind: str, body: bytes, spec: codec.InputSpec, trained_frames: int,
+                     query: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(uint8 context frames, {future_frames, temperature, top_k, seed}) from a checked body:
+    the JSON fields, or the query parameters of a .npy upload."""
+    if kind == "json":
+        parsed = codec.parse_json(body, codec.GenerateRequest)
+        given = [k for k, v in query.items() if v is not None]
+        if given:
+            raise RequestError(422, "invalid_field", f"give {', '.join(given)} in the JSON body, "
+                               "not as query parameters")
+        frames = codec.decode_png_frames(parsed.frames, spec)
+        params = parsed.model_dump(exclude={"frames"})
+    else:
+        if query["future_frames"] is None:
+            raise RequestError(422, "invalid_field", "future_frames is required: "
+                               "?future_frames=N for a .npy upload")
+        frames = codec.decode_npy(body, spec)
+        params = {"temperature": 1.0, "seed": 0,
+                  **{k: v for k, v in query.items() if v is not None}}
+    params["top_k"] = params.get("top_k") or 0  # absent: all tokens
+    most = future_limit(dataclasses.asdict(spec), trained_frames, len(frames))
+    if params["future_frames"] > most:
+        raise RequestError(422, "too_many_future_frames",
+                           f"future_frames={params['future_frames']}; after {len(frames)} "
+                           f"context frames this model generates at most {most} (it was "
+                           f"trained on clips of {trained_frames} frames)")
+    return frames, params
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1e3, 3)
 
@@ -204,6 +254,22 @@ async def _call(response: Any) -> dict[str, Any]:
         raise RequestError(422, "rejected_by_model", str(getattr(err, "cause", err))) from None
     except (BackPressureError, DeploymentUnavailableError) as err:
         raise RequestError(503, "unavailable", str(err).splitlines()[0]) from None
+
+
+def _split_model_call(model_call: float, result: dict[str, Any]) -> dict[str, float]:
+    """model_call = transport (routing, to and from the replica) + queue (waiting in the
+    replica's batcher) + inference (the model calls of the batches the request rode in)."""
+    return {"model_call": model_call,
+            "transport": round(max(model_call - result["replica_ms"], 0.0), 3),
+            "queue": round(max(result["replica_ms"] - result["inference_ms"], 0.0), 3),
+            "inference": round(result["inference_ms"], 3)}
+
+
+def _check_family(info: dict[str, Any], family: str, route: str) -> None:
+    if info["family"] != family:
+        other = "generate" if family == "frame_predictor" else "predict and rollout"
+        raise RequestError(422, "wrong_route", f"{info['name']} is a {info['family']}: it "
+                           f"answers {other}, not {route}")
 
 
 def _server_timing(timing: dict[str, float]) -> str:
@@ -264,10 +330,62 @@ class Ingress:
         context for the next."""
         return await self._serve(name, request, codec.RolloutRequest, future_frames)
 
+    @app.post("/v1/models/{name}/generate", summary="Generate the frames after a context",
+              response_model=GenerateResponse,
+              responses={**ERRORS, 200: {"content": NPZ_DOC}},
+              openapi_extra=_body_doc(codec.GenerateRequest))
+    async def generate(
+            self, name: str, request: Request,
+            future_frames: int | None = Query(None, gt=0, description="frames to generate "
+                                              "(.npy uploads; JSON bodies carry the settings "
+                                              "as fields)"),
+            temperature: float | None = Query(None, ge=0, description="0 = greedy; default 1"),
+            top_k: int | None = Query(None, ge=1, description="sample among the k likeliest "
+                                                              "tokens; absent = all"),
+            seed: int | None = Query(None, ge=0, description="the same seed, the same frames")
+    ) -> Response:
+        """Context frames in; a token generator continues them block by block (sampling with
+        the given temperature, top-k and seed) and the generated frames come out."""
+        start = time.perf_counter()
+        info = await self._model_info(name)
+        _check_family(info, "token_generator", "generate")
+        spec = codec.InputSpec(**info["input"])
+        kind = codec.check_content_type(request.headers.get("content-type"))
+        mark = time.perf_counter()
+        body = await read_body(request, self.max_body_bytes)
+        timing = {"read": _ms(mark)}
+        mark = time.perf_counter()
+        frames, params = parse_generation(kind, body, spec, info["frame_shape"][0], {
+            "future_frames": future_frames, "temperature": temperature, "top_k": top_k,
+            "seed": seed})
+        timing["decode"] = _ms(mark)
+        mark = time.perf_counter()
+        result = await _call(self.models[name].generate.remote(frames, **params))
+        timing.update(_split_model_call(_ms(mark), result))
+        mark = time.perf_counter()
+        headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
+                   "X-Framecast-Precision": result["precision"]}
+        if kind == "npy":
+            content = codec.encode_npz(frames=result["frames"])
+            timing.update(encode=_ms(mark), total=_ms(start))
+            headers["Server-Timing"] = _server_timing(timing)
+            return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
+        pngs = codec.encode_png_frames(result["frames"])
+        timing.update(encode=_ms(mark), total=_ms(start))
+        headers["Server-Timing"] = _server_timing(timing)
+        answer = GenerateResponse(
+            model=name, version=result["version"], precision=result["precision"],
+            context_frames=len(frames), frames=pngs, forward_steps=result["forward_steps"],
+            batch_sizes=result["batch_sizes"], timing_ms=timing)
+        return JSONResponse(answer.model_dump(), headers=headers)
+
     async def _serve(self, name: str, request: Request, schema: type[codec.PredictRequest],
                      query_future: int | None) -> Response:
         start = time.perf_counter()
-        spec = codec.InputSpec(**(await self._model_info(name))["input"])
+        info = await self._model_info(name)
+        _check_family(info, "frame_predictor",
+                      "rollout" if schema is codec.RolloutRequest else "predict")
+        spec = codec.InputSpec(**info["input"])
         kind = codec.check_content_type(request.headers.get("content-type"))
         mark = time.perf_counter()
         body = await read_body(request, self.max_body_bytes)
@@ -279,12 +397,7 @@ class Ingress:
         handle = self.models[name]
         result = await _call(handle.rollout.remote(frames, future) if future is not None
                              else handle.predict.remote(frames))
-        timing["model_call"] = _ms(mark)
-        # model_call = transport (routing, to and from the replica) + queue (waiting in the
-        # replica's batcher) + inference (forward passes of the batches this request rode in).
-        timing["transport"] = round(max(timing["model_call"] - result["replica_ms"], 0.0), 3)
-        timing["queue"] = round(max(result["replica_ms"] - result["inference_ms"], 0.0), 3)
-        timing["inference"] = round(result["inference_ms"], 3)
+        timing.update(_split_model_call(_ms(mark), result))
         mark = time.perf_counter()
         headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
                    "X-Framecast-Precision": result["precision"]}
@@ -330,6 +443,6 @@ def build_app(args: AppArgs) -> serve.Application:
             user_config={"max_batch_size": m.max_batch_size,
                          "batch_wait_timeout_s": m.batch_wait_timeout_s})
         handles[m.name] = deployment.bind(m.name, m.alias, tracking_uri, args.max_context_frames,
-                                          args.max_future_frames, m.torch_threads)
+                                          args.max_future_frames, m.torch_threads, m.precision)
     return Ingress.options(ray_actor_options={"num_cpus": args.ingress_cpus}).bind(
         handles, int(args.max_body_mb * MiB))

@@ -37,8 +37,9 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a deployed model accepts: frames of (height, width, channels), a context of a positive
-    multiple of `frames_per_step` frames up to `max_context_frames`."""
+    """What a deployed model accepts: frames of (height, width, channels), a context of
+    `min_context_frames` (default: one step) plus a multiple of `frames_per_step` frames, up to
+    `max_context_frames`."""
 
     height: int
     width: int
@@ -46,6 +47,11 @@ class InputSpec:
     frames_per_step: int
     max_context_frames: int
     max_future_frames: int
+    min_context_frames: int = 0  # 0: frames_per_step
+
+    @property
+    def least(self) -> int:
+        return self.min_context_frames or self.frames_per_step
 
 
 class PredictRequest(BaseModel):
@@ -59,6 +65,16 @@ class RolloutRequest(PredictRequest):
     """Context frames plus how many future frames to predict, feeding predictions back."""
 
     future_frames: StrictInt = Field(gt=0, description="frames to predict after the context")
+
+
+class GenerateRequest(PredictRequest):
+    """Context frames, how many frames to generate after them, and how to sample the tokens."""
+
+    future_frames: StrictInt = Field(gt=0, description="frames to generate after the context")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature; 0 = greedy")
+    top_k: StrictInt | None = Field(None, ge=1, description="sample among the k likeliest "
+                                                            "tokens; absent = all")
+    seed: StrictInt = Field(0, ge=0, description="the same seed gives the same frames")
 
 
 def check_content_type(content_type: str | None) -> str:
@@ -96,14 +112,16 @@ def validation_message(err: ValidationError) -> str:
 
 
 def check_count(count: int, spec: InputSpec) -> None:
-    step, most = spec.frames_per_step, spec.max_context_frames
+    step, most, least = spec.frames_per_step, spec.max_context_frames, spec.least
     if count > most:
         raise RequestError(422, "too_many_frames",
                            f"{count} context frames; this model takes at most {most}")
-    if count < step or count % step:
+    if count < least or (count - least) % step:
+        what = (f"a positive multiple of {step}" if least == step else
+                f"{least} plus a multiple of {step}")
         raise RequestError(422, "bad_frame_count",
-                           f"{count} context frames; send a positive multiple of {step} "
-                           f"(the model reads {step} frames per time step), at most {most}")
+                           f"{count} context frames; send {what} (the model reads {step} "
+                           f"frames per time step), at most {most}")
 
 
 def decode_png_frames(encoded: list[str], spec: InputSpec) -> np.ndarray:

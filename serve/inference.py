@@ -1,4 +1,4 @@
-"""The model step the endpoints run, in plain numpy/torch (no Ray): testable without a cluster.
+"""The model calls the endpoints run, in plain numpy/torch (no Ray): testable without a cluster.
 
 A frame predictor (`framecast.models.contract.FramePredictor`) predicts `frames_per_step` frames
 per forward pass: append that many placeholder frames to the context, run the model, read the
@@ -54,3 +54,34 @@ def context_window(frames: np.ndarray, max_frames: int, step: int) -> np.ndarray
     (the model reads whole time slices)."""
     keep = min(len(frames), max_frames) // step * step
     return frames[len(frames) - keep:]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One /generate request as the replica's batcher sees it."""
+
+    frames: np.ndarray  # uint8 (T, H, W, C) context
+    future_frames: int
+    temperature: float = 1.0
+    top_k: int = 0  # 0: all tokens
+    seed: int = 0
+
+
+@torch.no_grad()
+def generate_batch(model: nn.Module, requests: list[GenerationRequest]) -> list[np.ndarray]:
+    """uint8 (future_frames, H, W, C) for each request. Requests with the same context length
+    and future share one `generate` call (a dynamic batch) whatever their sampling settings:
+    each row is sampled with its own temperature, top-k and seed, so its frames are those it
+    would get alone."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault((r.frames.shape, r.future_frames), []).append(i)
+    out: list[np.ndarray | None] = [None] * len(requests)
+    for (_, future), members in groups.items():
+        rows = [requests[i] for i in members]
+        context = torch.from_numpy(np.stack([r.frames for r in rows]))
+        frames = model.generate(context, future, temperature=[r.temperature for r in rows],
+                                top_k=[r.top_k for r in rows], seed=[r.seed for r in rows])
+        for row, i in enumerate(members):
+            out[i] = frames[row].numpy()
+    return out  # type: ignore[return-value]

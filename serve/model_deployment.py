@@ -1,10 +1,13 @@
 """One Serve deployment per registered model: loads `name@alias` from the MLflow registry and
-predicts with `@serve.batch` dynamic batching.
+answers with `@serve.batch` dynamic batching.
 
-Concurrent requests of the same context shape share one forward pass; a rollout's steps go through
-the same batcher, so rollouts batch with each other and with plain predictions. Batch size and
-wait are a `user_config` (`max_batch_size`, `batch_wait_timeout_s`), changeable without restarting
-replicas; `max_batch_size: 1` turns batching off.
+A frame predictor answers /predict and /rollout: concurrent requests of the same context shape
+share one forward pass; a rollout's steps go through the same batcher, so rollouts batch with each
+other and with plain predictions. A token generator answers /generate: concurrent requests of the
+same context length and future share one block-by-block generation, each with its own sampling
+settings. Batch size and wait are a `user_config` (`max_batch_size`, `batch_wait_timeout_s`),
+changeable without restarting replicas; `max_batch_size: 1` turns batching off. A float model
+may run in bf16 (`precision`) where the CPU computes bf16 natively.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve.inference import Step, context_window, predict_steps
+from serve.inference import (
+    GenerationRequest,
+    Step,
+    context_window,
+    generate_batch,
+    predict_steps,
+)
 
 DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
 
@@ -33,12 +42,14 @@ class FrameModel:
     """A registered model of the common interface, behind a dynamic batcher."""
 
     def __init__(self, name: str, alias: str, tracking_uri: str, max_context_frames: int = 0,
-                 max_future_frames: int = 32, torch_threads: int = 0) -> None:
+                 max_future_frames: int = 32, torch_threads: int = 0,
+                 precision: str = "fp32") -> None:
         import mlflow
         import torch
 
         from framecast.model_io import load_logged_model, resolve_version
-        from framecast.models.contract import FramePredictor
+        from framecast.models.contract import FramePredictor, TokenGenerator
+        from framecast.quant import kernels
 
         # Replicas run in other processes, maybe on other nodes: the store is passed explicitly.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -47,33 +58,75 @@ class FrameModel:
             torch.set_num_threads(torch_threads)
         version = resolve_version(name, alias)
         self.model, meta = load_logged_model(f"models:/{name}/{version}")
-        if not isinstance(self.model, FramePredictor):
-            raise ValueError(f"{name} v{version} is a {self.model.family}; this deployment "
-                             f"serves frame predictors")
+        if not isinstance(self.model, FramePredictor | TokenGenerator):
+            raise ValueError(f"{name} v{version} is a {self.model.family}; Serve answers frame "
+                             f"predictors and token generators")
         if "frame_shape" not in meta:
             raise ValueError(f"{name} v{version} does not record the frame_shape it was trained "
                              f"on, so its input size is unknown")
-        step = self.model.frames_per_step
+        stored = meta.get("precision", "fp32")
+        check_precision(precision, stored, name)
+        if precision == "bf16":
+            from framecast.quant.apply import to_bf16
+
+            to_bf16(self.model)
         t, h, w, c = meta["frame_shape"]
-        most = default_max_context(meta["frame_shape"], step)
-        if max_context_frames > 0:
-            most = max(step, max_context_frames // step * step)
-        self.step, self.max_context = step, most
-        # Warm-up now, not on the first request: W8A8 layers compile their fused quantizer and
-        # measure their int8 GEMM paths on first use (seconds), for batch 1 and a full batch.
-        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):
-            predict_steps(self.model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
-        from framecast.quant import kernels
+        if isinstance(self.model, TokenGenerator):
+            input_spec = self._generator_spec(meta["frame_shape"], max_context_frames,
+                                              max_future_frames)
+        else:
+            input_spec = self._predictor_spec(meta["frame_shape"], max_context_frames,
+                                              max_future_frames)
+        self.frame_shape = (t, h, w, c)
+        refs = self.model.component_refs(self.model.cfg)
         self.batching = dict(DEFAULT_BATCH)
         self.meta = {
             "name": name, "alias": alias or "latest", "version": version,
             "family": self.model.family, "architecture": meta["name"],
-            "precision": meta.get("precision", "fp32"),
+            "precision": precision if precision != "fp32" else stored,
+            "config": meta.get("config", {}),
+            "components": {attr: {"architecture": part["name"],
+                                  "ref": refs.get(attr, "")}
+                           for attr, part in meta.get("components", {}).items()},
             "kernels": kernels.choices(),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
-            "input": {"height": h, "width": w, "channels": c, "frames_per_step": step,
-                      "max_context_frames": most, "max_future_frames": max_future_frames},
+            "input": input_spec,
         }
+
+    def _predictor_spec(self, frame_shape: list[int], max_context_frames: int,
+                        max_future_frames: int) -> dict[str, int]:
+        step = self.model.frames_per_step
+        _, h, w, c = frame_shape
+        most = default_max_context(frame_shape, step)
+        if max_context_frames > 0:
+            most = max(step, max_context_frames // step * step)
+        self.step, self.least, self.max_context = step, step, most
+        # Warm-up now, not on the first request: W8A8 layers compile their fused quantizer and
+        # measure their int8 GEMM paths on first use (seconds), for batch 1 and a full batch.
+        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):
+            predict_steps(self.model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
+        return {"height": h, "width": w, "channels": c, "frames_per_step": step,
+                "min_context_frames": step, "max_context_frames": most,
+                "max_future_frames": max_future_frames}
+
+    def _generator_spec(self, frame_shape: list[int], max_context_frames: int,
+                        max_future_frames: int) -> dict[str, int]:
+        """A generator continues clips up to the length it was trained on (its positions end
+        there): a context of `least` frames plus whole blocks, leaving a frame to generate."""
+        t, h, w, c = frame_shape
+        shape = tuple(frame_shape)
+        least, step = self.model.min_context_frames(shape), self.model.context_step(shape)
+        most = least + (t - 1 - least) // step * step
+        if max_context_frames > 0:
+            most = max(least, least + (min(max_context_frames, most) - least) // step * step)
+        self.step, self.least, self.max_context = step, least, most
+        future = min(max_future_frames, t - least)
+        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):  # warm-up, as above
+            generate_batch(self.model, [GenerationRequest(
+                np.zeros((least, h, w, c), dtype=np.uint8), future, 0.0)] * batch)
+        return {"height": h, "width": w, "channels": c, "frames_per_step": step,
+                "min_context_frames": least, "max_context_frames": most,
+                "max_future_frames": future}
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's user_config (also on a live update)."""
@@ -86,8 +139,9 @@ class FrameModel:
         if size < 1 or wait < 0:
             raise ValueError(f"user_config {config}: max_batch_size must be >= 1 and "
                              f"batch_wait_timeout_s >= 0")
-        self._step.set_max_batch_size(size)
-        self._step.set_batch_wait_timeout_s(wait)
+        for batcher in (self._step, self._generate):
+            batcher.set_max_batch_size(size)
+            batcher.set_batch_wait_timeout_s(wait)
         self.batching = {"max_batch_size": size, "batch_wait_timeout_s": wait}
 
     def info(self) -> dict[str, Any]:
@@ -104,6 +158,15 @@ class FrameModel:
         ms = (time.perf_counter() - start) * 1e3
         return [(s, ms, len(contexts)) for s in steps]
 
+    @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"],
+                 batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
+    async def _generate(self, requests: list[GenerationRequest]
+                        ) -> list[tuple[np.ndarray, float, int]]:
+        start = time.perf_counter()  # on the event loop, for the reason given in _step
+        frames = generate_batch(self.model, requests)
+        ms = (time.perf_counter() - start) * 1e3
+        return [(f, ms, len(requests)) for f in frames]
+
     def _answer_meta(self) -> dict[str, str]:
         """Which model answered: the ingress's cached spec may be seconds older than a redeploy."""
         return {"version": self.meta["version"], "precision": self.meta["precision"]}
@@ -113,13 +176,20 @@ class FrameModel:
         want = (spec["height"], spec["width"], spec["channels"])
         if frames.dtype != np.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != want:
             raise ValueError(f"frames {frames.dtype} {frames.shape}: expected uint8 (T, *{want})")
-        if not 0 < len(frames) <= self.max_context or len(frames) % self.step:
-            raise ValueError(f"{len(frames)} context frames: expected a positive multiple of "
+        n = len(frames)
+        if not self.least <= n <= self.max_context or (n - self.least) % self.step:
+            raise ValueError(f"{n} context frames: expected {self.least} plus a multiple of "
                              f"{self.step}, at most {self.max_context}")
+
+    def _family(self, family: str, route: str) -> None:
+        if self.model.family != family:
+            raise ValueError(f"{self.meta['name']} is a {self.model.family}; {route} serves "
+                             f"{family} models")
 
     async def predict(self, frames: np.ndarray) -> dict[str, Any]:
         """The next `frames_per_step` frames after uint8 (T, H, W, C) context frames."""
         start = time.perf_counter()
+        self._family("frame_predictor", "/predict")
         self._check(frames)
         step, ms, batch = await self._step(frames)
         return {**self._answer_meta(), "frames": step.frames, "entropy": step.entropy,
@@ -130,6 +200,7 @@ class FrameModel:
         """`future_frames` frames, each step's prediction appended to the context of the next
         (the context window keeps the newest `max_context_frames`)."""
         start = time.perf_counter()
+        self._family("frame_predictor", "/rollout")
         self._check(frames)
         most = self.meta["input"]["max_future_frames"]
         if not 0 < future_frames <= most:
@@ -146,3 +217,44 @@ class FrameModel:
         return {**self._answer_meta(), "frames": np.concatenate(preds)[:future_frames],
                 "entropy": np.concatenate(ents)[:future_frames], "inference_ms": ms,
                 "replica_ms": (time.perf_counter() - start) * 1e3, "batch_sizes": batches}
+
+    async def generate(self, frames: np.ndarray, future_frames: int, temperature: float = 1.0,
+                       top_k: int = 0, seed: int = 0) -> dict[str, Any]:
+        """`future_frames` frames generated after uint8 (T, H, W, C) context frames."""
+        start = time.perf_counter()
+        self._family("token_generator", "/generate")
+        self._check(frames)
+        most = future_limit(self.meta["input"], self.frame_shape[0], len(frames))
+        if not 0 < future_frames <= most:
+            raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
+        if temperature < 0 or top_k < 0:
+            raise ValueError(f"temperature={temperature} and top_k={top_k} must be >= 0")
+        out, ms, batch = await self._generate(GenerationRequest(
+            frames, future_frames, float(temperature), int(top_k), int(seed)))
+        steps = self.model.forward_steps((len(frames) + future_frames, *self.frame_shape[1:]),
+                                         len(frames))
+        return {**self._answer_meta(), "frames": out, "forward_steps": steps,
+                "inference_ms": ms, "replica_ms": (time.perf_counter() - start) * 1e3,
+                "batch_sizes": [batch]}
+
+
+def future_limit(spec: dict[str, int], trained_frames: int, context: int) -> int:
+    """The most frames a generator continues `context` frames by: its clips end where its
+    training clips ended (later positions were never trained), and at the deployment's cap."""
+    return min(spec["max_future_frames"], trained_frames - context)
+
+
+def check_precision(precision: str, stored: str, name: str) -> None:
+    """Refuse (ValueError, one line) a precision this model or this CPU cannot run as asked."""
+    import torch
+
+    from framecast.quant import kernels
+
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
+    if precision == "bf16" and stored != "fp32":
+        raise ValueError(f"precision bf16 is for float models; {name} is already {stored}")
+    if precision == "bf16" and not kernels.native_16bit(torch.bfloat16):
+        raise ValueError(f"precision bf16 refused for {name}: this CPU has no native bf16 "
+                         f"(no amx_bf16 / avx512_bf16 in its flags), where it would run slower "
+                         f"than fp32; serve it as fp32")

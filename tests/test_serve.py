@@ -128,7 +128,8 @@ def test_healthz_and_model_listing_say_what_is_deployed(served):
     assert (entry["family"], entry["architecture"], entry["precision"], entry["frame_shape"]) == (
         "frame_predictor", "vblt", "fp32", FRAME_SHAPE)
     assert entry["input"] == {"height": 16, "width": 16, "channels": 1, "frames_per_step": 2,
-                              "max_context_frames": 6, "max_future_frames": MAX_FUTURE}
+                              "min_context_frames": 2, "max_context_frames": 6,
+                              "max_future_frames": MAX_FUTURE}
     assert requests.get(f"{url}/v1/models/{NAME}", timeout=30).json() == entry
 
 
@@ -136,7 +137,8 @@ def test_openapi_docs_describe_every_route_and_both_body_formats(served):
     url = served[0]
     spec = requests.get(f"{url}/openapi.json", timeout=30).json()
     assert set(spec["paths"]) == {"/healthz", "/v1/models", "/v1/models/{name}",
-                                  "/v1/models/{name}/predict", "/v1/models/{name}/rollout"}
+                                  "/v1/models/{name}/predict", "/v1/models/{name}/rollout",
+                                  "/v1/models/{name}/generate"}
     body = spec["paths"]["/v1/models/{name}/rollout"]["post"]["requestBody"]["content"]
     assert {"application/json", "application/x-npy"} <= set(body)
     assert "future_frames" in body["application/json"]["schema"]["properties"]

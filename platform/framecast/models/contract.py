@@ -27,7 +27,13 @@ Families:
 - `Tokenizer`: uint8 video <-> integer token grid `(B, T', H', W')`; `codebook_size` and `grid()`
   are its properties, not constants elsewhere.
 - `TokenGenerator`: token grid in, logits over its tokenizer's codebook out; it holds (and names)
-  the tokenizer it was trained with, and generates video block by block with a cache.
+  the tokenizer it was trained with, and generates video block by block with a cache; its
+  `quality` is the PSNR of greedy continuations.
+
+Quantization (`framecast.quant`) swaps linear layers and names their role in VQ-ViT's progressive
+schedule from the module that holds them: a module class lists `quant_roles = {child: role}`
+(roles "mlp", "attn_out", "qkv"; anything unlisted is "embed_head"). Layers of components are
+never quantized with their holder (a tokenizer is trained and judged on its own).
 """
 
 from __future__ import annotations
@@ -206,11 +212,33 @@ class TokenGenerator(Model):
         return {"tokenizer": cfg.tokenizer}
 
     @abc.abstractmethod
-    def generate(self, context: torch.Tensor, future_frames: int, *, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0) -> torch.Tensor:
-        """uint8 context frames (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C)."""
+    def generate(self, context: torch.Tensor, future_frames: int, *, temperature: Any = 1.0,
+                 top_k: Any = 0, seed: Any = 0) -> torch.Tensor:
+        """uint8 context frames (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C).
+        temperature (0: greedy), top_k (0: all) and seed: one value, or one per row; a row's
+        frames depend on its own settings only (the same seed, the same frames)."""
 
     @abc.abstractmethod
     def forward_steps(self, frame_shape: tuple[int, int, int, int], context_frames: int) -> int:
         """Forward passes `generate` makes to continue `context_frames` frames to a clip of
         frame_shape (T, H, W, C): the cost NBP cuts."""
+
+    def min_context_frames(self, frame_shape: tuple[int, int, int, int]) -> int:
+        """The fewest video frames `generate` can start from on clips of frame_shape (those that
+        hold the model's condition); default one."""
+        return 1
+
+    def context_step(self, frame_shape: tuple[int, int, int, int]) -> int:
+        """Context frames beyond the fewest come in multiples of this (whole blocks); default
+        one."""
+        return 1
+
+    def quality(self, videos: np.ndarray, batch_size: int = 8) -> float:
+        """Mean PSNR (dB) against the truth of greedy continuations from the fewest context
+        frames: what quantization must not lose (token cross-entropy alone does not show how
+        errors compound over the blocks of a generation)."""
+        from framecast.generation import continue_clips
+
+        k = self.min_context_frames(tuple(videos.shape[1:]))
+        generated, _ = continue_clips(self, videos, k, batch_size=batch_size)
+        return float(metrics.psnr_per_frame(generated, videos[:, k:]).mean())

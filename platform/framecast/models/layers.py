@@ -52,6 +52,8 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
+    quant_roles = {"fc": "mlp", "proj": "mlp"}  # the role of each linear in VQ-ViT's schedule
+
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, hidden)
@@ -65,6 +67,8 @@ class MLP(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with 3D RoPE on queries and keys; cross-attention when given a
     context."""
+
+    quant_roles = {"q": "qkv", "kv": "qkv", "out": "attn_out"}
 
     def __init__(self, dim: int, heads: int, *, dropout: float = 0.0) -> None:
         super().__init__()

@@ -25,6 +25,7 @@ just generated, whose slot predicts the next block.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,18 +123,33 @@ def block_mask(grid: Shape3, block: Shape3, cond_tokens: int,
     return mask
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int,
-                  generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of logits (..., V): argmax at temperature 0, else a draw from the
-    tempered softmax restricted to the top_k likeliest (0: all)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1).reshape(-1, logits.shape[-1])
-    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+Sampling = float | int | Sequence[float] | Sequence[int]
+
+
+def _per_row(value: Sampling, rows: int, name: str) -> list:
+    """A sampling setting for the whole batch, or one per row, as one per row."""
+    if isinstance(value, int | float):
+        return [value] * rows
+    if len(value) != rows:
+        raise ValueError(f"{name}: {len(value)} values for a batch of {rows}")
+    return list(value)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: list[float], top_k: list[int],
+                  generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One token per position of logits (B, n, V), each row with its own settings: argmax at
+    temperature 0, else a draw from the tempered softmax restricted to the top_k likeliest
+    (0: all), from that row's generator (so a row's draws do not depend on its batch)."""
+    tokens = logits.argmax(-1)
+    for row, (temp, k, generator) in enumerate(zip(temperature, top_k, generators, strict=True)):
+        if temp == 0:
+            continue
+        scaled = logits[row].float() / temp
+        if 0 < k < scaled.shape[-1]:
+            kth = scaled.topk(k, dim=-1).values[..., -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        tokens[row] = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+    return tokens
 
 
 class KVCache:
@@ -162,6 +178,8 @@ class KVCache:
 class SelfAttention(nn.Module):
     """LLaMA attention (no biases) with 3D RoPE on queries and keys and an optional KV cache."""
 
+    quant_roles = {"qkv": "qkv", "out": "attn_out"}
+
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
@@ -181,6 +199,8 @@ class SelfAttention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    quant_roles = {"gate": "mlp", "up": "mlp", "down": "mlp"}
+
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.gate = nn.Linear(dim, hidden, bias=False)
@@ -262,6 +282,20 @@ class NBP(TokenGenerator):
         known = self.tokenizer.grid((context_frames, *frame_shape[1:]))[0]
         _, done, total = self._plan(known, t - known, (h, w))
         return total - done
+
+    def min_context_frames(self, frame_shape: tuple[int, int, int, int]) -> int:
+        """The fewest frames whose tokens hold the cond_frames condition slices."""
+        t, *rest = frame_shape
+        for k in range(1, t):
+            if self.tokenizer.grid((k, *rest))[0] >= self.cfg.cond_frames:
+                return k
+        raise ConfigError(f"clips of {t} frames hold no {self.cfg.cond_frames} condition "
+                          "slice(s) and a frame to generate")
+
+    def context_step(self, frame_shape: tuple[int, int, int, int]) -> int:
+        """Frames of one block's time extent: context after the condition is whole blocks."""
+        t = frame_shape[0]
+        return self.cfg.block[0] * max(1, t // self.tokenizer.grid(tuple(frame_shape))[0])
 
     # -- the decoder --------------------------------------------------------------------------
 
@@ -359,13 +393,15 @@ class NBP(TokenGenerator):
         return grid, (context - c) // bt * per_slice, grid[0] // bt * per_slice
 
     @torch.no_grad()
-    def generate_tokens(self, context: torch.Tensor, frames: int, *, temperature: float = 0.0,
-                        top_k: int = 0, seed: int = 0, use_cache: bool = True
-                        ) -> tuple[torch.Tensor, int]:
+    def generate_tokens(self, context: torch.Tensor, frames: int, *,
+                        temperature: Sampling = 0.0, top_k: Sampling = 0, seed: Sampling = 0,
+                        use_cache: bool = True) -> tuple[torch.Tensor, int]:
         """Continue context tokens (B, T_c, H', W') by `frames` token slices -> (tokens (B,
         frames, H', W'), forward steps). The first cond_frames slices are the condition; any
         further context slices are given blocks (read in the first step, never sampled).
-        Temperature 0 is greedy; sampling draws from a generator seeded with `seed`."""
+        Temperature 0 is greedy; sampling draws from a generator seeded with `seed`. Each
+        setting is one value for the batch or one per row (rows sampled with their own settings
+        and seeds: requests of a served batch keep theirs)."""
         was_training = self.training
         self.eval()
         b, t, h, w = context.shape
@@ -380,21 +416,25 @@ class NBP(TokenGenerator):
         cache = KVCache(len(self.layers), b, self.cfg.heads, mask.shape[0],
                         self.cfg.dim // self.cfg.heads, device,
                         self.embed.weight.dtype) if use_cache else None
-        generator = torch.Generator(device).manual_seed(seed) if temperature else None
+        temperature = _per_row(temperature, b, "temperature")
+        top_k, seed = _per_row(top_k, b, "top_k"), _per_row(seed, b, "seed")
+        generators = [torch.Generator(device).manual_seed(int(s)) if t else None
+                      for t, s in zip(temperature, seed, strict=True)]
         for j in range(done, total):
             end = cond + (j + 1) * size  # slots up to block j - 1 predict block j
             start = cache.length if cache is not None else 0
             logits = self._decode(slots[:, start:end], angles[start:end],
                                   mask[start:end, :end], cache, keep=size)
-            slots[:, end:end + size] = sample_tokens(logits, temperature, top_k, generator)
+            slots[:, end:end + size] = sample_tokens(logits, temperature, top_k, generators)
         self.train(was_training)
         order = block_order(grid, self.cfg.block, device)
         raster = slots[:, cond + size:][:, torch.argsort(order)].view(b, *grid)
         return raster[:, -frames:], total - done
 
     @torch.no_grad()
-    def generate(self, context: torch.Tensor, future_frames: int, *, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0) -> torch.Tensor:
+    def generate(self, context: torch.Tensor, future_frames: int, *,
+                 temperature: Sampling = 1.0, top_k: Sampling = 0, seed: Sampling = 0
+                 ) -> torch.Tensor:
         """uint8 context (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C): encode, generate
         the token slices of the future frames block by block, decode with the context."""
         b, t, h, w, c = context.shape

@@ -1,8 +1,9 @@
 """Apply a precision plan to any model of the common interface: swap its linear layers.
 
 Nothing here knows V-BLT. A layer's role (for the progressive schedule) comes from the module that
-holds it: a linear inside an `MLP` is "mlp", `Attention.out` is "attn_out", `Attention.q`/`.kv` are
-"qkv", everything else (patch embeddings, decoder context, output head) is "embed_head".
+holds it: its class lists `quant_roles = {child name: role}` (`layers.MLP`: "mlp";
+`layers.Attention`: "attn_out" for `out`, "qkv" for `q`/`kv`; NBP's SwiGLU and attention
+likewise); everything else (patch embeddings, decoder context, output head) is "embed_head".
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from framecast.models.layers import MLP, Attention
 from framecast.quant.gemm_form import linearize
 from framecast.quant.int8 import HalfLinear, Int8Linear
 from framecast.quant.learnable import QATLinear
@@ -23,19 +23,15 @@ LINEAR_TYPES = (nn.Linear, QATLinear, Int8Linear, HalfLinear)
 
 
 def layer_roles(model: nn.Module) -> dict[str, str]:
-    """{linear layer name: stage} for every linear layer (float, training or deployed)."""
+    """{linear layer name: stage} for every linear layer (float, training or deployed): the role
+    its parent module lists in `quant_roles`, else "embed_head"."""
     roles = {}
     for parent_name, parent in model.named_modules():
+        listed = getattr(parent, "quant_roles", {})
         for child_name, child in parent.named_children():
-            if not isinstance(child, LINEAR_TYPES):
-                continue
-            if isinstance(parent, MLP):
-                role = "mlp"
-            elif isinstance(parent, Attention):
-                role = "attn_out" if child_name == "out" else "qkv"
-            else:
-                role = "embed_head"
-            roles[f"{parent_name}.{child_name}" if parent_name else child_name] = role
+            if isinstance(child, LINEAR_TYPES):
+                name = f"{parent_name}.{child_name}" if parent_name else child_name
+                roles[name] = listed.get(child_name, "embed_head")
     return roles
 
 
@@ -89,9 +85,12 @@ def empty_quantized(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
     return model
 
 
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of every tensor the model stores (parameters and buffers): what a saved copy holds."""
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+def state_bytes(model: nn.Module, components: bool = True) -> int:
+    """Bytes of every tensor the model stores (parameters and buffers): what a saved copy holds;
+    with `components=False`, without those of its components (a generator's tokenizer)."""
+    parts = () if components else tuple(f"{a}." for a in getattr(model, "components", dict)())
+    return sum(t.numel() * t.element_size() for name, t in model.state_dict().items()
+               if not name.startswith(parts))
 
 
 def precision_counts(model: nn.Module) -> dict[str, int]:
@@ -109,3 +108,14 @@ def precision_counts(model: nn.Module) -> dict[str, int]:
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
+
+
+def to_bf16(model: nn.Module) -> nn.Module:
+    """The model's own weights in bf16, in place; its components (a generator's tokenizer) stay
+    as trained. For CPUs with native bf16 (or CUDA): elsewhere bf16 math is a slow emulation."""
+    import torch
+
+    model.to(torch.bfloat16)
+    for part in getattr(model, "components", dict)().values():
+        part.float()
+    return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,20 +12,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast import metrics
+from framecast.generation import continue_clips
+from framecast.models.contract import TokenGenerator
 from framecast.quant.apply import state_bytes
+
+
+def workload(model: nn.Module, video: torch.Tensor) -> Callable[[], object]:
+    """What one timed call of the model is: a forward pass of a frame predictor over `video`
+    (B, T, H, W, C); for a token generator, a greedy continuation of the clips from their fewest
+    context frames (tokenizer included: what a user of /generate waits for)."""
+    if isinstance(model, TokenGenerator):
+        k = model.min_context_frames(tuple(video.shape[1:]))
+        context, future = video[:, :k].contiguous(), video.shape[1] - k
+        return lambda: model.generate(context, future, temperature=0.0)
+    return lambda: model(video)
 
 
 @torch.inference_mode()
 def latency_ms(model: nn.Module, video: torch.Tensor, repeats: int = 5, warmup: int = 1
                ) -> float:
-    """Median wall time (ms) of one forward pass on `video` (B, T, H, W, C)."""
+    """Median wall time (ms) of one call of the model's `workload` on `video`."""
     model.eval()
+    call = workload(model, video)
     for _ in range(warmup):
-        model(video)
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model(video)
+        call()
         if video.device.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - start) * 1e3)
@@ -48,13 +63,26 @@ def speedups(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_sizes:
 
 
 def compression(fp32: nn.Module, quant: nn.Module) -> dict[str, float]:
-    size_fp32, size_quant = state_bytes(fp32), state_bytes(quant)
-    return {"bytes_fp32": float(size_fp32), "bytes_quant": float(size_quant),
-            "size_ratio": size_fp32 / size_quant}
+    """Bytes of what quantization changed (the model without its components: a generator's
+    tokenizer stays float) and of the whole unit, float vs quantized."""
+    out = {"bytes_fp32": float(state_bytes(fp32, components=False)),
+           "bytes_quant": float(state_bytes(quant, components=False)),
+           "bytes_total_fp32": float(state_bytes(fp32)),
+           "bytes_total_quant": float(state_bytes(quant))}
+    out["size_ratio"] = out["bytes_fp32"] / out["bytes_quant"]
+    return out
+
+
+def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: int = 8
+            ) -> dict[str, float]:
+    """The float and quantized models' scores on the same videos, side by side, by family."""
+    if isinstance(fp32, TokenGenerator):
+        return generator_quality(fp32, quant, videos, batch_size)
+    return predictor_quality(fp32, quant, videos, batch_size)
 
 
 @torch.inference_mode()
-def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: int = 8
+def predictor_quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: int = 8
             ) -> dict[str, float]:
     """MSE/PSNR/SSIM and cross-entropy (nats per pixel value, against the true frames) of two
     frame predictors, their differences, and KL(fp32 || quantized): how far the quantized
@@ -87,3 +115,46 @@ def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: i
     out["cross_entropy_increase"] = out["cross_entropy_quant"] - out["cross_entropy_fp32"]
     out["kl_fp32_quant"] = kl / count
     return out
+
+
+def generator_quality(fp32: TokenGenerator, quant: TokenGenerator, videos: np.ndarray,
+                      batch_size: int = 8) -> dict[str, float]:
+    """Two token generators on the same clips: token cross-entropy and accuracy (teacher
+    forcing), greedy continuations from the fewest context frames scored against the truth
+    (MSE/PSNR/SSIM), the quantized continuation against the float one (PSNR, the share of
+    identical greedy tokens), and the differences."""
+    out: dict[str, float] = {}
+    k = fp32.min_context_frames(tuple(videos.shape[1:]))
+    generated = {}
+    for name, model in (("fp32", fp32), ("quant", quant)):
+        scores = model.evaluate(videos, batch_size)
+        out[f"cross_entropy_{name}"] = scores["loss"]
+        out[f"accuracy_{name}"] = scores["accuracy"]
+        generated[name], _ = continue_clips(model, videos, k, batch_size=batch_size)
+        summary = metrics.summary(metrics.frame_metrics(generated[name], videos[:, k:]))
+        out.update({f"{m}_{name}": v for m, v in summary.items()})
+    out["psnr_quant_vs_fp32"] = float(metrics.psnr_per_frame(generated["quant"],
+                                                             generated["fp32"]).mean())
+    out["token_agreement"] = _token_agreement(fp32, quant, videos, k, batch_size)
+    out["psnr_drop_db"] = out["psnr_fp32"] - out["psnr_quant"]
+    out["ssim_drop"] = out["ssim_fp32"] - out["ssim_quant"]
+    out["mse_increase"] = out["mse_quant"] - out["mse_fp32"]
+    out["cross_entropy_increase"] = out["cross_entropy_quant"] - out["cross_entropy_fp32"]
+    return out
+
+
+@torch.inference_mode()
+def _token_agreement(fp32: TokenGenerator, quant: TokenGenerator, videos: np.ndarray, k: int,
+                     batch_size: int) -> float:
+    """Share of greedy generated tokens on which the two generators agree."""
+    same = count = 0
+    device = next(fp32.parameters()).device
+    for start in range(0, len(videos), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size])).to(device)
+        context = fp32.encode(batch[:, :k])
+        frames = fp32.tokenizer.grid(tuple(batch.shape[1:]))[0] - context.shape[1]
+        a, _ = fp32.generate_tokens(context, frames)
+        b, _ = quant.generate_tokens(context, frames)
+        same += int((a == b).sum())
+        count += a.numel()
+    return same / count

@@ -13,8 +13,11 @@ from torch import nn
 
 
 def linear_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The weight matrix of every nn.Linear, by module name: what W8A8 quantizes."""
-    return {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """The weight matrix of every nn.Linear, by module name: what W8A8 quantizes. Layers of the
+    model's components (a generator's tokenizer) are left out: they stay as trained."""
+    parts = tuple(f"{attr}." for attr in getattr(model, "components", dict)())
+    return {name: m.weight for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not name.startswith(parts)}
 
 
 def spectral_ratio(weight: torch.Tensor) -> float:
