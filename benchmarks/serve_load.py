@@ -1,4 +1,5 @@
-"""Ray Serve under a bounded load: the W8A8 and the fp32 V-BLT side by side, batching on vs off.
+"""Ray Serve under a bounded load: W8A8 and fp32 side by side, batching on vs off, for the V-BLT
+frame predictor (/predict) and the NBP generator (/generate); bf16 where the CPU has it.
 
     python benchmarks/serve_load.py --quick      # < 5 minutes on 2 cores
     python benchmarks/serve_load.py              # 500 requests at 16 concurrent per row
@@ -11,7 +12,8 @@ Without model references it registers, in a private store, a randomly initialise
 (frames 12x32x32) and its post-training mixed-precision W8A8 quantization (plan from S(W) on one
 random batch, as benchmarks/quantize.py does for its paper row): speed does not depend on training.
 Rows: each model with batching on; then the int8 replica reconfigured live (user_config) to
-max_batch_size 1, batching off. batching_gain = req/s on / req/s off for the int8 model.
+max_batch_size 1, batching off. batching_gain = req/s on / req/s off for the int8 model. Then the
+same for a random NBP `small` generator and its W8A8 (tokenizer float) on /generate.
 """
 
 from __future__ import annotations
@@ -78,6 +80,50 @@ def register_models() -> tuple[str, str | None, str]:
     return "bench-vblt-small@latest", "bench-vblt-small-int8@candidate", note
 
 
+def register_generators() -> tuple[str, str, str]:
+    """A random NBP `small` generator with a random `fsq small` tokenizer (12x32x32 clips) and
+    its post-training W8A8 (the generator's linears; the tokenizer stays float) in the registry:
+    (fp32 ref, int8 ref, note). Weights drawn larger than at init so tokens are not near-ties."""
+    import mlflow
+    import torch
+
+    from framecast import model_io, tracking
+    from framecast.models import registry
+    from framecast.quant.apply import quantize_model
+    from framecast.quant.plan import plan_records, precision_plan
+    from framecast.quant.schedule import QuantConfig, thresholds
+    from framecast.quant.sensitivity import weight_sensitivity
+    from framecast.train import batch_loss
+
+    tracking.use_experiment("framecast-benchmarks")
+    torch.manual_seed(0)
+    tokenizer = registry.create("fsq", "small")
+    fp32 = registry.build("nbp", registry.model_config("nbp", "small", tokenizer="random-fsq"),
+                          tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        for name, weight in fp32.named_parameters():
+            if weight.dim() > 1 and not name.startswith("tokenizer."):
+                weight.normal_(0.0, 1.5 / weight.shape[-1] ** 0.5)
+    extra = {"frame_shape": FRAME_SHAPE, "preset": "small"}
+    with mlflow.start_run(run_name="serve-load-nbp-fp32"):
+        model_io.log_model(fp32, "nbp", registered_name="bench-nbp-small", extra=extra)
+    import copy
+
+    quant = copy.deepcopy(fp32)
+    batch = torch.randint(0, 256, (2, *FRAME_SHAPE), dtype=torch.uint8)
+    sens = weight_sensitivity(quant, [batch], batch_loss)
+    plan = precision_plan(sens, *thresholds(sens, QuantConfig()))
+    quantize_model(quant, plan)
+    with mlflow.start_run(run_name="serve-load-nbp-int8"):
+        info = model_io.log_model(quant, "nbp", registered_name="bench-nbp-small-int8", extra={
+            **extra, "precision": "w8a8", "quant_plan": plan_records(plan)})
+    mlflow.MlflowClient().set_registered_model_alias("bench-nbp-small-int8", "candidate",
+                                                     info.registered_model_version)
+    return ("bench-nbp-small@latest", "bench-nbp-small-int8@candidate",
+            "random NBP small (block 1x8x8) with a random fsq small tokenizer, and its "
+            f"post-training W8A8 ({len(plan)} generator layers)")
+
+
 def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict[str, float]:
     """`requests_total` POSTs of `body`, `concurrency` at a time; throughput, latency percentiles,
     errors (non-200 or failed) and the mean dynamic batch the server reported."""
@@ -123,21 +169,56 @@ def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict[st
                for k in ("read", "decode", "transport", "queue", "inference", "encode", "total")}}
 
 
-def run(args: argparse.Namespace) -> tuple[list[list[object]], dict[str, object], str]:
+def run(args: argparse.Namespace) -> tuple[list[list[object]], dict[tuple, dict], list[str]]:
+    """Phase 1: the frame predictors (fp32 and int8, batching on; int8 batching off; bf16 where
+    native). Phase 2: the NBP generators likewise, on /generate. Rows, results keyed by
+    (family, kind, max batch), notes."""
+    import torch
     from ray import serve
 
     from framecast.cluster import init_ray
-    from framecast.tracking import default_tracking_uri
+    from framecast.quant import kernels
     from jobs.serve import free_port
-    from serve.app import build_app
-    from serve.codec import encode_png
 
     if args.fp32_model or args.int8_model:
         fp32_ref, int8_ref, note = args.fp32_model, args.int8_model, "models given"
     else:
         fp32_ref, int8_ref, note = register_models()
-    refs = {"int8": int8_ref, "fp32": fp32_ref}
-    refs = {k: v for k, v in refs.items() if v}
+    refs = {k: v for k, v in {"int8": int8_ref, "fp32": fp32_ref}.items() if v}
+    notes = [note]
+    init_ray()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows: list[list[object]] = []
+    values: dict[tuple, dict] = {}
+    try:
+        context = np.random.default_rng(0).integers(
+            0, 256, (args.context, *FRAME_SHAPE[1:]), dtype=np.uint8)
+        bf16 = kernels.native_16bit(torch.bfloat16)
+        extra = [("fp32", "bf16")] if bf16 and "fp32" in refs else []
+        if not bf16:
+            notes.append("bf16: not native on this CPU (no amx_bf16 / avx512_bf16), no row")
+        phase(args, port, "predict", refs, context, rows, values, extra)
+        if not args.no_nbp:
+            gen_fp32, gen_int8, gen_note = register_generators()
+            notes.append(gen_note)
+            phase(args, port, "generate", {"int8": gen_int8, "fp32": gen_fp32},
+                  context[:1], rows, values, [])
+    finally:
+        serve.shutdown()
+    return rows, values, notes
+
+
+def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
+          context: np.ndarray, rows: list, values: dict, extra: list[tuple[str, str]]) -> None:
+    """Deploy `refs` (+ bf16 copies in `extra`) as one app, load each with batching on, then the
+    int8 one (or fp32) reconfigured live to max batch 1."""
+    import requests
+    from ray import serve
+
+    from framecast.tracking import default_tracking_uri
+    from serve.app import build_app
+    from serve.codec import encode_png
 
     def app(batch: int) -> object:
         models = [{"name": ref.partition("@")[0], "alias": ref.partition("@")[2] or "latest",
@@ -146,37 +227,39 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], dict[str, object]
                   for ref in refs.values()]
         return build_app({"models": models, "tracking_uri": default_tracking_uri()})
 
-    init_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    rows, values = [], {}
-    try:
-        serve.run(app(args.max_batch), name="serve-load", route_prefix="/")
-        import requests
-
-        info = {m["name"]: m for m in requests.get(f"http://127.0.0.1:{port}/v1/models",
-                                                   timeout=60).json()["models"]}
-        context = np.random.default_rng(0).integers(
-            0, 256, (args.context, *FRAME_SHAPE[1:]), dtype=np.uint8)
-        body = {"frames": [encode_png(f) for f in context]}
-        plan = [(kind, args.max_batch) for kind in refs]
-        plan.append(("int8" if "int8" in refs else "fp32", 1))
-        for kind, batch in plan:
-            name = refs[kind].partition("@")[0]
-            if batch == 1:  # reconfigure live: only user_config changes, replicas stay
-                serve.run(app(1), name="serve-load", route_prefix="/")
-            print(f"serve_load: {name} ({info[name]['precision']}), max batch {batch}: "
-                  f"{args.requests} requests at {args.concurrency} concurrent")
-            result = load(f"http://127.0.0.1:{port}/v1/models/{name}/predict", body,
-                          args.requests, args.concurrency)
-            per_item = result["server_inference"] / max(result["batch"], 1.0)
-            rows.append([name, info[name]["precision"], batch, args.requests, args.concurrency,
-                         result["rps"], result["p50"], result["p95"], result["p99"],
-                         result["errors"], result["batch"], per_item])
-            values[(kind, batch)] = result
-    finally:
-        serve.shutdown()
-    return rows, values, note
+    # bf16 copies are served under the fp32 model's name by a second app of its own.
+    serve.run(app(args.max_batch), name="serve-load", route_prefix="/")
+    info = {m["name"]: m for m in requests.get(f"http://127.0.0.1:{port}/v1/models",
+                                               timeout=60).json()["models"]}
+    body = {"frames": [encode_png(f) for f in context]}
+    if route == "generate":
+        body.update(future_frames=FRAME_SHAPE[0] - len(context), temperature=1.0, top_k=50)
+    plan = [(kind, args.max_batch, "/") for kind in refs]
+    plan.append(("int8" if "int8" in refs else "fp32", 1, "/"))
+    for kind, precision in extra:
+        ref = refs[kind]
+        serve.run(build_app({"models": [{
+            "name": ref.partition("@")[0], "alias": ref.partition("@")[2] or "latest",
+            "max_batch_size": args.max_batch, "num_cpus": 0.25, "precision": precision,
+            "torch_threads": args.torch_threads}], "tracking_uri": default_tracking_uri(),
+            "ingress_cpus": 0.0}), name=f"serve-load-{precision}", route_prefix=f"/{precision}")
+        plan.append((precision, args.max_batch, f"/{precision}/"))
+    for kind, batch, prefix in plan:
+        name = refs.get(kind, refs["fp32"]).partition("@")[0]
+        if batch == 1:  # reconfigure live: only user_config changes, replicas stay
+            serve.run(app(1), name="serve-load", route_prefix="/")
+        precision = kind if kind == "bf16" else info[name]["precision"]
+        print(f"serve_load: {name} ({precision}) /{route}, max batch {batch}: "
+              f"{args.requests} requests at {args.concurrency} concurrent")
+        result = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
+                      args.requests, args.concurrency)
+        per_item = result["server_inference"] / max(result["batch"], 1.0)
+        rows.append([name, route, precision, batch, args.requests, args.concurrency,
+                     result["rps"], result["p50"], result["p95"], result["p99"],
+                     result["errors"], result["batch"], per_item])
+        values[(route, kind, batch)] = result
+    for _, precision in extra:
+        serve.delete(f"serve-load-{precision}")
 
 
 def main() -> None:
@@ -193,6 +276,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per replica")
     parser.add_argument("--fp32-model", default="", help="registered fp32 model name[@alias]")
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
+    parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
     args.requests = args.requests or (150 if args.quick else 500)
 
@@ -200,30 +284,41 @@ def main() -> None:
         if not (args.fp32_model or args.int8_model):
             os.environ["FRAMECAST_HOME"] = tmp  # benchmark models stay out of the user's store
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-        rows, values, note = run(args)
-    table = markdown_table(["model", "precision", "max batch", "requests", "concurrent",
-                            "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "mean batch",
-                            "forward ms/request"], rows)
-    on = values.get(("int8", args.max_batch))
-    off = values.get(("int8", 1)) or values.get(("fp32", 1))
-    gain_model = "int8" if ("int8", 1) in values else "fp32"
-    base = values.get((gain_model, args.max_batch))
-    notes = (f"{note}. Each request: {args.context} context frames of "
-             f"{FRAME_SHAPE[1]}x{FRAME_SHAPE[2]} as base64 PNGs in JSON, answered with the next "
-             f"2 frames and entropy maps. One replica per model (0.5 CPU, {args.torch_threads} "
-             f"torch thread), ingress 0.25 CPU, client threads on the same {os.cpu_count()} "
-             f"cores; latency is client-side, after a warm-up of {2 * args.concurrency} requests. "
-             f"Batching gain: the {gain_model} model's req/s at max batch {args.max_batch} over "
-             f"max batch 1 (the same replica reconfigured live). 'forward ms/request': the "
-             f"replica's forward pass time per request in its batch; when it does not fall with "
-             f"the batch, batching cannot raise throughput (compute-bound on CPU).")
-    errors = sum(int(v["errors"]) for v in values.values())
-    result = {"rps_int8": on["rps"] if on else "missing",
-              "rps_fp32": values[("fp32", args.max_batch)]["rps"],
-              "p95_ms_int8": on["p95"] if on else "missing", "errors": errors,
-              "batching_gain": base["rps"] / off["rps"] if off and off["rps"] else "missing"}
-    report("serve_load", "Ray Serve HTTP load, W8A8 vs fp32, batching on vs off", table, notes,
-           f"RESULT serve_load {key_values(result)}")
+        rows, values, notes = run(args)
+    table = markdown_table(["model", "route", "precision", "max batch", "requests",
+                            "concurrent", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                            "mean batch", "model ms/request"], rows)
+    result: dict[str, object] = {}
+    for route, suffix in (("predict", ""), ("generate", "_nbp")):
+        if not any(key[0] == route for key in values):
+            continue
+        on = values.get((route, "int8", args.max_batch))
+        fp32 = values.get((route, "fp32", args.max_batch))
+        gain_model = "int8" if (route, "int8", 1) in values else "fp32"
+        off, base = values.get((route, gain_model, 1)), values.get((route, gain_model,
+                                                                    args.max_batch))
+        result.update({f"rps_int8{suffix}": on["rps"] if on else "missing",
+                       f"rps_fp32{suffix}": fp32["rps"] if fp32 else "missing",
+                       f"p95_ms_int8{suffix}": on["p95"] if on else "missing",
+                       f"batching_gain{suffix}": base["rps"] / off["rps"]
+                       if off and base and off["rps"] else "missing"})
+        bf16 = values.get((route, "bf16", args.max_batch))
+        if bf16:
+            result[f"rps_bf16{suffix}"] = bf16["rps"]
+    result["errors"] = sum(int(v["errors"]) for v in values.values())
+    text = (f"{'; '.join(notes)}. /predict requests: {args.context} context frames of "
+            f"{FRAME_SHAPE[1]}x{FRAME_SHAPE[2]} as base64 PNGs in JSON, answered with the next "
+            f"2 frames and entropy maps. /generate requests: 1 context frame, 11 frames "
+            f"generated (temperature 1, top-k 50; 11 block steps, tokenizer included), "
+            f"answered as PNGs. One replica per model (0.5 CPU, {args.torch_threads} torch "
+            f"thread), ingress 0.25 CPU, client threads on the same {os.cpu_count()} cores; "
+            f"latency is client-side, after a warm-up of {2 * args.concurrency} requests. "
+            f"Batching gain: req/s at max batch {args.max_batch} over max batch 1 (the int8 "
+            f"replica reconfigured live). 'model ms/request': the replica's model time per "
+            f"request in its batch; when it does not fall with the batch, batching cannot raise "
+            f"throughput (compute-bound on CPU).")
+    report("serve_load", "Ray Serve HTTP load: V-BLT and NBP, W8A8 vs fp32, batching on vs off",
+           table, text, f"RESULT serve_load {key_values(result)}")
 
 
 if __name__ == "__main__":
