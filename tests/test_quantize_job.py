@@ -84,3 +84,37 @@ def test_bad_quantize_flags_exit_2(capsys):
         main(["--model", "m", "--data", "d", "--tau-low", "3", "--tau-high", "1"])
     assert exc.value.code == 2
     assert "tau_low" in capsys.readouterr().err
+
+
+def test_a_token_generator_is_quantized_judged_by_generation_and_registered(fp32_model):
+    """NBP with an FSQ tokenizer: the generator's linears go W8A8, the tokenizer stays float,
+    the report scores greedy continuations, and the registered candidate generates alike."""
+    from framecast.models import registry
+
+    data, _, _ = fp32_model
+    torch.manual_seed(0)
+    nbp = registry.build("nbp", registry.model_config("nbp", "tiny", tokenizer="fsq-q"),
+                         tokenizer=registry.create("fsq", "tiny"))
+    with mlflow.start_run():
+        model_io.log_model(nbp, "nbp", registered_name="qtest-nbp-2d",
+                           extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
+    out = quantize(QuantizeJobConfig(model="qtest-nbp-2d", data=str(data), batch_size=4,
+                                     eval_sequences=4, stage_steps=1, final_steps=1,
+                                     calib_batches=1, latency_repeats=1,
+                                     experiment="test-quantize"))
+    values = out["metrics"]
+    assert out["registered"] == "nbp-2d-int8"  # <architecture>-<kind>-int8
+    # tiny: the float token embedding (1001 x 24) is a third of the generator (1.5x measured).
+    assert values["size_ratio"] > 1.3 and values["bytes_total_fp32"] > values["bytes_fp32"]
+    for key in ("speedup_b8", "psnr_drop_db", "cross_entropy_increase", "token_agreement",
+                "psnr_quant_vs_fp32"):
+        assert np.isfinite(values[key]), key
+    assert {e.layer.split(".")[0] for e in out["plan"]} <= {"layers", "head"}
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "generation")}
+    assert artifacts == {"generation/truth_fp32_quantized.gif"}
+    model, meta = model_io.load_logged_model("nbp-2d-int8@candidate")
+    assert meta["precision"] == "w8a8" and meta["components"]["tokenizer"]["name"] == "fsq"
+    context = torch.randint(0, 256, (2, 1, 16, 16, 1), dtype=torch.uint8)
+    assert torch.equal(model.generate(context, 3, seed=[1, 2]),
+                       out["model"].generate(context, 3, seed=[1, 2]))
