@@ -7,13 +7,23 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def model_cost(model: nn.Module, frames: int, size: int, channels: int = 1) -> dict[str, float]:
-    """Parameters, MB of fp32 weights and forward GFLOPs for one (frames, size, size) sequence,
-    counted by torch's FLOP counter (matmuls and convolutions; a multiply-add is 2 FLOPs)."""
+@torch.no_grad()
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs of one forward pass of `module` on `inputs`, by torch's FLOP counter: matrix
+    products, convolutions and attention, a multiply-add counting 2; bias adds, norms and
+    activations are not counted (as in the papers' tables)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def model_cost(model: nn.Module, frames: int, size: int, channels: int = 1, width: int = 0
+               ) -> dict[str, float]:
+    """Parameters, MB of fp32 weights and forward GFLOPs for one (frames, size, width or size)
+    uint8 sequence, counted by `count_flops`."""
     params = sum(p.numel() for p in model.parameters())
     megabytes = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    video = torch.zeros(1, frames, size, size, channels, dtype=torch.uint8)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model.eval()(video)
-    return {"params": params, "mb": megabytes, "gflops": counter.get_total_flops() / 1e9}
+    video = torch.zeros(1, frames, size, width or size, channels, dtype=torch.uint8)
+    gflops = count_flops(model.eval(), video) / 1e9
+    return {"params": params, "mb": megabytes, "gflops": gflops}

@@ -153,4 +153,4 @@ def _parse_value(key: str, tp: Any, text: str) -> Any:
 
 def _load_builtin() -> None:
     # Importing a model module registers it.
-    from framecast.models import fsq, nbp, vblt_entry  # noqa: F401
+    from framecast.models import fsq, nbp, unet3d, vblt_entry, vivit  # noqa: F401
