@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -211,6 +212,41 @@ def _shippable(entry: registry.ModelEntry) -> registry.ModelEntry:
     return entry
 
 
+@contextlib.contextmanager
+def ctrl_c_reaches_the_job() -> Iterator[None]:
+    """Ray Train's fit() replaces the SIGINT handler with its own (abort the run gracefully) and
+    never restores the job's: a Ctrl-C then ended as a failed run with exit 1. Here its handler
+    still aborts the run, but a Ctrl-C it handled is noted and raised as KeyboardInterrupt once
+    fit() is back (so the job ends its runs KILLED and says 'interrupted'), and the job's own
+    handler is restored. Outside the main thread (a Tune trial) Ray installs none: no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous, install, pressed = signal.getsignal(signal.SIGINT), signal.signal, []
+
+    def noting(signum: int, handler: Any) -> Any:
+        if signum == signal.SIGINT and callable(handler):
+            ray_handler = handler
+
+            def handler(sig: int, frame: Any) -> None:
+                pressed.append(sig)
+                ray_handler(sig, frame)
+        return install(signum, handler)
+
+    signal.signal = noting
+    try:
+        yield
+    except BaseException as err:  # Ray's handler may also sys.exit(0) after the abort
+        if pressed and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        raise
+    finally:
+        signal.signal = install
+        install(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads: int = 0
         ) -> Any:
     """Train `plan` with Ray Train in the Ray the caller started or joined (no ray.init here);
@@ -250,7 +286,8 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )
-    result = trainer.fit()
+    with ctrl_c_reaches_the_job():
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {plan.name} produced no checkpoint")
     return result.checkpoint

@@ -119,3 +119,30 @@ def test_a_job_process_stopped_by_sigterm_exits_at_once_with_its_runs_killed():
     assert "returned" not in done.stdout and "teardown ran" not in done.stdout
     runs = mlflow.search_runs(experiment_names=["signals-process"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_ctrl_c_during_ray_trains_fit_is_an_interrupt_of_the_job():
+    """Ray Train's fit() installs its own SIGINT handler (abort the run) and never restores the
+    job's. Imitated here: a handler installed inside the context still runs, the Ctrl-C comes
+    out as KeyboardInterrupt once fit() returns (or fails after the abort), and the job's own
+    handler is back."""
+    import pytest
+
+    from jobs.train import ctrl_c_reaches_the_job
+
+    ours = signal.getsignal(signal.SIGINT)
+    aborted = []
+    with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_reaches_the_job():
+            signal.signal(signal.SIGINT, lambda s, f: aborted.append(s))  # Ray Train's
+            os.kill(os.getpid(), signal.SIGINT)
+    assert aborted == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is ours
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with ctrl_c_reaches_the_job():
+            signal.signal(signal.SIGINT, lambda s, f: None)
+            os.kill(os.getpid(), signal.SIGINT)
+            raise RuntimeError("the run was aborted: no checkpoint")
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    with ctrl_c_reaches_the_job():  # no Ctrl-C: nothing raised, nothing changed
+        signal.signal(signal.SIGINT, lambda s, f: None)
+    assert signal.getsignal(signal.SIGINT) is ours
