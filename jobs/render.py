@@ -2,6 +2,7 @@
 
     python -m jobs.render --kind 2d --num-sequences 1000 --workers 2 --out data/tri
     ray job submit --working-dir . -- python -m jobs.render --kind 3d --out /shared/data/cubes
+    python -m jobs.render --kind 3d --preset hard --out data/cubes-hard   # see the epilog
 
 Each Ray Data actor keeps one PyVista plotter warm; sequence i depends only on (seed, i), so the
 bytes do not depend on the number of workers. Shards are written to a staging folder beside
@@ -150,8 +151,42 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
     return run.info.run_id
 
 
+def expand_preset(argv: list[str]) -> list[str]:
+    """`--preset NAME` (or `--preset=NAME`) replaced by the preset's flags, placed first so
+    that flags given on the command line win over it."""
+    from framecast.render.spec import preset_flags
+
+    rest, flags, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--preset" and i + 1 < len(argv):
+            flags += preset_flags(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--preset="):
+            flags += preset_flags(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+        i += 1
+    return flags + rest
+
+
+def _presets_help() -> str:
+    from framecast.render.spec import DATA_PRESETS, preset_flags
+
+    lines = ["data presets (--preset NAME; flags given beside it win):"]
+    lines += [f"  {name}: {' '.join(preset_flags(name))}" for name in sorted(DATA_PRESETS)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_job("render", RenderJobConfig, render, argv, description=__doc__)
+    try:
+        argv = expand_preset(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as err:
+        print(f"python -m jobs.render: error: {err}", file=sys.stderr)
+        return 2
+    return run_job("render", RenderJobConfig, render, argv, description=__doc__,
+                   epilog=_presets_help())
 
 
 if __name__ == "__main__":

@@ -52,6 +52,20 @@ def scene_radius(config: RenderConfig) -> float:
     return polycubes.max_bounding_radius(config.cubes_range[1])
 
 
+def object_scale(config: RenderConfig, params: dict) -> float:
+    """How much sequence `params`' object is enlarged: 1 unless `fill_frame`, then the scene
+    radius over the object's own bounding radius (it fills the frame at its worst angle)."""
+    if not config.fill_frame:
+        return 1.0
+    if config.kind == "2d":
+        verts = triangles.triangle_vertices(params["base"], params["height"],
+                                            params["apex_offset"])
+        own = float(np.linalg.norm(verts, axis=1).max())
+    else:
+        own = polycubes.bounding_radius(tuple(map(tuple, params["cells"])))
+    return scene_radius(config) / own
+
+
 def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
     """(H, W, 3) uint8 screenshot -> (H, W, C) uint8; one channel is integer BT.601 luma."""
     if channels == 3:
@@ -121,8 +135,9 @@ class SequenceRenderer:
                 reset_camera=False, render=False)
         frames = np.empty(config.frame_shape, dtype=np.uint8)
         transform = np.eye(4)
+        scale = object_scale(config, params)
         for t, rotation in enumerate(frame_rotations(config, params)):
-            transform[:3, :3] = rotation
+            transform[:3, :3] = rotation * scale
             self._actor.user_matrix = transform
             plotter.render()
             rgb = plotter.screenshot(return_img=True)
