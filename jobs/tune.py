@@ -434,8 +434,11 @@ def make_tuner(study: Study, parent_run_id: str, concurrent: int, threads: int) 
         param_space={"p": {p.key: distribution(p) for p in spec.params}, "study": settings},
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-            scheduler=scheduler, max_concurrent_trials=concurrent,
-            search_alg=BasicVariantGenerator(random_state=spec.seed)),
+            # The generator limits concurrency itself (Tune ignores max_concurrent_trials
+            # beside a generator): too many training trials at once starve Ray Data of a CPU.
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(max_concurrent=concurrent,
+                                             random_state=spec.seed)),
         run_config=tune.RunConfig(name=study.name, storage_path=str(study.storage), verbose=0,
                                   callbacks=[StudyProgress()],
                                   failure_config=tune.FailureConfig(max_failures=0)))
@@ -568,7 +571,7 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
     import mlflow
 
     from framecast import tracking
-    from framecast.cluster import init_ray, total_cpus
+    from framecast.cluster import init_ray, total_cpus, verbose
 
     study = prepare(config)  # before Ray and MLflow: a bad space leaves nothing behind
     spec = study.spec
@@ -585,8 +588,10 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
                           + (": one stays free for Ray Data)" if spec.job == "train" else ")"))
     concurrent = max(1, int(room / spec.trial_cpus + 1e-9))
     threads = max(1, int(cpus // concurrent))
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # val metrics: every
-    # eval_every steps only; ASHA skips results without its metric
+    # Val metrics come every eval_every steps only; ASHA skips results without its metric.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not verbose():  # Tune's own heading and tables: the job prints one line per trial
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     PROGRESS.reset(study)
     begin = time.perf_counter()
     with tracking.job_run("tune", experiment=study.experiment, run_name=study.name,
