@@ -1,0 +1,299 @@
+"""The V-BLT paper's comparison as one job: train every listed model at the same budget, score all
+on the same test frames against copy-last-frame, and write tables 1 and 2.
+
+    python -m jobs.compare --data data/tri-hard --data data/cubes-hard --preset small --steps 300
+    python -m jobs.compare --data DIR --models vblt,unet3d --preset tiny --steps 20
+    python -m jobs.compare --data DIR --runs <run id>,vivit-2d@latest   # logged: no training
+
+Each model trains through `jobs.train`'s own entry points (plan, fit with Ray Train, finish) with
+the same data, steps, batch, optimizer and seed, as a child MLflow run of this job's run; `--runs`
+takes already logged models instead (matched to a data set by the data they were trained on).
+Table 1: parameters, MB and forward GFLOPs per sequence (torch's FLOP counter) at the data's
+frame size and at the paper's 12x64x64. Table 2: MSE, SSIM, PSNR on the test split, every model
+and copy-last-frame on the same frames (those after the longest context among the models).
+Both are printed and written as Markdown and CSV to --out, logged to the parent run with a bar
+chart of table 2 and the learning curves (val PSNR at every --eval-every); each child run holds
+its model's prediction figure (truth / prediction / entropy).
+
+`--data` may be given twice (or as DIR,DIR2): one half of table 2 per data set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from framecast.config import ConfigError, flat_params, project_home
+from framecast.models import registry
+from framecast.train import OptimConfig
+from jobs.common import run_job
+
+
+@dataclass(frozen=True)
+class CompareConfig(OptimConfig):
+    data: str = field(default="", metadata={
+        "help": "data set folder(s) from jobs.render: DIR or DIR,DIR2 (or --data twice)"})
+    models: str = field(default="vblt,vivit,unet3d", metadata={
+        "help": "registered frame predictors to compare, comma-separated"})
+    preset: str = field(default="small", metadata={
+        "help": "preset of every model: tiny (tests), small (CPU), paper (table 1 sizes)"})
+    runs: str = field(default="", metadata={
+        "help": "logged models to score instead of training them: run ids, runs:/ or models:/ "
+                "URIs or registered names, comma-separated"})
+    test_sequences: int = field(default=0, metadata={
+        "help": "score the first N test sequences (0: the whole split)"})
+    eval_every: int = field(default=0, metadata={
+        "help": "steps between val evaluations (the learning curves); 0 = once per epoch"})
+    eval_sequences: int = field(default=16, metadata={"help": "val sequences per evaluation"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers per model"})
+    cpus_per_worker: float = field(default=0.0, metadata={"help": "CPUs per worker; 0 = auto"})
+    out: str = field(default="", metadata={
+        "help": "folder for the tables (default: $FRAMECAST_HOME/compare/<run name>)"})
+    storage: str = field(default="", metadata={
+        "help": "Ray Train storage (default: $FRAMECAST_HOME/ray_results)"})
+    experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
+    seed: int = field(default=0, metadata={"help": "model init and data order seed (all models)"})
+
+    def __post_init__(self) -> None:
+        if not self.data_dirs:
+            raise ConfigError("--data is required: a folder written by `python -m jobs.render`")
+        if len(self.data_dirs) > 2 or len(set(self.data_dirs)) != len(self.data_dirs):
+            raise ConfigError(f"--data {self.data!r}: give one or two different folders")
+        if not self.model_names and not self.runs:
+            raise ConfigError("--models is empty and no --runs given: nothing to compare")
+        for name in self.model_names:
+            entry = registry.entry(name)  # unknown names: one line listing the known ones
+            if entry.model_class.family != "frame_predictor":
+                raise ConfigError(f"--models {name}: a {entry.model_class.family}, not a frame "
+                                  "predictor; accepted: "
+                                  + ", ".join(registry.available_models("frame_predictor")))
+            registry.model_config(name, self.preset)  # unknown preset: one line
+        for name in ("steps", "batch_size", "workers", "eval_sequences"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.test_sequences < 0 or self.eval_every < 0:
+            raise ConfigError("test_sequences and eval_every must be >= 0")
+
+    @property
+    def data_dirs(self) -> list[str]:
+        return [d.strip() for d in self.data.split(",") if d.strip()]
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    @property
+    def run_refs(self) -> list[str]:
+        return [r.strip() for r in self.runs.split(",") if r.strip()]
+
+
+@dataclass
+class Entrant:
+    """One model on one data set: trained here (`plan`) or taken from MLflow (`model`)."""
+
+    name: str
+    data: str
+    plan: Any = None
+    model: Any = None
+    ref: str = ""
+    run_id: str = ""
+    preset: str = ""
+
+
+def _kind(manifest: Any) -> str:
+    return manifest.config.kind
+
+
+def data_labels(manifests: dict[str, Any]) -> dict[str, str]:
+    """Table 2's name of each data set: its kind (2d, 3d), with the folder when kinds repeat."""
+    kinds = [_kind(m) for m in manifests.values()]
+    return {d: _kind(m) if kinds.count(_kind(m)) == 1 else f"{_kind(m)}:{Path(d).name}"
+            for d, m in manifests.items()}
+
+
+def prepare(config: CompareConfig, stamp: str) -> tuple[dict[str, Any], list[Entrant]]:
+    """Check every data set, model and logged run before Ray starts or a run is opened; returns
+    ({data dir: manifest}, entrants in table order)."""
+    from framecast import data as fdata
+    from jobs.train import TrainJobConfig, plan
+
+    manifests = {d: fdata.read_manifest(d) for d in config.data_dirs}
+    for d, m in manifests.items():
+        if not m.counts["test"]:
+            raise ConfigError(f"the test split of {d} is empty: table 2 scores the test split")
+    shared = {f.name: getattr(config, f.name) for f in fields(OptimConfig)}
+    entrants = []
+    for i, (d, manifest) in enumerate(manifests.items()):
+        for name in config.model_names:
+            train_config = TrainJobConfig(
+                **shared, data=d, model=name, preset=config.preset, workers=config.workers,
+                cpus_per_worker=config.cpus_per_worker, eval_every=config.eval_every,
+                eval_sequences=config.eval_sequences, seed=config.seed, register="none",
+                name=f"{stamp}-{name}-{_kind(manifest)}-{i}", storage=config.storage,
+                experiment=config.experiment)
+            entrants.append(Entrant(name, d, plan=plan(train_config), preset=config.preset))
+    for ref in config.run_refs:
+        entrants += _logged_entrant(ref, manifests)
+    return manifests, entrants
+
+
+def _logged_entrant(ref: str, manifests: dict[str, Any]) -> list[Entrant]:
+    """A logged model (`--runs`) placed on the data set it was trained on (the only one, when
+    a single data set is compared)."""
+    from framecast.models.contract import FramePredictor
+    from jobs.common import load_logged_model
+
+    model, meta = load_logged_model(ref)
+    if not isinstance(model, FramePredictor):
+        raise ConfigError(f"--runs {ref}: a {model.family}, not a frame predictor")
+    trained_on = str(Path(str(meta.get("data", ""))).resolve()) if meta.get("data") else ""
+    matches = [d for d in manifests if str(Path(d).resolve()) == trained_on]
+    if not matches and len(manifests) == 1:
+        matches = list(manifests)
+    if not matches:
+        raise ConfigError(f"--runs {ref}: trained on {meta.get('data') or 'unknown data'}, "
+                          f"none of --data {', '.join(manifests)}")
+    d = matches[0]
+    model.check_data(tuple(manifests[d].config.frame_shape))
+    return [Entrant(meta.get("name") or model.registry_name, d, model=model, ref=ref,
+                    preset=str(meta.get("preset", "logged")))]
+
+
+def train_entrant(entrant: Entrant) -> None:
+    """Train through jobs.train's fit and finish in a child run; keeps the trained model."""
+    import mlflow
+
+    from framecast import tracking
+    from framecast.train import load_checkpoint
+    from jobs.train import finish, fit, follow_run
+
+    plan = entrant.plan
+    print(f"compare: training {entrant.name} on {entrant.data} ({plan.config.steps} steps)")
+    with tracking.job_run("train", experiment=plan.config.experiment, run_name=plan.name,
+                          params=plan.params, tags={"framecast.ray_run": plan.name,
+                                                    "framecast.model": entrant.name}) as run:
+        entrant.run_id = run.info.run_id
+        headline = registry.entry(entrant.name).model_class.headline
+        with follow_run(run.info.run_id, plan.config.steps, headline):
+            checkpoint = fit(plan, run.info.run_id)
+        finish(plan, run.info.run_id, checkpoint)
+        model = plan.build()
+        with checkpoint.as_directory() as d:
+            load_checkpoint(d, model)
+        entrant.model = model.eval()
+        mlflow.set_tag("framecast.compare", "trained")
+
+
+def learning_curve(run_id: str, kind: str, name: str) -> list[dict[str, Any]]:
+    """val PSNR/SSIM (and copy-last's) at every evaluation of a child run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    keys = ("val_psnr", "val_ssim", "val_psnr_copy_last", "val_ssim_copy_last")
+    by_step: dict[int, dict[str, Any]] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            by_step.setdefault(m.step, {"data": kind, "model": name, "step": m.step})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """Train (or load), score and tabulate; returns {'cost', 'quality', 'curves', 'out',
+    'run_id'}."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from framecast import comparison, tracking
+    from framecast import data as fdata
+    from framecast.cluster import init_ray
+    from jobs.common import log_prediction_figure
+
+    stamp = f"compare-{config.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    manifests, entrants = prepare(config, stamp)  # all checks before Ray and MLflow runs
+    if any(e.plan is not None for e in entrants):
+        init_ray()
+    out = Path(config.out).resolve() if config.out else project_home() / "compare" / stamp
+    cost, quality, curves = [], [], []
+    with tracking.job_run("compare", experiment=config.experiment, run_name=stamp,
+                          params=flat_params(config)) as parent:
+        for entrant in entrants:
+            if entrant.plan is not None:
+                train_entrant(entrant)
+            else:
+                with tracking.job_run("compare-logged", experiment=config.experiment,
+                                      run_name=f"{entrant.name}-{entrant.ref}",
+                                      tags={"framecast.model_ref": entrant.ref}) as run:
+                    entrant.run_id = run.info.run_id
+                    videos, _ = fdata.load_numpy(entrant.data, "val")
+                    if not len(videos):
+                        videos, _ = fdata.load_numpy(entrant.data, "test")
+                    log_prediction_figure(entrant.model, videos[0], title=entrant.ref)
+        seen_cost, labels = set(), data_labels(manifests)
+        for d, manifest in manifests.items():
+            kind = labels[d]
+            here = [e for e in entrants if e.data == d]
+            if not here:
+                continue
+            test, _ = fdata.load_numpy(d, "test")
+            if config.test_sequences:
+                test = test[:config.test_sequences]
+            context = comparison.common_context([e.model for e in here])
+            frames = f"{context}..{test.shape[1] - 1}"
+            print(f"compare: scoring {len(here)} models on {len(test)} test sequences of {d} "
+                  f"(frames {frames})")
+            scores = {}
+            for e in here:
+                scores[e.name] = comparison.score(e.model, test, context,
+                                                  batch_size=config.batch_size)
+                now = int(time.time() * 1000)
+                mlflow.MlflowClient().log_batch(e.run_id, metrics=[
+                    Metric(f"test_{k}", v, now, 0) for k, v in scores[e.name].items()])
+                shape = tuple(manifest.config.frame_shape)
+                if (e.name, shape) not in seen_cost:
+                    seen_cost.add((e.name, shape))
+                    cost.append(comparison.cost_row(e.name, e.preset, e.model, shape))
+                if e.plan is not None:
+                    curves += learning_curve(e.run_id, kind, e.name)
+            quality += comparison.quality_rows(
+                kind, scores, comparison.copy_last_score(test, context), frames)
+        written = comparison.write_tables(out, cost, quality, curves)
+        for path in written:
+            mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png"
+                                else "tables")
+        mlflow.log_metrics({f"{r['data']}_{str(r['model']).replace('-', '_')}_{m.lower()}":
+                            float(r[m]) for r in quality for m in ("MSE", "SSIM", "PSNR")})
+        print("\nTable 1: size and compute per sequence\n" + comparison.markdown(cost))
+        print("\nTable 2: test split, same frames for every model\n"
+              + comparison.markdown(quality))
+        print(f"\ncompare: tables in {out}; MLflow run {parent.info.run_id}")
+    return {"cost": cost, "quality": quality, "curves": curves, "out": out,
+            "run_id": parent.info.run_id}
+
+
+def merge_data_flags(argv: list[str]) -> list[str]:
+    """`--data A --data B` -> `--data A,B` (argparse would keep only the last)."""
+    dirs, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == "--data" and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+            i += 2
+            continue
+        if argv[i].startswith("--data="):
+            dirs.append(argv[i].partition("=")[2])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return rest + (["--data", ",".join(dirs)] if dirs else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = merge_data_flags(sys.argv[1:] if argv is None else list(argv))
+    return run_job("compare", CompareConfig, compare, argv, description=__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
