@@ -185,9 +185,9 @@ class CarryForwardReport(TuneReportCallback):
     metric so far: val metrics arrive every eval_every steps only, and ASHA compares the
     study's metric at the steps it checks."""
 
-    def __init__(self) -> None:
+    def __init__(self, constant: dict[str, float] | None = None) -> None:
         super().__init__()
-        self._latest: dict[str, Any] = {}
+        self._latest: dict[str, Any] = dict(constant or {})  # e.g. the model's cost
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
@@ -249,51 +249,62 @@ def train_trial(params: dict) -> None:
                  experiment=study["experiment"],
                  cpus_per_worker=round((spec.trial_cpus - DRIVER_CPU) / workers, 3))
     checked = train_job.plan(from_dict(TrainJobConfig, flags))
+    cost = cost_metrics(checked)  # known before training: a trial ASHA stops still has it
     with tracking.job_run("train", experiment=study["experiment"], run_name=key, run_id=run_id,
                           params={**checked.params, **_trial_params(params["p"])},
                           tags={**_child_tags(study, key), "framecast.ray_run": checked.name,
                                 "framecast.model": checked.config.model}) as run:
-        checkpoint = train_job.fit(checked, run.info.run_id, callbacks=[CarryForwardReport()],
-                                   threads=study["threads"])
+        mlflow.log_metrics(cost)
+        checkpoint = train_job.fit(checked, run.info.run_id,
+                                   callbacks=[CarryForwardReport(cost)], threads=study["threads"])
         result = train_job.finish(checked, run.info.run_id, checkpoint)
-        extras = trial_extras(checked, result["model_uri"], study["experiment"])
+        extras = {**cost, **generation_metrics(checked, result["model_uri"],
+                                               study["experiment"])}
         mlflow.log_metrics(extras, step=result["step"])
         final = {**result["metrics"], **extras, "step": float(result["step"])}
         mlflow.set_tag(RESULT_TAG, json.dumps(final))
     tune.report(final)
 
 
-def trial_extras(checked: Any, model_uri: str, experiment: str) -> dict[str, float]:
-    """A frame predictor's cost per sequence (params, MB, GFLOPs by torch's counter); a token
-    generator's greedy continuations of test clips through jobs.generate (frames per second
-    with its tokenizer, forward steps, PSNR/SSIM against the truth), after an untimed warm-up
-    so one-off costs of the process are not counted."""
-    import torch
-
-    from framecast.models.contract import FramePredictor, TokenGenerator
+def cost_metrics(checked: Any) -> dict[str, float]:
+    """Parameters; for a frame predictor also MB and forward GFLOPs per sequence (torch's
+    counter) of the model the trial trains."""
+    from framecast.models.contract import FramePredictor
     from framecast.models.profile import model_cost
 
     model = checked.build().eval()
-    t, h, w, c = checked.manifest.config.frame_shape
     out = {"params": float(sum(p.numel() for p in model.parameters()))}
     if isinstance(model, FramePredictor):
+        t, h, _, c = checked.manifest.config.frame_shape
         cost = model_cost(model, t, h, c)  # the renderer's frames are square
         out.update(mb=float(cost["mb"]), gflops=float(cost["gflops"]))
-    if isinstance(model, TokenGenerator):
-        from framecast import data as fdata
-        from jobs.generate import GenerateConfig, generate_job
+    return out
 
-        k = model.min_context_frames((t, h, w, c))
-        clip = fdata.load_numpy(checked.config.data, "test")[0][:1, :k]
-        with torch.no_grad():
-            model.generate(torch.from_numpy(clip), t - k, temperature=0.0)  # warm-up
-        summary = generate_job(GenerateConfig(model=model_uri, data=checked.config.data,
-                                              cond_frames=k, clips=8,
-                                              experiment=experiment))["summary"]
-        out.update({name: float(summary[name]) for name in GENERATION_METRICS[2:]
-                    if name in summary})
-        out.update(gen_fps=float(summary["frames_per_s"]),
-                   forward_steps=float(summary["forward_steps"]))
+
+def generation_metrics(checked: Any, model_uri: str, experiment: str) -> dict[str, float]:
+    """A token generator's greedy continuations of test clips through jobs.generate (frames
+    per second with its tokenizer, forward steps, PSNR/SSIM against the truth), after an
+    untimed warm-up so one-off costs of the process are not counted; {} for other models."""
+    import torch
+
+    from framecast import data as fdata
+    from framecast.models.contract import TokenGenerator
+    from jobs.generate import GenerateConfig, generate_job
+
+    model = checked.build().eval()
+    if not isinstance(model, TokenGenerator):
+        return {}
+    t, h, w, c = checked.manifest.config.frame_shape
+    k = model.min_context_frames((t, h, w, c))
+    clip = fdata.load_numpy(checked.config.data, "test")[0][:1, :k]
+    with torch.no_grad():
+        model.generate(torch.from_numpy(clip), t - k, temperature=0.0)  # warm-up
+    summary = generate_job(GenerateConfig(model=model_uri, data=checked.config.data,
+                                          cond_frames=k, clips=8,
+                                          experiment=experiment))["summary"]
+    out = {name: float(summary[name]) for name in GENERATION_METRICS[2:] if name in summary}
+    out.update(gen_fps=float(summary["frames_per_s"]),
+               forward_steps=float(summary["forward_steps"]))
     return out
 
 
@@ -421,9 +432,11 @@ def make_tuner(study: Study, parent_run_id: str, concurrent: int, threads: int) 
         print(f"tune: resuming study {study.name} from {study.path}")
         return tune.Tuner.restore(str(study.path), trainable, resume_unfinished=True,
                                   resume_errored=True)
+    # stop_last_trials=False: a trial that reaches max_t ends by itself, after jobs.train's
+    # finish (final evaluation, model, extras); ASHA would stop it at its step-max_t report.
     scheduler = FIFOScheduler() if spec.scheduler.kind == "fifo" else ASHAScheduler(
         time_attr="step", max_t=spec.scheduler.max_t, grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor)
+        reduction_factor=spec.scheduler.reduction_factor, stop_last_trials=False)
     settings = {"name": study.name, "spec": spec.to_dict(), "parent_run_id": parent_run_id,
                 "experiment": study.experiment, "home": str(project_home()),
                 "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", ""),
