@@ -360,11 +360,11 @@ class _Progress:
 
     def __init__(self) -> None:
         self.study: Study | None = None
-        self.started: set[str] = set()
-        self.reused: set[str] = set()
+        self.ended: set[str] = set()  # trials that ended in this process (Tune does not call
+        self.reused: set[str] = set()  # on_trial_start for trials it resumes)
 
     def reset(self, study: Study) -> None:
-        self.study, self.started, self.reused = study, set(), set()
+        self.study, self.ended, self.reused = study, set(), set()
 
     def value(self, trial: Any) -> float:
         value = (trial.last_result or {}).get(self.study.spec.metric)
@@ -372,6 +372,7 @@ class _Progress:
 
     def completed(self, trials: list, trial: Any) -> None:
         spec, result = self.study.spec, trial.last_result or {}
+        self.ended.add(trial.trial_id)
         if result.get("reused"):
             self.reused.add(trial.trial_id)
         done = [t for t in trials if t.status == "TERMINATED" or t is trial]
@@ -391,6 +392,7 @@ class _Progress:
         print(line, flush=True)
 
     def failed(self, trial: Any) -> None:
+        self.ended.add(trial.trial_id)
         print(f"tune: trial {trial.trial_id} {_label(trial.config['p'])} failed; its error is "
               f"in {trial.path}", flush=True)
 
@@ -399,9 +401,6 @@ PROGRESS = _Progress()
 
 
 class StudyProgress(tune.Callback):
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        PROGRESS.started.add(trial.trial_id)
-
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         PROGRESS.completed(trials, trial)
 
@@ -627,7 +626,7 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
         rows = collect_rows(study, results, run.info.run_id)
         seconds = time.perf_counter() - begin
         out = publish(study, rows, run.info.run_id, seconds)
-    ran = PROGRESS.started - PROGRESS.reused
+    ran = PROGRESS.ended - PROGRESS.reused
     print(out["table"], end="")
     print(f"tune: {len(ran)} trial(s) ran this time, {len(rows) - len(ran)} had finished "
           f"before; {seconds:.0f} s")
