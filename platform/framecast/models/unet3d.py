@@ -142,7 +142,7 @@ UNET3D_PRESETS = {
     # CPU: about V-BLT `small`'s size.
     "small": {"width": 12, "depth": 3, "groups": 4},
     # Seconds: for tests.
-    "tiny": {"width": 4, "depth": 2, "groups": 2},
+    "tiny": {"width": 12, "depth": 2, "groups": 4},
 }
 
 register_model("unet3d", UNET3D_PRESETS)(UNet3D)

@@ -1,0 +1,145 @@
+"""jobs.compare: tables 1 and 2 for every model and copy-last-frame; bad input in one line;
+the paper-scale GPU script's CPU smoke mode."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from test_data import write_dataset
+
+from framecast import comparison, model_io, tracking
+from framecast.models import create
+from framecast.render.spec import RenderConfig
+from jobs.compare import CompareConfig, compare, main, merge_data_flags
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"num_sequences": 20, "frames": 4, "size": 16, "val_fraction": 0.2, "test_fraction": 0.2}
+MODELS = ("vblt", "vivit", "unet3d")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory):
+    """A 2D and a 3D data set (no Ray) and, per data set, an untrained tiny model of each kind
+    logged to MLflow as trained on it."""
+    root = tmp_path_factory.mktemp("compare")
+    dirs = {}
+    for kind in ("2d", "3d"):
+        dirs[kind] = root / kind
+        write_dataset(dirs[kind], RenderConfig(kind=kind, **TINY))
+    refs = []
+    tracking.use_experiment("test-compare")
+    torch.manual_seed(0)
+    for kind, name in [(k, n) for k in dirs for n in MODELS]:
+        with mlflow.start_run():
+            info = model_io.log_model(create(name, "tiny"), name,
+                                      extra={"data": str(dirs[kind]), "preset": "tiny"})
+        refs.append(info.model_uri)
+    return dirs, refs
+
+
+def test_compare_prints_and_logs_both_tables_with_every_model_and_copy_last(logged, tmp_path,
+                                                                            capsys):
+    dirs, refs = logged
+    code = main(["--data", str(dirs["2d"]), "--data", str(dirs["3d"]), "--models", "",
+                 "--runs", ",".join(refs), "--out", str(tmp_path / "t"),
+                 "--experiment", "test-compare"])
+    out = capsys.readouterr().out
+    assert code == 0
+    table2 = out.split("Table 2")[1]
+    for kind in ("2d", "3d"):
+        for name in (*MODELS, "copy-last"):
+            assert f"| {kind} | {name} | 2..3 |" in table2, (kind, name)  # the same frames
+    table1 = out.split("Table 1")[1].split("Table 2")[0]
+    assert all(f"| {name} | tiny |" in table1 for name in MODELS)
+    written = {p.name for p in (tmp_path / "t").iterdir()}
+    assert {"table1.md", "table1.csv", "table2.md", "table2.csv", "table2.png"} <= written
+    rows = list(csv.DictReader((tmp_path / "t" / "table2.csv").open()))
+    vblt = next(r for r in rows if r["data"] == "2d" and r["model"] == "vblt")
+    copy = next(r for r in rows if r["data"] == "2d" and r["model"] == "copy-last")
+    assert vblt["paper PSNR"] == "32.3" and copy["paper PSNR"] == ""
+    costs = list(csv.DictReader((tmp_path / "t" / "table1.csv").open()))
+    assert all(float(r["GFLOPs 12x64x64"]) > float(r["GFLOPs"]) for r in costs)
+
+    (parent,) = mlflow.search_runs(experiment_names=["test-compare"], output_format="list",
+                                   filter_string="tags.`framecast.job` = 'compare'")
+    assert "2d_copy_last_psnr" in parent.data.metrics and "3d_vivit_ssim" in parent.data.metrics
+    children = mlflow.search_runs(experiment_names=["test-compare"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = "
+                                                f"'{parent.info.run_id}'")
+    assert len(children) == 6
+    for child in children:
+        names = {a.path for a in mlflow.MlflowClient().list_artifacts(child.info.run_id,
+                                                                       "figures")}
+        assert names == {"figures/prediction.png"}
+
+
+def test_copy_last_scores_the_frame_before_and_the_model_its_own_prediction():
+    videos = np.random.default_rng(0).integers(0, 256, (3, 6, 8, 8, 1), dtype=np.uint8)
+    s = comparison.copy_last_score(videos, 2)
+    diff = (videos[:, 2:].astype(float) - videos[:, 1:-1]) / 255
+    assert s["mse"] == pytest.approx((diff ** 2).mean())
+
+
+def test_data_given_twice_becomes_one_list():
+    assert merge_data_flags(["--data", "a", "--steps", "3", "--data=b"]) == [
+        "--steps", "3", "--data", "a,b"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--data is required"),
+    (["--data", "/nonexistent"], "/nonexistent does not exist"),
+    (["--data", "x", "--models", "vblt,gpt5"], "model 'gpt5' is unknown"),
+    (["--data", "x", "--models", "fsq"], "not a frame predictor"),
+    (["--data", "x", "--preset", "huge"], "preset 'huge'"),
+    (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
+    (["--data", "a", "--data", "b", "--data", "c"], "give one or two"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # flags the config refuses: parse_args exits
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_help_explains_the_job():
+    out = subprocess.run([sys.executable, "-m", "jobs.compare", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert "Table 1" in out and "--runs" in out and "copy-last" in out
+
+
+def test_the_gpu_script_smoke_mode_writes_both_tables(tmp_path, capsys):
+    from benchmarks import compare_gpu
+
+    assert compare_gpu.main(["--smoke", "--out", str(tmp_path / "g")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("RESULT compare_gpu psnr_vblt_2d=") and "psnr_copy_3d=" in last
+    assert {"table1.csv", "table2.csv", "curves.csv", "budget.json"} <= {
+        p.name for p in (tmp_path / "g").iterdir()}
+
+
+@pytest.mark.slow  # three Ray Train fits (~25 s of start-up each)
+def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local, tmp_path,
+                                                                        capsys):
+    data = tmp_path / "tri"
+    write_dataset(data, RenderConfig(kind="2d", **TINY))
+    result = compare(CompareConfig(data=str(data), preset="tiny", steps=4, batch_size=2,
+                                   eval_every=2, eval_sequences=2, log_every=2,
+                                   checkpoint_every=4, storage=str(tmp_path / "ray"),
+                                   out=str(tmp_path / "t"), experiment="test-compare-train"))
+    out = capsys.readouterr().out
+    for name in (*MODELS, "copy-last"):
+        assert f"| 2d | {name} |" in out, name
+    curves = {(r["model"], r["step"]) for r in result["curves"]}
+    assert {(m, s) for m in MODELS for s in (2, 4)} <= curves
+    child = mlflow.get_run(next(r for r in mlflow.search_runs(
+        experiment_names=["test-compare-train"], output_format="list",
+        filter_string="tags.`framecast.model` = 'unet3d'")).info.run_id)
+    assert child.data.params["steps"] == "4" and "test_psnr" in child.data.metrics
