@@ -36,92 +36,74 @@ from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E4
 FRAME_SHAPE = [12, 32, 32, 1]
 
 
-def register_models() -> tuple[str, str | None, str]:
-    """A random V-BLT small (fp32) and its W8A8 version in the registry: (fp32 ref, int8 ref or
-    None when quantization is unavailable, a note)."""
+def register_pair(fp32, arch: str, name: str) -> tuple[str, str, str]:
+    """Register `fp32` as `name` and its post-training mixed-precision W8A8 (plan from S(W) on
+    one random batch, as benchmarks/quantize.py does for its untrained rows) as `name`-int8
+    @candidate: (fp32 ref, int8 ref, the plan's layer counts). Speed does not depend on
+    training."""
+    import copy
+
     import mlflow
     import torch
 
     from framecast import model_io, tracking
-    from framecast.models import create
-
-    tracking.use_experiment("framecast-benchmarks")
-    torch.manual_seed(0)
-    fp32 = create("vblt", "small").eval()
-    extra = {"frame_shape": FRAME_SHAPE, "preset": "small"}
-    with mlflow.start_run(run_name="serve-load-fp32"):
-        model_io.log_model(fp32, "vblt", registered_name="bench-vblt-small", extra=extra)
-    try:
-        from framecast.quant.apply import quantize_model
-        from framecast.quant.gemm_form import linearize
-        from framecast.quant.plan import plan_records, precision_plan
-        from framecast.quant.schedule import QuantConfig, thresholds
-        from framecast.quant.sensitivity import weight_sensitivity
-        from framecast.train import batch_loss
-    except ImportError as err:
-        return "bench-vblt-small@latest", None, f"int8 missing: quantization unavailable ({err})"
-    quant = create("vblt", "small")
-    quant.load_state_dict(fp32.state_dict())
-    linearize(quant)
-    batch = torch.randint(0, 256, (2, *FRAME_SHAPE), dtype=torch.uint8)
-    sens = weight_sensitivity(quant, [batch], batch_loss)
-    plan = precision_plan(sens, *thresholds(sens, QuantConfig()))
-    quantize_model(quant, plan)
-    with mlflow.start_run(run_name="serve-load-int8"):
-        info = model_io.log_model(quant, "vblt", registered_name="bench-vblt-small-int8", extra={
-            **extra, "precision": "w8a8", "quant_plan": plan_records(plan)})
-    mlflow.MlflowClient().set_registered_model_alias("bench-vblt-small-int8", "candidate",
-                                                     info.registered_model_version)
-    counts: dict[str, int] = {}
-    for entry in plan:
-        counts[entry.precision.value] = counts.get(entry.precision.value, 0) + 1
-    note = ("random V-BLT small and its post-training W8A8 "
-            f"({', '.join(f'{n} {p}' for p, n in sorted(counts.items()))} layers)")
-    return "bench-vblt-small@latest", "bench-vblt-small-int8@candidate", note
-
-
-def register_generators() -> tuple[str, str, str]:
-    """A random NBP `small` generator with a random `fsq small` tokenizer (12x32x32 clips) and
-    its post-training W8A8 (the generator's linears; the tokenizer stays float) in the registry:
-    (fp32 ref, int8 ref, note). Weights drawn larger than at init so tokens are not near-ties."""
-    import mlflow
-    import torch
-
-    from framecast import model_io, tracking
-    from framecast.models import registry
-    from framecast.quant.apply import quantize_model
+    from framecast.quant.apply import precision_counts, quantize_model
+    from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import plan_records, precision_plan
     from framecast.quant.schedule import QuantConfig, thresholds
     from framecast.quant.sensitivity import weight_sensitivity
     from framecast.train import batch_loss
 
     tracking.use_experiment("framecast-benchmarks")
-    torch.manual_seed(0)
-    tokenizer = registry.create("fsq", "small")
-    fp32 = registry.build("nbp", registry.model_config("nbp", "small", tokenizer="random-fsq"),
-                          tokenizer=tokenizer).eval()
-    with torch.no_grad():
-        for name, weight in fp32.named_parameters():
-            if weight.dim() > 1 and not name.startswith("tokenizer."):
-                weight.normal_(0.0, 1.5 / weight.shape[-1] ** 0.5)
     extra = {"frame_shape": FRAME_SHAPE, "preset": "small"}
-    with mlflow.start_run(run_name="serve-load-nbp-fp32"):
-        model_io.log_model(fp32, "nbp", registered_name="bench-nbp-small", extra=extra)
-    import copy
-
+    with mlflow.start_run(run_name=f"serve-load-{arch}-fp32"):
+        model_io.log_model(fp32, arch, registered_name=name, extra=extra)
     quant = copy.deepcopy(fp32)
+    linearize(quant)  # patch convolutions are quantized as the linear layers they are
     batch = torch.randint(0, 256, (2, *FRAME_SHAPE), dtype=torch.uint8)
     sens = weight_sensitivity(quant, [batch], batch_loss)
     plan = precision_plan(sens, *thresholds(sens, QuantConfig()))
     quantize_model(quant, plan)
-    with mlflow.start_run(run_name="serve-load-nbp-int8"):
-        info = model_io.log_model(quant, "nbp", registered_name="bench-nbp-small-int8", extra={
+    with mlflow.start_run(run_name=f"serve-load-{arch}-int8"):
+        info = model_io.log_model(quant, arch, registered_name=f"{name}-int8", extra={
             **extra, "precision": "w8a8", "quant_plan": plan_records(plan)})
-    mlflow.MlflowClient().set_registered_model_alias("bench-nbp-small-int8", "candidate",
+    mlflow.MlflowClient().set_registered_model_alias(f"{name}-int8", "candidate",
                                                      info.registered_model_version)
-    return ("bench-nbp-small@latest", "bench-nbp-small-int8@candidate",
-            "random NBP small (block 1x8x8) with a random fsq small tokenizer, and its "
-            f"post-training W8A8 ({len(plan)} generator layers)")
+    counts = {k: v for k, v in precision_counts(quant).items() if k != "fp32"}
+    layers = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    return f"{name}@latest", f"{name}-int8@candidate", layers
+
+
+def register_models() -> tuple[str, str, str]:
+    """A random V-BLT small and its W8A8 in the registry: (fp32 ref, int8 ref, a note)."""
+    import torch
+
+    from framecast.models import create
+
+    torch.manual_seed(0)
+    fp32_ref, int8_ref, layers = register_pair(create("vblt", "small").eval(), "vblt",
+                                               "bench-vblt-small")
+    return fp32_ref, int8_ref, f"random V-BLT small and its post-training W8A8 ({layers} layers)"
+
+
+def register_generators() -> tuple[str, str, str]:
+    """A random NBP `small` generator with a random `fsq small` tokenizer (12x32x32 clips) and
+    its W8A8 (the generator's linears; the tokenizer stays float): (fp32 ref, int8 ref, note).
+    Weights drawn larger than at init so tokens are not near-ties."""
+    import torch
+
+    from framecast.models import registry
+
+    torch.manual_seed(0)
+    fp32 = registry.build("nbp", registry.model_config("nbp", "small", tokenizer="random-fsq"),
+                          tokenizer=registry.create("fsq", "small")).eval()
+    with torch.no_grad():
+        for name, weight in fp32.named_parameters():
+            if weight.dim() > 1 and not name.startswith("tokenizer."):
+                weight.normal_(0.0, 1.5 / weight.shape[-1] ** 0.5)
+    fp32_ref, int8_ref, layers = register_pair(fp32, "nbp", "bench-nbp-small")
+    return (fp32_ref, int8_ref, "random NBP small (block 1x8x8) with a random fsq small "
+            f"tokenizer, and its post-training W8A8 ({layers} generator layers)")
 
 
 def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict[str, float]:

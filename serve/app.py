@@ -347,13 +347,8 @@ class Ingress:
         """Context frames in; a token generator continues them block by block (sampling with
         the given temperature, top-k and seed) and the generated frames come out."""
         start = time.perf_counter()
-        info = await self._model_info(name)
-        _check_family(info, "token_generator", "generate")
-        spec = codec.InputSpec(**info["input"])
-        kind = codec.check_content_type(request.headers.get("content-type"))
-        mark = time.perf_counter()
-        body = await read_body(request, self.max_body_bytes)
-        timing = {"read": _ms(mark)}
+        info, spec, kind, body, timing = await self._read(name, request, "token_generator",
+                                                          "generate")
         mark = time.perf_counter()
         frames, params = parse_generation(kind, body, spec, info["frame_shape"][0], {
             "future_frames": future_frames, "temperature": temperature, "top_k": top_k,
@@ -379,17 +374,25 @@ class Ingress:
             batch_sizes=result["batch_sizes"], timing_ms=timing)
         return JSONResponse(answer.model_dump(), headers=headers)
 
-    async def _serve(self, name: str, request: Request, schema: type[codec.PredictRequest],
-                     query_future: int | None) -> Response:
-        start = time.perf_counter()
+    async def _read(self, name: str, request: Request, family: str, route: str
+                    ) -> tuple[dict[str, Any], codec.InputSpec, str, bytes, dict[str, float]]:
+        """What every model route does first: the model's spec (404 unknown, 422 another
+        family's route), the body's kind (415) and bytes (413): (info, spec, kind, body,
+        timing)."""
         info = await self._model_info(name)
-        _check_family(info, "frame_predictor",
-                      "rollout" if schema is codec.RolloutRequest else "predict")
+        _check_family(info, family, route)
         spec = codec.InputSpec(**info["input"])
         kind = codec.check_content_type(request.headers.get("content-type"))
         mark = time.perf_counter()
         body = await read_body(request, self.max_body_bytes)
-        timing = {"read": _ms(mark)}
+        return info, spec, kind, body, {"read": _ms(mark)}
+
+    async def _serve(self, name: str, request: Request, schema: type[codec.PredictRequest],
+                     query_future: int | None) -> Response:
+        start = time.perf_counter()
+        _, spec, kind, body, timing = await self._read(
+            name, request, "frame_predictor",
+            "rollout" if schema is codec.RolloutRequest else "predict")
         mark = time.perf_counter()
         frames, future = parse_frames(kind, body, schema, spec, query_future)
         timing["decode"] = _ms(mark)
