@@ -13,7 +13,8 @@ bf16 (the paper's FP16 row), W8A8 on the default kernels, W8A8 on the eager fall
 fp32 with every linear layer free, the bound on what quantizing linear layers can gain (the
 `paper` preset in the full run only: its eager pass alone takes minutes on 2 cores). A third
 table does the same for an NBP generator's greedy generation (`small`; the full run adds
-LLaMA-like widths). Paper (VQ-ViT on ImageNet ViTs): 4x smaller, ~3x faster, -0.4 points of accuracy.
+LLaMA-like widths).
+Paper (VQ-ViT on ImageNet ViTs): 4x smaller, ~3x faster, -0.4 points of accuracy.
 """
 
 from __future__ import annotations
