@@ -6,8 +6,10 @@
 Stages so far: render the 2D-triangle and 3D-polycube data sets (reused when already there), train
 V-BLT on each with Ray Train, evaluate it on the test split against copy-last-frame, quantize it to
 mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`), then deploy
-it with Ray Serve and answer one HTTP request. Every stage logs a child run under one MLflow
-parent run; a rerun reuses finished stages with the same inputs and says so.
+it with Ray Serve and answer one HTTP request. On the 2D data also (`--nbp`, on by default): an
+FSQ tokenizer and an NBP generator trained on its tokens, test clips continued, the generator
+quantized and served with one /generate request (jobs/pipeline_nbp.py). Every stage logs a child
+run under one MLflow parent run; a rerun reuses finished stages with the same inputs and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from framecast.config import ConfigError, flat_params, project_home
 from framecast.models import registry
 from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
+from jobs.pipeline_nbp import generator_table, nbp_stages
 from jobs.quantize import QuantizeJobConfig, quantize
 from jobs.render import RenderJobConfig, render
 from jobs.serve import smoke
@@ -61,6 +64,10 @@ class PipelineConfig:
     model_config: str = field(default="", metadata={
         "help": "override V-BLT fields of the preset: KEY=VALUE[,KEY=VALUE...], tuples written "
                 "1x4x4 (see python -m jobs.train --help)"})
+    nbp: bool = field(default=True, metadata={
+        "help": "also train an FSQ tokenizer and an NBP generator on the 2D data, continue test "
+                "clips, quantize the generator and serve one /generate request (--nbp false "
+                "skips it)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
 
@@ -236,9 +243,15 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
             rows.append(run_stages(config, result, parent.info.run_id, done))
+            if config.nbp and kind == "2d":
+                nbp_row = nbp_stages(config.preset, str(result.out), result.manifest.checksums,
+                                     config.seed, config.experiment, parent.info.run_id, done,
+                                     config.train_workers)
         table = summary_table(rows)
+        if config.nbp:
+            table += "\n" + generator_table(nbp_row)
         tracking.log_file_bytes(table.encode(), "summary", "summary.txt")
-    models = ",".join(r.int8.split()[0] for r in rows)
+    models = ",".join([r.int8.split()[0] for r in rows] + (["nbp-2d-int8"] if config.nbp else []))
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")

@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys):
-    config = PipelineConfig(preset="smoke", data_dir=str(tmp_path), workers=1,
-                            experiment="test-pipeline")
+    config = PipelineConfig(preset="smoke", data_dir=str(tmp_path), workers=1, nbp=False,
+                            experiment="test-pipeline")  # the NBP stage: the slow test below
     first = pipeline(config)
     for kind in ("2d", "3d"):
         for stage in ("render", "train", "evaluate", "quantize"):
@@ -46,6 +46,24 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys)
                                  filter_string="tags.`framecast.job` = 'pipeline'")
     assert len(parents) == 2
     assert set(parents["metrics.2d_size_ratio"]) and parents["metrics.2d_size_ratio"].min() > 1
+
+
+@pytest.mark.slow  # six more stages (two Ray Train fits, a Serve deployment): minutes
+def test_the_pipelines_nbp_stage_trains_quantizes_and_serves_a_generator(ray_local, tmp_path):
+    config = PipelineConfig(preset="smoke", data_dir=str(tmp_path), workers=1,
+                            experiment="test-pipeline-nbp")
+    done = pipeline(config)
+    for stage in ("train-fsq", "train-nbp", "generate-nbp", "quantize-nbp"):
+        assert not done[stage].startswith("reused"), stage
+    assert "/generate answered in" in done["serve-nbp"]
+    generator = mlflow.MlflowClient().get_model_version_by_alias("nbp-2d-int8", "candidate")
+    assert generator.tags["precision"] == "w8a8"
+    last = done["summary"].splitlines()[-1]
+    assert last.startswith("NBP on 2D: tokenizer fsq-2d v") and "nbp-2d-int8 v" in last
+    parent = mlflow.search_runs(experiment_names=["test-pipeline-nbp"],
+                                filter_string="tags.`framecast.job` = 'pipeline'")
+    served = mlflow.MlflowClient().list_artifacts(parent["run_id"].iloc[0], "nbp")
+    assert [a.path for a in served] == ["nbp/served_generation.gif"]
 
 
 def runs_of(home: Path, experiment: str) -> list:
