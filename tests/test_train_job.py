@@ -76,6 +76,7 @@ def test_a_cpu_reservation_that_would_hang_training_is_refused(tiny_data, capsys
     assert code == 2 and "leaves no CPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess with its own Ray and a training run: 78 s of the CI budget
 def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_data, tmp_path):
     """A user's terminal shows one line per logged step (once, not once per log path) and
     the result, not Ray's progress blocks, worker prefixes or deprecation notices."""
