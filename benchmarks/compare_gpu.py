@@ -6,7 +6,7 @@ matplotlib only: no Ray, MLflow or PyVista.
     python benchmarks/compare.py --export data/compare-paper.npz --sequences 2000 --size 64
     # on the GPU machine (H100: sized for ~25 minutes with the defaults)
     python benchmarks/compare_gpu.py --npz data/compare-paper.npz --out compare-gpu
-    python benchmarks/compare_gpu.py --smoke          # CPU, seconds: tiny presets, made-up data
+    python benchmarks/compare_gpu.py --quick          # CPU, seconds: tiny presets, made-up data
 
 Every model trains with the library's own loop (`framecast.train.train_loop`, bf16 autocast on a
 GPU) at the same budget: steps, batch, AdamW, lr schedule, seed. Scoring and tables are
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", default="", help="pre-rendered data (see above)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="CPU smoke run: tiny presets, 4 steps, made-up 6x16x16 data")
+    parser.add_argument("--quick", "--smoke", dest="smoke", action="store_true",
+                        help="CPU smoke run (seconds, what `make bench` runs): tiny presets, "
+                             "4 steps, made-up 6x16x16 data")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     parser.add_argument("--preset", default="paper", help="model preset (default paper)")
     parser.add_argument("--steps", type=int, default=3000, help="steps per model (default 3000)")
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         with np.load(args.npz) as npz:
             arrays = {k: npz[k] for k in npz.files}
     else:
-        parser.error("give --npz FILE (or --smoke)")
+        parser.error("give --npz FILE (or --quick)")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
