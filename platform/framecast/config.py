@@ -172,19 +172,25 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
         raise SystemExit(2) from None
 
 
+def read_yaml(path: str | Path, flag: str) -> Any:
+    """A YAML file's content; an unreadable or invalid file is a ConfigError naming `flag` and
+    the path in one line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{flag} {path}: not valid YAML ({str(err).splitlines()[0]})"
+                          ) from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The settings in a YAML file (a mapping of field names, `-` or `_`) for `from_dict`,
     which refuses unknown keys; raises ConfigError naming the file when it is not such a
     mapping."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"--config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(err).splitlines()[0]})"
-                          ) from None
+    values = read_yaml(path, "--config")
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from framecast.config import ConfigError, from_dict
+from framecast.config import ConfigError, from_dict, read_yaml
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SCHEDULERS = ("fifo", "asha")
@@ -269,16 +269,7 @@ def parse_study(values: Any, path: str, job_configs: Mapping[str, type],
 def load_study(path: str | Path, job_configs: Mapping[str, type],
                data: str | None = None) -> StudySpec:
     """Read and check a study file (see `parse_study`)."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"--space {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--space {path}: not valid YAML ({str(err).splitlines()[0]})"
-                          ) from None
-    return parse_study(values, str(path), job_configs, data)
+    return parse_study(read_yaml(path, "--space"), str(path), job_configs, data)
 
 
 def _check_flags(spec: StudySpec, config_class: type) -> None:
