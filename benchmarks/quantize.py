@@ -241,9 +241,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default 1000; 60 with --quick)")
+                        help="training steps (default 1000; 40 with --quick)")
     parser.add_argument("--sequences", type=int, default=None,
-                        help="sequences in the data set (default 2000; 320 with --quick)")
+                        help="sequences in the data set (default 2000; 192 with --quick)")
     parser.add_argument("--size", type=int, default=32, help="frame size (default 32)")
     parser.add_argument("--model", default="", help="quantize this logged model instead of "
                                                     "training one (with --data)")
@@ -253,8 +253,8 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.model) != bool(args.data):
         parser.error("--model and --data go together")
-    args.steps = args.steps or (60 if args.quick else 1000)
-    args.sequences = args.sequences or (320 if args.quick else 2000)
+    args.steps = args.steps or (40 if args.quick else 1000)
+    args.sequences = args.sequences or (192 if args.quick else 2000)
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.paper_repeats = 1 if args.quick else 3
 
@@ -309,7 +309,8 @@ def main() -> None:
              f"medians ({args.repeats} passes small, {args.paper_repeats} paper; a form whose "
              "first pass took 5x fp32 is timed once): bf16 = every weight and activation 16-bit "
              "(the paper's FP16 row), timed only where the CPU computes bf16 natively; W8A8 = "
-             "the job's plan rule on the kernels measured fastest here; int_mm eager = the "
+             "the job's plan rule on the kernels measured fastest here (per layer shape: int8 "
+             "GEMM, or float32 from the int8 weights where that is faster); int_mm eager = the "
              "fall-back (eager quantizer, torch._int_mm); linears free = fp32 with every linear "
              "layer costing nothing, the bound on any speed-up from quantizing linear layers; "
              "ORT = ONNX Runtime on the exported fp32 model and its quantize_dynamic int8 copy "
@@ -325,7 +326,8 @@ def main() -> None:
              "run of a trained nbp-2d in RESULTS.md)"
              f"{'; --quick: small only' if args.quick else ''}. "
              f"CPU int8/bf16 flags: {chosen['cpu_flags']}; int8 GEMM paths chosen (shape "
-             f"classes per path): {chosen['int8_gemm']}. "
+             f"classes per path): {chosen['int8_gemm']}; W8A8 layer shapes computed in int8 "
+             f"or in float32 from their int8 weights: {chosen['layers']}. "
              "Targets: >= 3.5x smaller, >= 2.5x faster, PSNR within 0.3 dB.")
     by = {(r["preset"], r["batch"]): r for r in latency}
     values = {"size_ratio": small["size_ratio"], "speedup_b1": small["speedup_b1"],
@@ -334,6 +336,8 @@ def main() -> None:
               "speedup_ort_int8_b8": by["small", 8]["speedup_ort_int8"],
               "w8a8_vs_ort_b8": by["small", 8]["w8a8_vs_ort"],
               "int8_paths": "+".join(chosen["int8_gemm"]) or "none",
+              "layer_shapes_int8": chosen["layers"].get("int8", 0),
+              "layer_shapes_fp32": chosen["layers"].get(kernels.FLOAT, 0),
               "psnr_drop_bf16_db": small["psnr_drop_bf16_db"]}
     if not args.quick:
         values.update({"size_ratio_paper": by["paper", 1]["size_ratio"],

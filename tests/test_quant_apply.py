@@ -10,6 +10,7 @@ from torch import nn
 from framecast import model_io
 from framecast.models import create
 from framecast.models.vblt import VBLT
+from framecast.quant import kernels
 from framecast.quant.apply import (
     layer_roles,
     precision_counts,
@@ -20,6 +21,13 @@ from framecast.quant.gemm_form import PatchEmbed3d, PatchUnembed3d, linearize
 from framecast.quant.int8 import HalfLinear, Int8Linear, dequantize, quantize_asymmetric
 from framecast.quant.plan import PlanEntry, Precision, plan_records
 from framecast.quant.schedule import QuantConfig, progressive_quantize
+
+
+@pytest.fixture(autouse=True)
+def int8_compute():
+    # The integer arithmetic of the applied plan: no layer takes the float32 shortcut.
+    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
+        yield
 
 
 def test_patch_convolutions_become_exactly_equivalent_linears():
@@ -152,3 +160,22 @@ def test_schedule_without_fallbacks_keeps_the_thresholds_plan():
 def test_bad_schedule_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         QuantConfig(**kwargs)
+
+
+def test_patch_layers_on_float_weights_run_as_convolutions_equal_to_their_gemm_form():
+    # The convolution shortcut (float weights) and the GEMM form (int8 layers, fake-quantized
+    # fine-tuning) must agree, including a transposed patch's per-position bias.
+    class GemmOnly(nn.Linear):  # not exactly nn.Linear: takes the GEMM form
+        pass
+
+    torch.manual_seed(4)
+    for kind, shape in ((PatchEmbed3d, (2, 3, 4, 8, 8)), (PatchUnembed3d, (2, 5, 2, 2, 2))):
+        layer = kind(shape[1], 6, (2, 4, 4)) if kind is PatchEmbed3d else kind(5, 3, (2, 4, 4))
+        with torch.no_grad():
+            layer.proj.bias.normal_()  # per-position biases: not one per channel
+        x = torch.randn(*shape)
+        conv = layer(x)
+        gemm_proj = GemmOnly(layer.proj.in_features, layer.proj.out_features)
+        gemm_proj.load_state_dict(layer.proj.state_dict())
+        layer.proj = gemm_proj
+        assert torch.allclose(conv, layer(x), atol=1e-5), kind.__name__

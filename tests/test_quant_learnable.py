@@ -11,6 +11,14 @@ from framecast.quant.maths import clip_range
 from framecast.quant.plan import Precision
 
 
+@pytest.fixture(autouse=True)
+def int8_compute():
+    # Deployed int8 arithmetic against its simulation: no layer may take the float32 shortcut
+    # the layer chooser picks where int8 is slower.
+    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
+        yield
+
+
 def test_round_ste_rounds_forward_and_passes_gradients_through():
     x = torch.tensor([0.4, 1.6, -2.5], requires_grad=True)
     y = round_ste(x)

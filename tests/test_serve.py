@@ -427,8 +427,10 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
         entry = requests.get(f"{url}/int8/v1/models", timeout=60).json()["models"][0]
         assert entry["precision"] == "w8a8"
         chosen = entry["kernels"]["shapes"]
-        assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7"}
+        assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7", "fp32_gemm"}
         assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
+        layers = entry["kernels"]["layer_shapes"]  # int8, or float32 from the int8 weights
+        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8"}
         response = requests.post(f"{url}/int8/v1/models/{name}/predict",
                                  json=png_body(context(2)), timeout=60)
         assert response.status_code == 200

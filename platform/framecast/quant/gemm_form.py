@@ -6,6 +6,11 @@ stride equal to kernel (a patch un-embedding: V-BLT's local decoder) maps each i
 output patch. Both hold a large share of a video model's weights, so quantizing only nn.Linear
 would leave them in float32 and cap the compression ratio. `linearize` swaps them for exact
 equivalents built on nn.Linear; the float model's outputs do not change.
+
+Where the linear computes in float (not yet quantized, fp16 weights, or an int8 layer that the
+kernel chooser runs in float32 because int8 is slower for its shape), the forward pass runs
+the convolution itself on that float weight: the GEMM form's layout copies cost more than the
+product at V-BLT's byte level (measured: ~45 ms of a 475 ms batch-8 pass of `small`).
 """
 
 from __future__ import annotations
@@ -13,7 +18,20 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def _float_weight(proj: nn.Module, tokens: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """The float weight `proj` multiplies by for `tokens` tokens; None where it computes in int8
+    (or is being fine-tuned with fake quantization, which has its own forward)."""
+    if type(proj) is nn.Linear:
+        return proj.weight
+    get = getattr(proj, "float_weight", None)
+    if get is None:
+        return None
+    weight = get(tokens) if dtype == torch.float32 else get(tokens, dtype)
+    return None if weight is None else weight.to(dtype)
 
 
 def _is_patch_conv(conv: nn.Module) -> bool:
@@ -44,6 +62,10 @@ class PatchEmbed3d(nn.Module):
         """(B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution."""
         b, c, t, h, w = x.shape
         pt, ph, pw = self.patch
+        weight = _float_weight(self.proj, b * (t // pt) * (h // ph) * (w // pw), x.dtype)
+        if weight is not None:
+            bias = None if self.proj.bias is None else self.proj.bias.to(x.dtype)
+            return F.conv3d(x, weight.view(-1, c, pt, ph, pw), bias, stride=self.patch)
         x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t // pt, h // ph, w // pw, -1)
         return self.proj(x).permute(0, 4, 1, 2, 3)
@@ -71,8 +93,19 @@ class PatchUnembed3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution."""
-        b, _, s, hp, wp = x.shape
+        b, cin, s, hp, wp = x.shape
         pt, ph, pw = self.patch
+        weight = _float_weight(self.proj, b * s * hp * wp, x.dtype)
+        if weight is not None:
+            # rows (cout, pt, ph, pw) of the linear = the transposed convolution's kernel; its
+            # bias (one per output position of a patch) is added as a broadcast view.
+            y = F.conv_transpose3d(x, weight.t().reshape(cin, self.out_channels, pt, ph, pw),
+                                   stride=self.patch)
+            if self.proj.bias is not None:
+                view = y.view(b, self.out_channels, s, pt, hp, ph, wp, pw)
+                view.add_(self.proj.bias.to(x.dtype).view(1, self.out_channels, 1, pt, 1, ph,
+                                                          1, pw))
+            return y
         y = self.proj(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
         y = y.reshape(b, s, hp, wp, self.out_channels, pt, ph, pw)
         return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.out_channels, s * pt, hp * ph,

@@ -91,12 +91,13 @@ class Int8Linear(nn.Module):
         self._delta: torch.Tensor | None = None
         self._packed: dict[str, object] = {}  # per GEMM path: its weight layout, built on use
         self._correction: torch.Tensor | None = None
+        self._float_weight: torch.Tensor | None = None  # dequantized, where float compute wins
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh(self) -> None:
         """Derive what forward needs from the buffers (after loading or setting them)."""
         self._delta = self.act_delta if float(self.act_delta) else None
-        self._packed, self._correction = {}, None
+        self._packed, self._correction, self._float_weight = {}, None, None
         if self.asymmetric:
             self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
 
@@ -104,12 +105,13 @@ class Int8Linear(nn.Module):
         # .to(device) and friends: the cached tensors belong to the old buffers.
         out = super()._apply(fn, recurse)
         self._delta = None if self._delta is None else self.act_delta
-        self._packed, self._correction = {}, None
+        self._packed, self._correction, self._float_weight = {}, None, None
         return out
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_packed"] = {}  # opaque oneDNN tensors: rebuilt, never copied or pickled
+        state["_float_weight"] = None  # derived: rebuilt on use
         return state
 
     @classmethod
@@ -129,7 +131,24 @@ class Int8Linear(nn.Module):
         layer.refresh()
         return layer.to(w.device)
 
+    def float_weight(self, tokens: int) -> torch.Tensor | None:
+        """The float32 weight this layer multiplies by for `tokens` tokens, or None where it
+        computes in int8 (`kernels.layer_mode`)."""
+        if kernels.layer_mode(tokens, self.in_features, self.out_features, self.asymmetric,
+                              self.weight_q.device, _measure_layer) != kernels.FLOAT:
+            return None
+        if self._float_weight is None:
+            self._float_weight = self.dequantized_weight()
+        return self._float_weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.float_weight(x.numel() // self.in_features)
+        if weight is not None:
+            return F.linear(x, weight.to(x.dtype),
+                            None if self.bias is None else self.bias.to(x.dtype))
+        return self._int8_forward(x)
+
+    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (tokens, in)
         path = kernels.gemm_path(x2.shape[0], self.in_features, self.out_features, x2.device)
@@ -164,9 +183,36 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, W8A8 {kind} (int8 x int8 -> int32)"
 
 
+def _measure_layer(rows: int, k: int, n: int, asymmetric: bool) -> tuple[float, float]:
+    """ms of one (rows, k) -> n W8A8 layer in int8 and in float32 from its int8 weights, on
+    random operands: each form warmed up (the quantizer compiles on its first call in the
+    process), then alternated, the fastest of three calls each."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    linear = nn.Linear(k, n)
+    layer = Int8Linear.from_float(linear, asymmetric=asymmetric)
+    weight, bias = layer.dequantized_weight(), layer.bias
+    x = torch.randn(rows, k, generator=gen)
+    layer._float_weight = None
+    forms = {"int8": lambda: layer._int8_forward(x), "float": lambda: F.linear(x, weight, bias)}
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    with torch.no_grad():
+        for run in forms.values():
+            run()
+        for _ in range(3):
+            for name, run in forms.items():
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return min(times["int8"]), min(times["float"])
+
+
 class HalfLinear(nn.Module):
     """VQ-ViT's 16-bit precision for the most sensitive layers: weights stored in float16,
-    multiplied in the input's dtype (float32 on a CPU, which has no fast fp16 GEMM)."""
+    multiplied in the input's dtype (float32 on a CPU, which has no fast fp16 GEMM). The
+    widened weight is kept after first use: converting it on every call costs more than the
+    product for small token counts."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -174,6 +220,8 @@ class HalfLinear(nn.Module):
         self.register_buffer("weight_h", torch.zeros(out_features, in_features,
                                                      dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._wide: dict[torch.dtype, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(_forget_wide)
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> HalfLinear:
@@ -183,12 +231,31 @@ class HalfLinear(nn.Module):
             layer.bias.copy_(linear.bias.detach().float())
         return layer.to(linear.weight.device)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._wide = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_wide": {}}
+
+    def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weight as multiplied for inputs of `dtype` (the same for any token count)."""
+        if dtype == torch.float16:
+            return self.weight_h
+        if dtype not in self._wide:
+            self._wide[dtype] = self.weight_h.to(dtype)
+        return self._wide[dtype]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight_h.to(x.dtype), bias)
+        return F.linear(x, self.float_weight(0, x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, fp16 weights"
+
+
+def _forget_wide(module: HalfLinear, _incompatible_keys: object) -> None:
+    module._wide = {}
 
 
 def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> torch.Tensor:

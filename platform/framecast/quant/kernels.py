@@ -14,11 +14,17 @@ one is kept, and the choice is logged once. Paths:
 - `onednn`: oneDNN's int8 linear, s8 activations, weight scale applied in the kernel.
 - `onednn_u7`: the same kernel on 7-bit activations shifted to u8 [0, 127]: exact on AVX2 CPUs
   without VNNI, where it is the only fast exact int8 GEMM (PyTorch's fbgemm default,
-  `reduce_range`, makes the same trade). Chosen only when the fastest 8-bit path is more than 2x
-  slower than it; the layer then quantizes its activations to 7 bits.
+  `reduce_range`, makes the same trade). Chosen only when the fastest 8-bit path is more than
+  1.25x slower than it; the layer then quantizes its activations to 7 bits.
+- `fp32_gemm`: the same int8 codes multiplied on the float32 GEMM. Exact while every integer sum
+  stays below 2^24 (K <= 1024), so it gives the int8 paths' outputs bit for bit; it wins where
+  the integer kernels lose to the float one (measured on AVX2: oneDNN's u8 kernel is 2-3x slower
+  than float32 for the byte-level layers of K=48 over 10k tokens). It keeps a float copy of the
+  codes in memory at run time; the saved model stays int8.
 
-`FRAMECAST_INT8_KERNEL=<path>` forces a path, `FRAMECAST_FUSED_QUANT=0` the eager quantizer;
-`choose` does both for a block of code (the benchmarks time the paths side by side).
+`FRAMECAST_INT8_KERNEL=<path>` forces a path, `FRAMECAST_FUSED_QUANT=0` the eager quantizer,
+`FRAMECAST_FLOAT_LAYERS=0` int8 compute in every W8A8 layer (`layer_mode`); `choose` does the
+same for a block of code (the benchmarks time the paths side by side).
 `fused` compiles the per-token quantizer into one pass with the eager function as fall-back.
 Measured effects: benchmarks/RESULTS.md (quantize).
 """
@@ -42,7 +48,10 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable)
 _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 _16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
-SLOWER_8BIT_LIMIT = 2.0  # a 7-bit path wins only when the best 8-bit one is this much slower
+SLOWER_8BIT_LIMIT = 1.25  # a 7-bit path wins only when the best 8-bit one is this much slower
+# Rows a shape class is timed on: per-row cost is not flat (cache sizes, page faults of the
+# output), measured: oneDNN u8 at K=48 costs 1.5x per row at 10k rows what it costs at 1k.
+MEASURE_ROWS = 16384
 
 
 @dataclass
@@ -50,22 +59,27 @@ class KernelChoice:
     """Process-wide switches (environment variables set the defaults)."""
     fused_quant: bool = os.environ.get("FRAMECAST_FUSED_QUANT", "1") != "0"
     path: str = os.environ.get("FRAMECAST_INT8_KERNEL", "auto")  # auto or a PATHS name
+    # Whether a W8A8 layer may compute in float32 from its int8 weights where that is faster.
+    float_layers: bool = os.environ.get("FRAMECAST_FLOAT_LAYERS", "1") != "0"
 
 
 CHOICE = KernelChoice()
 
 
 @contextlib.contextmanager
-def choose(*, fused_quant: bool, path: str = "auto") -> Iterator[None]:
-    """Run W8A8 layers with the given quantizer and GEMM path ('auto': measured) in the block."""
+def choose(*, fused_quant: bool, path: str = "auto", float_layers: bool = True
+           ) -> Iterator[None]:
+    """Run W8A8 layers with the given quantizer and GEMM path ('auto': measured) in the block;
+    `float_layers=False` keeps every W8A8 layer in int8 even where float32 would be faster."""
     if path != "auto" and path not in PATHS:
         raise ValueError(f"unknown int8 kernel path {path!r}; accepted: auto, {', '.join(PATHS)}")
-    saved = KernelChoice(CHOICE.fused_quant, CHOICE.path)
-    CHOICE.fused_quant, CHOICE.path = fused_quant, path
+    saved = KernelChoice(CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers)
+    CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers = fused_quant, path, float_layers
     try:
         yield
     finally:
-        CHOICE.fused_quant, CHOICE.path = saved.fused_quant, saved.path
+        CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers = (
+            saved.fused_quant, saved.path, saved.float_layers)
 
 
 def fused(fn: F) -> F:
@@ -166,6 +180,16 @@ def _int_mm_run(xq: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, _
     return y.mul_(scale)
 
 
+def _fp32_run(xq: torch.Tensor, _w: torch.Tensor, scale: torch.Tensor, packed: torch.Tensor
+              ) -> torch.Tensor:
+    return torch.mm(xq.float(), packed.t()).mul_(scale)
+
+
+# |code products| <= 128 * 128 = 2^14: sums of up to 2^10 of them stay exact in float32's
+# 24-bit mantissa, whatever order the GEMM adds them in.
+FP32_EXACT_K = 2 ** 24 // 2 ** 14
+
+
 @dataclass(frozen=True)
 class GemmPath:
     """One way to compute float32 (x_q @ W_q^T) * s_w exactly from int8 codes."""
@@ -174,6 +198,10 @@ class GemmPath:
     available: Callable[[torch.device], bool]
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
     pack: Callable[[torch.Tensor], Any] | None = None  # weight_q -> the kernel's layout
+    max_k: int | None = None  # exact only up to this inner dimension
+
+    def usable(self, k: int, device: torch.device) -> bool:
+        return (self.max_k is None or k <= self.max_k) and self.available(device)
 
     def matmul(self, xq: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor,
                packed: Any = None) -> torch.Tensor:
@@ -190,6 +218,7 @@ PATHS: dict[str, GemmPath] = {p.name: p for p in (
     GemmPath("onednn_u7", 7, _onednn_available,
              lambda xq, _w, s, packed: _onednn_run((xq + 64).view(torch.uint8), _U7_ZERO, s,
                                                    packed), _onednn_pack),
+    GemmPath("fp32_gemm", 8, lambda _: True, _fp32_run, lambda w: w.float(), FP32_EXACT_K),
 )}
 
 
@@ -237,12 +266,12 @@ def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tup
 def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
     """Screen every available path on 64 rows (exactness against a float64 product, and a
     timing that drops paths over 4x the best, such as a reference kernel, after three calls),
-    then time the survivors on up to 1024 rows of the shape class."""
+    then time the survivors on up to MEASURE_ROWS rows of the shape class."""
     rows, _, _ = shape_class(tokens, k, n)
     m = Measured(shape_class(tokens, k, n))
     screened: dict[str, tuple[float, Any]] = {}
     for name, path in PATHS.items():
-        if not path.available(device):
+        if not path.usable(k, device):
             continue
         xq, wq, scale = _operands(64, k, n, path.act_bits, device)
         try:
@@ -255,7 +284,7 @@ def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
         exact = (xq.double() @ wq.double().t()) * scale.double()
         m.ms[name] = ms if torch.allclose(out.double(), exact, rtol=1e-6, atol=0) else math.inf
         screened[name] = (ms, packed)
-    best, full = min(m.ms.values()), min(rows, 1024)  # time per row is flat beyond 1024
+    best, full = min(m.ms.values()), min(rows, MEASURE_ROWS)
     for name, ms in m.ms.items():
         if full <= 64 or math.isinf(ms):
             continue
@@ -281,7 +310,7 @@ def gemm_path(tokens: int, k: int, n: int, device: torch.device) -> GemmPath:
         if path is None:
             raise ValueError(f"FRAMECAST_INT8_KERNEL={CHOICE.path!r}: expected auto or one of "
                              f"{', '.join(PATHS)}")
-        return path if path.available(device) else PATHS["int_mm"]
+        return path if path.usable(k, device) else PATHS["int_mm"]
     if device.type != "cpu":
         return PATHS["int_mm"]
     key = shape_class(tokens, k, n)
@@ -294,17 +323,68 @@ def gemm_path(tokens: int, k: int, n: int, device: torch.device) -> GemmPath:
     return PATHS[_CHOSEN[key].chosen]
 
 
+# -- the whole layer: int8 or float compute ---------------------------------------------------
+
+FLOAT = "fp32_from_int8"  # a layer's compute mode where the integer path loses
+
+
+@dataclass
+class LayerMeasured:
+    """One W8A8 layer shape's measurement: ms of the whole int8 layer (quantizer, GEMM on its
+    chosen path, rescale) against ms of a float32 product with the dequantized int8 weights."""
+    shape: tuple[int, int, int]
+    asymmetric: bool
+    int8_ms: float
+    float_ms: float
+
+    @property
+    def chosen(self) -> str:
+        return FLOAT if self.float_ms < self.int8_ms else "int8"
+
+
+_LAYERS: dict[tuple, LayerMeasured] = {}
+
+
+def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.device,
+               measure: Callable[[int, int, int, bool], tuple[float, float]]) -> str:
+    """'int8', or FLOAT where a float32 product with the layer's dequantized int8 weights is
+    faster than the whole int8 layer: activation quantization and the rescale are passes over
+    the tokens that a small GEMM does not pay back (on AVX2, V-BLT's byte-level layers of K=48
+    and a 384-token global transformer at batch 1). The weights stay int8 in the model; the
+    float path only skips activation quantization, so its outputs are at least as close to
+    the float model's. Measured once per shape class and process by `measure(rows, k, n,
+    asymmetric) -> (int8 ms, float ms)`; a forced GEMM path (`choose`, FRAMECAST_INT8_KERNEL)
+    always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0."""
+    if CHOICE.path != "auto" or not CHOICE.float_layers or device.type != "cpu":
+        return "int8"
+    key = (shape_class(tokens, k, n), asymmetric)
+    if key not in _LAYERS:
+        rows = min(key[0][0], MEASURE_ROWS)
+        m = LayerMeasured(key[0], asymmetric, *measure(rows, k, n, asymmetric))
+        _LAYERS[key] = m
+        log.info("W8A8 layer %dx%dx%d%s: %s (int8 %.2f ms, float32 from int8 weights %.2f ms)",
+                 *m.shape, " asymmetric" if asymmetric else "", m.chosen, m.int8_ms, m.float_ms)
+    return _LAYERS[key].chosen
+
+
 def choices() -> dict[str, Any]:
     """What this process measured and chose, for logs, reports and /v1/models."""
     counts: dict[str, int] = {}
     for m in _CHOSEN.values():
         counts[m.chosen] = counts.get(m.chosen, 0) + 1
+    layers: dict[str, int] = {}
+    for lm in _LAYERS.values():
+        layers[lm.chosen] = layers.get(lm.chosen, 0) + 1
     return {"cpu_flags": cpu_summary(), "fused_quant": CHOICE.fused_quant,
             "forced": None if CHOICE.path == "auto" else CHOICE.path,
-            "int8_gemm": counts,
-            "shapes": {"x".join(map(str, m.shape)): m.chosen for m in _CHOSEN.values()}}
+            "float_layers": CHOICE.float_layers,
+            "int8_gemm": counts, "layers": layers,
+            "shapes": {"x".join(map(str, m.shape)): m.chosen for m in _CHOSEN.values()},
+            "layer_shapes": {"x".join(map(str, lm.shape)) + ("a" if lm.asymmetric else ""):
+                             lm.chosen for lm in _LAYERS.values()}}
 
 
 def reset_choices() -> None:
     """Forget every measurement (tests; a benchmark that changes threads)."""
     _CHOSEN.clear()
+    _LAYERS.clear()
