@@ -249,7 +249,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
-                        help="requests per row (default 500; 150 with --quick)")
+                        help="requests per row (default 500; 100 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--context", type=int, default=10,
                         help="context frames per request (default 10: 12 with the step)")
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
     parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
-    args.requests = args.requests or (150 if args.quick else 500)
+    args.requests = args.requests or (100 if args.quick else 500)
 
     with tempfile.TemporaryDirectory() as tmp:
         if not (args.fp32_model or args.int8_model):
