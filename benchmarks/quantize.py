@@ -47,7 +47,7 @@ def trained_row(args: argparse.Namespace, root: Path) -> dict[str, float]:
         data, trained, _ = render_and_train("2d", sequences=args.sequences, size=args.size,
                                             steps=args.steps, root=root)
         model = trained["run_id"]
-    schedule = {"stage_steps": 5, "final_steps": 10} if args.quick else {}
+    schedule = {"stage_steps": 3, "final_steps": 6} if args.quick else {}
     out = quantize(QuantizeJobConfig(model=model, data=str(data), register="none",
                                      latency_repeats=args.repeats,
                                      experiment="framecast-benchmarks", **schedule))
@@ -241,7 +241,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps (default 1000; 40 with --quick)")
+                        help="training steps (default 1000; 24 with --quick)")
     parser.add_argument("--sequences", type=int, default=None,
                         help="sequences in the data set (default 2000; 192 with --quick)")
     parser.add_argument("--size", type=int, default=32, help="frame size (default 32)")
@@ -253,7 +253,7 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.model) != bool(args.data):
         parser.error("--model and --data go together")
-    args.steps = args.steps or (40 if args.quick else 1000)
+    args.steps = args.steps or (24 if args.quick else 1000)
     args.sequences = args.sequences or (192 if args.quick else 2000)
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.paper_repeats = 1 if args.quick else 3
@@ -299,7 +299,7 @@ def main() -> None:
     source = (f"model {args.model} on {args.data}" if args.model else
               f"`small` preset trained {args.steps} steps (batch 8) on {args.sequences} 2D "
               f"sequences of 12x{args.size}x{args.size}")
-    schedule = ("quick schedule: 5 steps per stage, 10 final" if args.quick else
+    schedule = ("quick schedule: 3 steps per stage, 6 final" if args.quick else
                 "default schedule: 20 steps per stage, 40 final")
     notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored "
              "(bf16 columns: a bf16 copy of the same fp32 model); "

@@ -162,6 +162,7 @@ def start_serve(host: str, port: int) -> tuple[str, bool]:
         return f"http://{reach}:{http.port}", False
     if not port_is_free(host, port):
         raise ConfigError(f"port {port} on {host} is in use; pick another --port")
+    quiet_console()  # importing ray.serve gave its logger a terminal handler at INFO
     serve.start(http_options={"host": host, "port": port})
     quiet_console()  # Serve's driver-side logger is set up by serve.start
     return f"http://{host}:{port}", True
