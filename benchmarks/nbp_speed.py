@@ -78,6 +78,9 @@ def main() -> None:
                         help="2D sequences of 12x32x32 (default 1000; 160 with --quick)")
     parser.add_argument("--clips", type=int, default=None,
                         help="test clips continued per model (default 16; 4 with --quick)")
+    parser.add_argument("--cond-frames", type=int, default=2,
+                        help="condition frames (default 2: the 10 generated frames are tiled by "
+                             "1- and 2-frame blocks alike)")
     args = parser.parse_args()
     args.steps = args.steps or (30 if args.quick else 600)
     args.tokenizer_steps = args.tokenizer_steps or (40 if args.quick else 600)
@@ -103,6 +106,10 @@ def main() -> None:
     start = time.perf_counter()
     torch.manual_seed(0)
     tokenizer = registry.build("fsq", registry.model_config("fsq", "small", frame_shape=shape))
+    cond = args.cond_frames
+    for block in blocks:  # a block that does not tile the generated grid stops us before training
+        registry.build("nbp", registry.model_config("nbp", "small", block=block, cond_frames=cond),
+                       tokenizer=tokenizer).check_data(shape)
     fit(tokenizer, train, args.tokenizer_steps, 8, 2e-3, seed=0)
     tokenizer.eval()
     recon = tokenizer.evaluate(clips)
@@ -110,7 +117,6 @@ def main() -> None:
     print(f"nbp_speed: tokenizer {args.tokenizer_steps} steps in {tokenizer_s:.0f} s, test "
           f"reconstruction PSNR {recon['psnr']:.2f} dB, grid {tokenizer.grid(shape)}")
 
-    cond = 1
     copy = metrics.copy_last_frame(
         np.concatenate([clips[:, :cond], np.repeat(clips[:, cond - 1:cond], 12 - cond, 1)], 1),
         cond)
