@@ -87,9 +87,15 @@ def study_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, *, labels: Seq
         fig.colorbar(points, ax=ax, label=color)
     else:
         ax.scatter([xs[i] for i in shown], [ys[i] for i in shown], s=45, zorder=3)
-    for i in shown:
-        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+    # Long labels (several searched values) would run over each other and the colour bar: the
+    # points get numbers and a key below the axes says what each number is.
+    long = any(len(labels[i]) > 24 for i in shown)
+    for n, i in enumerate(shown, 1):
+        ax.annotate(f"#{n}" if long else labels[i], (xs[i], ys[i]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    if long:
+        key = "\n".join(f"#{n}: {labels[i]}" for n, i in enumerate(shown, 1))
+        fig.text(0.01, 0.0, key, fontsize=7, va="top", family="monospace")
     on_front = sorted((xs[i], ys[i]) for i in shown if front and front[i])
     if on_front:
         ax.plot(*zip(*on_front, strict=True), color="tab:red", lw=1, zorder=2,
