@@ -30,3 +30,13 @@ def ray_local():
     ray.init(address="local", num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def int8_compute():
+    """W8A8 layers compute in int8 in the test: tests of the int8 arithmetic must not see the
+    float32 shortcut the layer chooser takes where int8 is slower (tested on its own)."""
+    from framecast.quant import kernels
+
+    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
+        yield

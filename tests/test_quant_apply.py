@@ -10,7 +10,6 @@ from torch import nn
 from framecast import model_io
 from framecast.models import create
 from framecast.models.vblt import VBLT
-from framecast.quant import kernels
 from framecast.quant.apply import (
     layer_roles,
     precision_counts,
@@ -22,12 +21,7 @@ from framecast.quant.int8 import HalfLinear, Int8Linear, dequantize, quantize_as
 from framecast.quant.plan import PlanEntry, Precision, plan_records
 from framecast.quant.schedule import QuantConfig, progressive_quantize
 
-
-@pytest.fixture(autouse=True)
-def int8_compute():
-    # The integer arithmetic of the applied plan: no layer takes the float32 shortcut.
-    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
-        yield
+pytestmark = pytest.mark.usefixtures("int8_compute")  # conftest: no float32 shortcut
 
 
 def test_patch_convolutions_become_exactly_equivalent_linears():

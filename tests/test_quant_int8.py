@@ -24,13 +24,7 @@ from framecast.quant.int8 import (
     reference_w8a8,
 )
 
-
-@pytest.fixture(autouse=True)
-def int8_compute():
-    # These tests check the int8 arithmetic: no layer may take the float32 shortcut that the
-    # layer chooser picks where int8 is slower (tested on its own below).
-    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
-        yield
+pytestmark = pytest.mark.usefixtures("int8_compute")  # conftest: no float32 shortcut
 
 
 def test_per_channel_round_trip_error_is_at_most_half_a_step():

@@ -10,13 +10,7 @@ from framecast.quant.learnable import QATLinear, fake_quantize, round_ste, weigh
 from framecast.quant.maths import clip_range
 from framecast.quant.plan import Precision
 
-
-@pytest.fixture(autouse=True)
-def int8_compute():
-    # Deployed int8 arithmetic against its simulation: no layer may take the float32 shortcut
-    # the layer chooser picks where int8 is slower.
-    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
-        yield
+pytestmark = pytest.mark.usefixtures("int8_compute")  # conftest: no float32 shortcut
 
 
 def test_round_ste_rounds_forward_and_passes_gradients_through():

@@ -22,13 +22,7 @@ from framecast.quant.learnable import QATLinear
 from framecast.quant.maths import symmetric_qmax
 from framecast.quant.plan import Precision
 
-
-@pytest.fixture(autouse=True)
-def int8_compute():
-    # Deployed int8 arithmetic against its simulation: no layer may take the float32 shortcut
-    # the layer chooser picks where int8 is slower.
-    with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
-        yield
+pytestmark = pytest.mark.usefixtures("int8_compute")  # conftest: no float32 shortcut
 
 K, N = 64, 48
 UNITS = 0.25  # int8 tolerance, in units s_x * s_w of the integer accumulator
