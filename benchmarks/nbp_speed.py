@@ -107,9 +107,11 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = registry.build("fsq", registry.model_config("fsq", "small", frame_shape=shape))
     cond = args.cond_frames
+    probe = registry.build("fsq", registry.model_config("fsq", "small", frame_shape=shape))
     for block in blocks:  # a block that does not tile the generated grid stops us before training
+        # (on a throwaway tokenizer: a generator freezes the tokenizer it is given)
         registry.build("nbp", registry.model_config("nbp", "small", block=block, cond_frames=cond),
-                       tokenizer=tokenizer).check_data(shape)
+                       tokenizer=probe).check_data(shape)
     fit(tokenizer, train, args.tokenizer_steps, 8, 2e-3, seed=0)
     tokenizer.eval()
     recon = tokenizer.evaluate(clips)
