@@ -28,10 +28,7 @@ def _float_weight(proj: nn.Module, tokens: int, dtype: torch.dtype) -> torch.Ten
     if type(proj) is nn.Linear:
         return proj.weight
     get = getattr(proj, "float_weight", None)
-    if get is None:
-        return None
-    weight = get(tokens) if dtype == torch.float32 else get(tokens, dtype)
-    return None if weight is None else weight.to(dtype)
+    return None if get is None else get(tokens, dtype)
 
 
 def _is_patch_conv(conv: nn.Module) -> bool:

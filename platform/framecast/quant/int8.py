@@ -131,21 +131,21 @@ class Int8Linear(nn.Module):
         layer.refresh()
         return layer.to(w.device)
 
-    def float_weight(self, tokens: int) -> torch.Tensor | None:
-        """The float32 weight this layer multiplies by for `tokens` tokens, or None where it
+    def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor | None:
+        """The weight this layer multiplies by for `tokens` tokens of `dtype`, or None where it
         computes in int8 (`kernels.layer_mode`)."""
         if kernels.layer_mode(tokens, self.in_features, self.out_features, self.asymmetric,
                               self.weight_q.device, _measure_layer) != kernels.FLOAT:
             return None
         if self._float_weight is None:
             self._float_weight = self.dequantized_weight()
-        return self._float_weight
+        return self._float_weight.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.float_weight(x.numel() // self.in_features)
+        weight = self.float_weight(x.numel() // self.in_features, x.dtype)
         if weight is not None:
-            return F.linear(x, weight.to(x.dtype),
-                            None if self.bias is None else self.bias.to(x.dtype))
+            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
         return self._int8_forward(x)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +194,6 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool) -> tuple[float, 
     layer = Int8Linear.from_float(linear, asymmetric=asymmetric)
     weight, bias = layer.dequantized_weight(), layer.bias
     x = torch.randn(rows, k, generator=gen)
-    layer._float_weight = None
     forms = {"int8": lambda: layer._int8_forward(x), "float": lambda: F.linear(x, weight, bias)}
     times: dict[str, list[float]] = {name: [] for name in forms}
     with torch.no_grad():
