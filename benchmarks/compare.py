@@ -2,7 +2,7 @@
 "hard" data preset (objects fill the frame, fast spins: copy-last-frame well below the paper's
 V-BLT row).
 
-    python benchmarks/compare.py --quick          # < 5 minutes on 2 cores: smoke-size budget
+    python benchmarks/compare.py --quick          # < 5 minutes on 2 cores: smoke size, 2D only
     python benchmarks/compare.py --steps 300 --size 32 --sequences 600
     python benchmarks/compare.py --export data/compare-paper.npz --size 64   # for compare_gpu.py
 
@@ -57,6 +57,7 @@ def export(path: Path, *, sequences: int, size: int) -> None:
 
 
 def main() -> None:
+    begin = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
@@ -69,6 +70,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="frame size (default 32; 16 with --quick)")
     parser.add_argument("--models", default="vblt,vivit,unet3d")
+    parser.add_argument("--kinds", default=None,
+                        help="data sets, comma-separated (default 2d,3d; 2d with --quick: six "
+                             "Ray Train fits do not fit in 5 minutes)")
     parser.add_argument("--preset", default="small", help="model preset (default small)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between val points of the learning curves (default steps/5)")
@@ -78,6 +82,9 @@ def main() -> None:
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.size = args.size or (16 if args.quick else 32)
     args.eval_every = args.eval_every or max(args.steps // 5, 1)
+    args.kinds = [k.strip() for k in (args.kinds or ("2d" if args.quick else "2d,3d")).split(",")]
+    if not args.kinds or set(args.kinds) - {"2d", "3d"}:
+        parser.error(f"--kinds {','.join(args.kinds)}: give 2d, 3d or 2d,3d")
     if args.export:
         export(Path(args.export), sequences=args.sequences, size=args.size)
         return
@@ -90,7 +97,7 @@ def main() -> None:
         init_ray()
         root = Path(tmp)
         dirs = [render_hard(k, sequences=args.sequences, size=args.size, root=root)
-                for k in ("2d", "3d")]
+                for k in args.kinds]
         start = time.perf_counter()
         result = compare(CompareConfig(
             data=",".join(map(str, dirs)), models=args.models, preset=args.preset,
@@ -109,16 +116,18 @@ def main() -> None:
               + "\n\nTable 2 (test split; every model and copy-last on the same frames)\n\n"
               + comparison.markdown(result["quality"])
               + "\n\nLearning curves (val split, model's own predicted frames)\n\n" + curves)
+    total = time.perf_counter() - begin
     notes = (f"Budget: {args.steps} AdamW steps of batch {args.batch_size} per model and data "
              f"set, peak lr {args.lr} (cosine), preset `{args.preset}`, seed 0, 1 Ray Train "
              f"worker; data: `jobs.render --preset hard`, {args.sequences} sequences of "
-             f"12x{args.size}x{args.size} per kind (80/10/10 split); wall time of the whole "
-             f"comparison (training, evaluation, tables) {wall:.0f} s.")
+             f"12x{args.size}x{args.size} per kind ({', '.join(args.kinds)}; 80/10/10 split); "
+             f"wall time of the comparison (training, evaluation, tables) {wall:.0f} s, of the "
+             f"whole benchmark (Ray start and rendering included) {total:.0f} s.")
     # Models first, copy-last last, per data set (the issue's order).
     rows = sorted(result["quality"], key=lambda r: (str(r["data"]), r["model"] == "copy-last"))
     values = {f"psnr_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}": r["PSNR"]
               for r in rows}
-    values.update(steps=args.steps, size=args.size)
+    values.update(steps=args.steps, size=args.size, total_s=round(total))
     report("compare", "V-BLT vs ViViT vs UNet-3D, equal budget (issue 17)", tables, notes,
            f"RESULT compare {key_values(values)}")
 

@@ -7,10 +7,11 @@ The real path for every part that matters here: `jobs.render` writes 2D triangle
 PyVista); an FSQ tokenizer (`fsq`, small) is trained on them; then one `nbp` small generator per
 block shape (1x1x1 = next-token prediction, 1x8x8 = NBP's one frame per block, and 1x1x8,
 2x4x4 without --quick) is trained from the same seed on the same batches, and each continues
-the same test clips greedily from one condition frame, with its KV cache. Training runs the
-framecast loop (`framecast.train.train_loop`, what each Ray Train worker runs) in-process, so
-the budget goes to the models rather than to Ray start-up. Timed: `generate` with the
-tokenizer's encode and decode included (as the NBP paper counts frames per second).
+the same test clips greedily from the same condition frames (--cond-frames), with its KV cache.
+Training runs the framecast loop (`framecast.train.train_loop`, what each Ray Train worker
+runs) in-process, so the budget goes to the models rather than to Ray start-up. Timed:
+`generate` with the tokenizer's encode and decode included (as the NBP paper counts frames
+per second).
 Paper (NBP, digest section 2): 11x faster than next-token prediction, and better FVD.
 """
 
@@ -56,9 +57,11 @@ def fit(model, videos: np.ndarray, steps: int, batch_size: int, lr: float, seed:
 
 def continue_clips(model, clips: np.ndarray, cond: int) -> tuple[np.ndarray, float]:
     """Greedy continuations of every clip from `cond` frames, batched; (frames, seconds). One
-    untimed continuation first: the first call pays one-off costs (allocator, thread pool)."""
+    untimed continuation first (of the same length: a 2-frame block cannot make 1 frame): the
+    first call pays one-off costs (allocator, thread pool)."""
     model.eval()
-    model.generate(torch.from_numpy(np.ascontiguousarray(clips[:1, :cond])), 1, temperature=0.0)
+    model.generate(torch.from_numpy(np.ascontiguousarray(clips[:1, :cond])),
+                   clips.shape[1] - cond, temperature=0.0)
     out, start = [], time.perf_counter()
     for i in range(0, len(clips), 8):
         context = torch.from_numpy(np.ascontiguousarray(clips[i:i + 8, :cond]))
@@ -149,7 +152,7 @@ def main() -> None:
              f"({args.tokenizer_steps} steps, test reconstruction PSNR {recon['psnr']:.2f} dB, "
              f"grid {tokenizer.grid(shape)}); each generator `nbp` small ({args.steps} steps of "
              f"batch 8, lr 2e-3, same seed and batches), greedy continuation of {len(clips)} "
-             f"test clips from {cond} condition frame, batches of 8, KV cache, tokenizer encode "
+             f"test clips from {cond} condition frame(s), batches of 8, KV cache, tokenizer encode "
              f"and decode timed; {torch.get_num_threads()} threads. Copy-last-frame on the same "
              f"frames: PSNR {copy_scores['psnr']:.2f} dB, SSIM {copy_scores['ssim']:.3f}. "
              "Paper: NBP 11x faster than NTP.")

@@ -3,13 +3,14 @@
     python -m jobs.pipeline                    # demo preset: minutes on 2 CPU cores
     ray job submit --working-dir . -- python -m jobs.pipeline --preset paper --data-dir /shared/data
 
-Stages so far: render the 2D-triangle and 3D-polycube data sets (reused when already there), train
+Stages: render the 2D-triangle and 3D-polycube data sets (reused when already there), train
 V-BLT on each with Ray Train, evaluate it on the test split against copy-last-frame, quantize it to
-mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`), then deploy
-it with Ray Serve and answer one HTTP request. On the 2D data also (`--nbp`, on by default): an
-FSQ tokenizer and an NBP generator trained on its tokens, test clips continued, the generator
-quantized and served with one /generate request (jobs/pipeline_nbp.py). Every stage logs a child
-run under one MLflow parent run; a rerun reuses finished stages with the same inputs and says so.
+mixed-precision W8A8 and register the result (`vblt-<kind>-int8`, alias `candidate`). On the 2D
+data also (`--nbp`, on by default): an FSQ tokenizer and an NBP generator trained on its tokens,
+test clips continued, the generator quantized (jobs/pipeline_nbp.py). Last, every quantized model
+is deployed in one Ray Serve app and answers one HTTP request (/predict, /generate). Every stage
+logs a child run under one MLflow parent run; a rerun reuses finished stages with the same inputs
+and says so.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from framecast.config import ConfigError, flat_params, project_home
 from framecast.models import registry
 from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
-from jobs.pipeline_nbp import generator_table, nbp_stages
+from jobs.pipeline_nbp import GeneratorRow, generator_table, log_served_generation, nbp_stages
 from jobs.quantize import QuantizeJobConfig, quantize
 from jobs.render import RenderJobConfig, render
-from jobs.serve import smoke
+from jobs.serve import smoke_many
 from jobs.train import TrainJobConfig, train
 
 # Scale per preset. demo: 16x16 frames, where 240 CPU steps of the `demo` model beat
@@ -120,7 +121,7 @@ class SummaryRow:
     size_ratio: float
     speedup_b1: float
     psnr_drop_db: float
-    serve_ms: float
+    serve_ms: float  # filled by the Serve stage at the end
     figure: str
 
 
@@ -146,10 +147,10 @@ def summary_table(rows: list[SummaryRow]) -> str:
 def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
                done: dict[str, str]) -> SummaryRow:
     """Train, evaluate and quantize on one data set; each stage is reused when a FINISHED run
-    with the same inputs exists. Returns the row of the closing summary."""
+    with the same inputs exists. Returns the row of the closing summary (its Serve latency
+    still to come: `serve_all`)."""
     import mlflow
 
-    from framecast import data as fdata
     from framecast import tracking
     from framecast.config import to_dict
 
@@ -207,20 +208,48 @@ def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
     mlflow.log_metrics({f"{kind}_{k}": values[k]
                         for k in ("size_ratio", "speedup_b1", "speedup_b8", "psnr_drop_db")})
 
-    video = fdata.load_numpy(data, "test")[0][0]
-    served = smoke(registered, "candidate", video)
-    done[f"serve-{kind}"] = (f"{served['url']} answered in {served['request_ms']:.0f} ms "
-                             f"(v{served['version']}, {served['precision']}; app removed)")
-    mlflow.log_metrics({f"{kind}_serve_request_ms": served["request_ms"],
-                        f"{kind}_serve_deploy_s": served["deploy_s"]})
     return SummaryRow(
         kind=kind, data=data, counts=dict(kind_result.manifest.counts),
         model=fp32.replace(":", " v") or model_uri, int8=f"{registered} v{version}",
         psnr=summary["test_psnr"], psnr_copy=summary["test_psnr_copy_last"],
         ssim=summary["test_ssim"], ssim_copy=summary["test_ssim_copy_last"],
         size_ratio=values["size_ratio"], speedup_b1=values["speedup_b1"],
-        psnr_drop_db=values["psnr_drop_db"], serve_ms=served["request_ms"],
+        psnr_drop_db=values["psnr_drop_db"], serve_ms=float("nan"),
         figure=tracking.artifact_path(evaluate_run, "figures/prediction.png"))
+
+
+def serve_all(rows: list[SummaryRow], nbp_row: GeneratorRow | None, nbp_data: str,
+              done: dict[str, str]) -> tuple[list[SummaryRow], GeneratorRow | None]:
+    """One Serve stage for every quantized model: one app, one HTTP request each (a Serve
+    start and shutdown per model cost about 20 s each on 2 cores). Returns the rows with their
+    Serve latency filled in."""
+    import dataclasses
+
+    import mlflow
+
+    from framecast import data as fdata
+
+    stages = [f"serve-{r.kind}" for r in rows]
+    items = [(r.int8.split()[0], "candidate", fdata.load_numpy(r.data, "test")[0][0])
+             for r in rows]
+    if nbp_row is not None:
+        stages.append("serve-nbp")
+        items.append((nbp_row.int8.split()[0], "candidate",
+                      fdata.load_numpy(nbp_data, "test")[0][0]))
+    print(f"pipeline: serve: {', '.join(i[0] for i in items)} in one app, one request each")
+    served = smoke_many(items)
+    for stage, out in zip(stages, served, strict=True):
+        done[stage] = (f"{out['url']} answered in {out['request_ms']:.0f} ms "
+                       f"(v{out['version']}, {out['precision']}; app removed)")
+        key = stage.replace("-", "_").replace("serve_", "") + "_serve"
+        mlflow.log_metrics({f"{key}_request_ms": out["request_ms"],
+                            f"{key}_deploy_s": out["deploy_s"]})
+    rows = [dataclasses.replace(r, serve_ms=out["request_ms"])
+            for r, out in zip(rows, served[:len(rows)], strict=True)]
+    if nbp_row is not None:
+        log_served_generation(items[-1][2], served[-1])
+        nbp_row = dataclasses.replace(nbp_row, serve_ms=served[-1]["request_ms"])
+    return rows, nbp_row
 
 
 def pipeline(config: PipelineConfig) -> dict[str, str]:
@@ -234,6 +263,7 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
     init_ray()
     done: dict[str, str] = {}
     rows: list[SummaryRow] = []
+    nbp_row, nbp_data = None, ""
     with tracking.job_run("pipeline", experiment=config.experiment,
                           run_name=f"pipeline-{config.preset}",
                           params=flat_params(config)) as parent:
@@ -244,11 +274,13 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
             rows.append(run_stages(config, result, parent.info.run_id, done))
             if config.nbp and kind == "2d":
-                nbp_row = nbp_stages(config.preset, str(result.out), result.manifest.checksums,
+                nbp_data = str(result.out)
+                nbp_row = nbp_stages(config.preset, nbp_data, result.manifest.checksums,
                                      config.seed, config.experiment, parent.info.run_id, done,
                                      config.train_workers)
+        rows, nbp_row = serve_all(rows, nbp_row, nbp_data, done)
         table = summary_table(rows)
-        if config.nbp:
+        if nbp_row is not None:
             table += "\n" + generator_table(nbp_row)
         tracking.log_file_bytes(table.encode(), "summary", "summary.txt")
     models = ",".join([r.int8.split()[0] for r in rows] + (["nbp-2d-int8"] if config.nbp else []))

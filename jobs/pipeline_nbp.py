@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from jobs.generate import GenerateConfig, generate_job
 from jobs.quantize import QuantizeJobConfig, quantize
-from jobs.serve import smoke
 from jobs.train import TrainJobConfig, train
 
 # Scale per pipeline preset. demo: 16x16 frames -> a 12x4x4 token grid (fsq small, 4x), one
@@ -52,7 +53,7 @@ class GeneratorRow:
     frames_per_s: float
     size_ratio: float
     psnr_drop_db: float
-    serve_ms: float
+    serve_ms: float  # filled by the pipeline's Serve stage
 
 
 def _staged(stage: str, key_inputs: dict, experiment: str, done: dict[str, str], run) -> dict:
@@ -80,10 +81,7 @@ def nbp_stages(preset: str, data: str, checksums: dict, seed: int, experiment: s
                ) -> GeneratorRow:
     """Tokenizer -> generator -> generation -> W8A8 -> one /generate request, on `data`."""
     import mlflow
-    import numpy as np
 
-    from framecast import data as fdata
-    from framecast import tracking, viz
     from framecast.config import to_dict
 
     scale = NBP_PRESETS[preset]
@@ -113,18 +111,8 @@ def nbp_stages(preset: str, data: str, checksums: dict, seed: int, experiment: s
                         experiment, done, lambda: quantize(quant_cfg))
     registered, version = quantized["registered"], quantized["version"]
 
-    clip = fdata.load_numpy(data, "test")[0][0]
-    served = smoke(registered, "candidate", clip)
-    side = clip.copy()
-    side[served["context_frames"]:served["context_frames"] + len(served["frames"])] = \
-        served["frames"]
-    tracking.log_file_bytes(viz.gif_bytes(np.concatenate([clip, side], axis=2)[None]), "nbp",
-                            "served_generation.gif")  # truth | context + served frames
-    done["serve-nbp"] = (f"{served['url']} answered in {served['request_ms']:.0f} ms "
-                         f"(v{served['version']}, {served['precision']}; app removed)")
     gen, quant = generated["metrics"], quantized["metrics"]
-    mlflow.log_metrics({"nbp_gen_psnr": gen["gen_psnr"], "nbp_size_ratio": quant["size_ratio"],
-                        "nbp_serve_request_ms": served["request_ms"]})
+    mlflow.log_metrics({"nbp_gen_psnr": gen["gen_psnr"], "nbp_size_ratio": quant["size_ratio"]})
     tok_metrics = tokenizer["metrics"]
     return GeneratorRow(
         tokenizer=f"{tokenizer['registered']} v{tokenizer['version']}",
@@ -134,7 +122,18 @@ def nbp_stages(preset: str, data: str, checksums: dict, seed: int, experiment: s
         gen_psnr=gen["gen_psnr"], gen_psnr_copy=gen["gen_psnr_copy_last"],
         forward_steps=gen["forward_steps"], frames_per_s=gen["frames_per_s"],
         size_ratio=quant["size_ratio"], psnr_drop_db=quant["psnr_drop_db"],
-        serve_ms=served["request_ms"])
+        serve_ms=float("nan"))
+
+
+def log_served_generation(clip: np.ndarray, served: dict[str, Any]) -> None:
+    """The served /generate answer as a GIF in the parent run: truth | context + served frames."""
+    from framecast import tracking, viz
+
+    side = clip.copy()
+    start = served["context_frames"]
+    side[start:start + len(served["frames"])] = served["frames"]
+    tracking.log_file_bytes(viz.gif_bytes(np.concatenate([clip, side], axis=2)[None]), "nbp",
+                            "served_generation.gif")
 
 
 def generator_table(row: GeneratorRow) -> str:

@@ -237,53 +237,66 @@ def serve_job(config: ServeJobConfig) -> dict[str, Any]:
 
 
 def smoke(model_ref: str, alias: str, video: np.ndarray) -> dict[str, Any]:
-    """Deploy `model_ref@alias`, send one request over HTTP with the first frames of `video`
-    (uint8 (T, H, W, C)), tear the app down. For the pipeline: proves the registered model
-    serves. A frame predictor gets /predict, a token generator /generate (greedy, from its
-    fewest context frames to the clip's end). Returns the URL, timings (s / ms), the frames that
-    came back, and their MSE against the truth when `video` holds the frames that follow."""
-    import requests
+    """`smoke_many` for one model."""
+    return smoke_many([(model_ref, alias, video)])[0]
+
+
+def smoke_many(items: list[tuple[str, str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Deploy every `(model_ref, alias, video)` in one app (one Serve start, replicas started
+    side by side), send each model one request over HTTP with the first frames of its `video`
+    (uint8 (T, H, W, C)), tear the app down. For the pipeline: proves the registered models
+    serve. A frame predictor gets /predict, a token generator /generate (greedy, from its
+    fewest context frames to the clip's end). Returns per model, in order: the URL, timings
+    (s / ms), the frames that came back, and their MSE against the truth when `video` holds
+    the frames that follow."""
     from ray import serve
 
-    from framecast.metrics import mse_per_frame
     from framecast.tracking import default_tracking_uri
     from serve.app import build_app
-    from serve.codec import InputSpec, decode_png, encode_png
 
-    check_models([(model_ref, alias)])
+    check_models([(ref, alias) for ref, alias, _ in items])
     base, started = start_serve("127.0.0.1", free_port())
     prefix = f"/{SMOKE_APP}"
-    args = {"models": [{"name": model_ref, "alias": alias}],
+    args = {"models": [{"name": ref, "alias": alias} for ref, alias, _ in items],
             "tracking_uri": default_tracking_uri()}
     deploy = time.perf_counter()
     try:
         serve.run(build_app(args), name=SMOKE_APP, route_prefix=prefix)
         deploy_s = time.perf_counter() - deploy
-        url = f"{base}{prefix}/v1/models/{model_ref}"
-        info = requests.get(url, timeout=60).json()
-        spec = InputSpec(**info["input"])
-        if info["family"] == "token_generator":
-            route, count = "generate", spec.least
-            fields = {"future_frames": min(spec.max_future_frames, len(video) - count),
-                      "temperature": 0.0}
-        else:
-            route, fields = "predict", {}
-            count = min(len(video) - spec.frames_per_step, spec.max_context_frames)
-            count = max(count, spec.frames_per_step) // spec.frames_per_step * \
-                spec.frames_per_step
-        sent = time.perf_counter()
-        response = requests.post(f"{url}/{route}", timeout=120, json={
-            "frames": [encode_png(f) for f in video[:count]], **fields})
-        request_ms = (time.perf_counter() - sent) * 1e3
-        if response.status_code != 200:
-            raise RuntimeError(f"smoke request to {url}/{route} failed: "
-                               f"{response.status_code} {response.text[:300]}")
-        body = response.json()
+        return [{**_smoke_request(f"{base}{prefix}/v1/models/{ref}", video),
+                 "deploy_s": deploy_s} for ref, _, video in items]
     finally:
         stop_app(SMOKE_APP, started)
+
+
+def _smoke_request(url: str, video: np.ndarray) -> dict[str, Any]:
+    """One request to the model at `url` (its /v1/models/NAME), the reply decoded."""
+    import requests
+
+    from framecast.metrics import mse_per_frame
+    from serve.codec import InputSpec, decode_png, encode_png
+
+    info = requests.get(url, timeout=60).json()
+    spec = InputSpec(**info["input"])
+    if info["family"] == "token_generator":
+        route, count = "generate", spec.least
+        fields = {"future_frames": min(spec.max_future_frames, len(video) - count),
+                  "temperature": 0.0}
+    else:
+        route, fields = "predict", {}
+        count = min(len(video) - spec.frames_per_step, spec.max_context_frames)
+        count = max(count, spec.frames_per_step) // spec.frames_per_step * spec.frames_per_step
+    sent = time.perf_counter()
+    response = requests.post(f"{url}/{route}", timeout=120, json={
+        "frames": [encode_png(f) for f in video[:count]], **fields})
+    request_ms = (time.perf_counter() - sent) * 1e3
+    if response.status_code != 200:
+        raise RuntimeError(f"smoke request to {url}/{route} failed: "
+                           f"{response.status_code} {response.text[:300]}")
+    body = response.json()
     pred = np.stack([decode_png(frame) for frame in body["frames"]])
     out = {"url": f"{url}/{route}", "version": info["version"], "precision": info["precision"],
-           "deploy_s": deploy_s, "request_ms": request_ms, "context_frames": count,
+           "request_ms": request_ms, "context_frames": count,
            "timing_ms": body["timing_ms"], "frames": pred}
     truth = video[count:count + len(pred)]
     if len(truth) == len(pred):

@@ -57,6 +57,10 @@ class TrainJobConfig(OptimConfig):
         "help": "steps between val evaluations during training; 0 = once per epoch"})
     eval_sequences: int = field(default=16, metadata={
         "help": "val sequences used by those evaluations (the final one uses the whole split)"})
+    cache_mb: float = field(default=1024.0, metadata={
+        "help": "keep each worker's train shard in memory after the first epoch when it is at "
+                "most this many MB, reshuffled every epoch (0: stream it from Ray Data every "
+                "epoch)"})
     max_failures: int = field(default=1, metadata={"help": "worker-failure retries"})
     name: str = field(default="", metadata={
         "help": "run name; reuse it to resume a killed run (default: model-preset-kind-time)"})
@@ -73,8 +77,9 @@ class TrainJobConfig(OptimConfig):
         for name in ("steps", "batch_size", "workers", "log_every", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0:
-            raise ConfigError("lr must be > 0; warmup_steps and eval_every must be >= 0")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0 or self.cache_mb < 0:
+            raise ConfigError("lr must be > 0; warmup_steps, eval_every and cache_mb must be "
+                              ">= 0")
         registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
 
     @property
@@ -136,7 +141,6 @@ def plan(config: TrainJobConfig) -> TrainPlan:
 
 def train_worker(loop_config: dict) -> None:
     """Runs on every Ray Train worker: build, maybe restore, train, report."""
-    import itertools
     import time
 
     import mlflow
@@ -146,7 +150,13 @@ def train_worker(loop_config: dict) -> None:
     from mlflow.entities import Metric
 
     from framecast.config import from_dict
-    from framecast.train import Objective, load_checkpoint, make_optimizer, train_loop
+    from framecast.train import (
+        Objective,
+        cached_epochs,
+        load_checkpoint,
+        make_optimizer,
+        train_loop,
+    )
 
     # The job's checks ran on the driver (they need the registry there): the loop's fields only.
     job = loop_config["job"]
@@ -169,12 +179,14 @@ def train_worker(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
 
-    def batches():
-        for epoch in itertools.count():  # epochs until the step budget is spent
-            for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True,
-                                                  local_shuffle_buffer_size=4 * config.batch_size,
-                                                  local_shuffle_seed=job["seed"] + epoch):
-                yield batch["frames"]
+    def epoch_batches(epoch: int) -> Iterator[torch.Tensor]:
+        for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=4 * config.batch_size,
+                                              local_shuffle_seed=job["seed"] + epoch):
+            yield batch["frames"]
+
+    batches = cached_epochs(epoch_batches, batch_size=config.batch_size, seed=job["seed"],
+                            limit_bytes=int(job["cache_mb"] * 2**20))
 
     val = fdata.load_numpy(job["data"], "val")[0][:job["eval_sequences"]] if chief else None
     client = mlflow.MlflowClient(loop_config["tracking_uri"]) if chief else None
@@ -193,7 +205,7 @@ def train_worker(loop_config: dict) -> None:
             return {}
         return {f"val_{k}": v for k, v in m.evaluate(val, batch_size=config.batch_size).items()}
 
-    train_loop(model, optimizer, batches(), config, report, start_step=start, device=device,
+    train_loop(model, optimizer, batches, config, report, start_step=start, device=device,
                bf16=device.type == "cuda", is_chief=chief, evaluate=evaluate_val,
                eval_every=loop_config["eval_every"])
 

@@ -11,6 +11,7 @@ from framecast.models import create
 from framecast.predict import evaluate, predict
 from framecast.train import (
     OptimConfig,
+    cached_epochs,
     load_checkpoint,
     lr_at,
     make_optimizer,
@@ -117,3 +118,36 @@ def test_predict_and_evaluate_compare_with_copy_last_on_the_same_frames():
 ])
 def test_model_references_resolve_to_mlflow_uris(ref, uri):
     assert model_io.resolve_model_uri(ref) == uri
+
+
+def _numbered_epochs(rows: int, batch: int, calls: list[int]):
+    """A streaming source: every row's value is its index; records which epochs it served."""
+    def epoch_batches(epoch: int):
+        calls.append(epoch)
+        data = torch.arange(rows, dtype=torch.float32)[:, None].repeat(1, 3)
+        for start in range(0, rows - batch + 1, batch):
+            yield data[start:start + batch]
+    return epoch_batches
+
+
+def test_cached_epochs_reshuffle_the_first_epochs_rows_without_streaming_again():
+    calls: list[int] = []
+    out = list(itertools.islice(cached_epochs(_numbered_epochs(20, 4, calls), batch_size=4,
+                                              seed=0, limit_bytes=10**6), 15))
+    assert calls == [0]  # epochs 1 and 2 came from memory
+    assert all(b.shape == (4, 3) for b in out)
+    epochs = [torch.cat(out[i:i + 5])[:, 0] for i in (0, 5, 10)]
+    assert all(sorted(e.tolist()) == list(range(20)) for e in epochs)  # every row once per epoch
+    assert epochs[1].tolist() != epochs[2].tolist() != list(range(20))  # a new order each time
+
+
+def test_cached_epochs_stream_every_epoch_when_the_data_is_over_the_limit():
+    calls: list[int] = []
+    out = list(itertools.islice(cached_epochs(_numbered_epochs(20, 4, calls), batch_size=4,
+                                              seed=0, limit_bytes=100), 11))
+    assert calls == [0, 1, 2] and torch.equal(out[5], out[0])
+
+
+def test_cached_epochs_refuse_a_source_with_no_batch():
+    with pytest.raises(ValueError, match="no batch"):
+        list(cached_epochs(lambda epoch: iter(()), batch_size=4, seed=0, limit_bytes=10**6))
