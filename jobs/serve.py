@@ -251,13 +251,18 @@ def smoke_many(items: list[tuple[str, str, np.ndarray]]) -> list[dict[str, Any]]
     the frames that follow."""
     from ray import serve
 
+    from framecast.cluster import total_cpus
     from framecast.tracking import default_tracking_uri
     from serve.app import build_app
 
     check_models([(ref, alias) for ref, alias, _ in items])
     base, started = start_serve("127.0.0.1", free_port())
     prefix = f"/{SMOKE_APP}"
-    args = {"models": [{"name": ref, "alias": alias} for ref, alias, _ in items],
+    # Half a CPU per replica, less when that would not fit beside the ingress (0.25) on a
+    # small machine: every replica must start for the app to come up.
+    share = max(0.05, min(0.5, (total_cpus() - 0.25) / len(items)))
+    args = {"models": [{"name": ref, "alias": alias, "num_cpus": share}
+                       for ref, alias, _ in items],
             "tracking_uri": default_tracking_uri()}
     deploy = time.perf_counter()
     try:
