@@ -14,10 +14,17 @@ from framecast.quant.apply import (
     layer_roles,
     precision_counts,
     quantize_model,
+    replace_layers,
     state_bytes,
 )
 from framecast.quant.gemm_form import PatchEmbed3d, PatchUnembed3d, linearize
-from framecast.quant.int8 import HalfLinear, Int8Linear, dequantize, quantize_asymmetric
+from framecast.quant.int8 import (
+    HalfLinear,
+    Int8Embedding,
+    Int8Linear,
+    dequantize,
+    quantize_asymmetric,
+)
 from framecast.quant.plan import PlanEntry, Precision, plan_records
 from framecast.quant.schedule import QuantConfig, progressive_quantize
 
@@ -173,3 +180,37 @@ def test_patch_layers_on_float_weights_run_as_convolutions_equal_to_their_gemm_f
         gemm_proj.load_state_dict(layer.proj.state_dict())
         layer.proj = gemm_proj
         assert torch.allclose(conv, layer(x), atol=1e-5), kind.__name__
+
+
+def test_int8_embedding_rows_stay_within_half_a_scale_and_are_near_four_times_smaller():
+    torch.manual_seed(0)
+    table = nn.Embedding(300, 64)
+    quant = Int8Embedding.from_float(table)
+    index = torch.randint(0, 300, (5, 7))
+    error = (quant(index) - table(index)).abs()
+    assert (error <= quant.row_scale[index] / 2 + 1e-7).all()
+    assert torch.allclose(quant.weight[index], quant(index))
+    # One byte per value and a float scale per row: 4 x 64 / (64 + 4).
+    assert state_bytes(table) / state_bytes(quant) == pytest.approx(4 * 64 / 68)
+
+
+def test_deployment_stores_the_models_tables_as_int8_and_old_float_tables_still_load(tmp_path):
+    torch.manual_seed(3)
+    model = create("vblt", "tiny", byte_skip=True, copy_prior=12.0).eval()
+    linearize(model)
+    plan = _plan(model, itertools.repeat(Precision.INT8))
+    quantize_model(model, plan)
+    tables = [n for n, m in model.named_modules() if isinstance(m, Int8Embedding)]
+    assert set(tables) == {"encoder.byte_embed", "decoder.copy"}
+    assert not any(isinstance(m, nn.Embedding) for m in model.modules())
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    # A model quantized before tables were int8 kept them in float: it must still load.
+    for name in tables:
+        float_table = nn.Embedding(*model.get_submodule(name).codes.shape)
+        float_table.weight.data.copy_(model.get_submodule(name).weight)
+        replace_layers(model, [name], lambda _, __, t=float_table: t)
+    model_io.save_model(tmp_path, model, "vblt", extra={"quant_plan": plan_records(plan)})
+    again = model_io.load_model(tmp_path)
+    assert isinstance(again.get_submodule("decoder.copy"), nn.Embedding)
+    with torch.no_grad():
+        assert torch.equal(again(video), model(video))

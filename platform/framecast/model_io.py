@@ -54,12 +54,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
     parts = {attr: create_from_config(part["name"], part["config"])
              for attr, part in meta.get("components", {}).items()}
     model = create_from_config(meta["name"], meta["config"], **parts)
+    state = torch.load(directory / WEIGHTS, map_location=device, weights_only=True)
     if meta.get("quant_plan"):
         from framecast.quant.apply import empty_quantized
         from framecast.quant.plan import plan_from_records
 
-        empty_quantized(model, plan_from_records(meta["quant_plan"]))
-    state = torch.load(directory / WEIGHTS, map_location=device, weights_only=True)
+        tables = {key.rpartition(".")[0] for key in state if key.endswith(".codes")}
+        empty_quantized(model, plan_from_records(meta["quant_plan"]), tables)
     model.load_state_dict(state)
     return model.to(device).eval()
 

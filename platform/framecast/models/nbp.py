@@ -353,7 +353,7 @@ class NBP(TokenGenerator):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """uint8 video -> the frozen tokenizer's tokens (B, T', H', W')."""
-        return self.tokenizer.encode(video.to(self.embed.weight.device))
+        return self.tokenizer.encode(video.to(self.norm.weight.device))
 
     def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """Cross-entropy (nats per token) of every video token after the condition."""
@@ -415,7 +415,7 @@ class NBP(TokenGenerator):
         mask = block_mask(grid, self.cfg.block, cond, device)
         cache = KVCache(len(self.layers), b, self.cfg.heads, mask.shape[0],
                         self.cfg.dim // self.cfg.heads, device,
-                        self.embed.weight.dtype) if use_cache else None
+                        self.norm.weight.dtype) if use_cache else None
         temperature = _per_row(temperature, b, "temperature")
         top_k, seed = _per_row(top_k, b, "top_k"), _per_row(seed, b, "seed")
         generators = [torch.Generator(device).manual_seed(int(s)) if t else None

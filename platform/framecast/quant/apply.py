@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from torch import nn
 
 from framecast.quant.gemm_form import linearize
-from framecast.quant.int8 import HalfLinear, Int8Linear
+from framecast.quant.int8 import HalfLinear, Int8Embedding, Int8Linear
 from framecast.quant.learnable import QATLinear
 from framecast.quant.plan import PlanEntry, Precision
 
@@ -56,9 +56,22 @@ def to_training(model: nn.Module, entries: Iterable[PlanEntry]) -> None:
 
 
 def to_deployed(model: nn.Module) -> None:
-    """Freeze every QATLinear into the module that really stores its precision (int8 or fp16)."""
+    """Freeze every QATLinear into the module that really stores its precision (int8 or fp16),
+    and store the model's embedding tables as int8 rows."""
     names = [n for n, m in model.named_modules() if isinstance(m, QATLinear)]
     replace_layers(model, names, lambda _, layer: layer.to_deployed())
+    replace_layers(model, embedding_tables(model),
+                   lambda _, table: Int8Embedding.from_float(table))
+
+
+def embedding_tables(model: nn.Module) -> list[str]:
+    """The float embedding tables of the model itself, not of its components (a generator's
+    tokenizer stays as trained). A lookup table is no GEMM: int8 rows only shrink it (NBP's
+    token table is 15% of the generator; V-BLT's copy prior 256x256), at half a row's scale of
+    error per value."""
+    parts = tuple(f"{a}." for a in getattr(model, "components", dict)())
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.Embedding) and not name.startswith(parts)]
 
 
 def quantize_model(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
@@ -70,10 +83,14 @@ def quantize_model(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
     return model.eval()
 
 
-def empty_quantized(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
+def empty_quantized(model: nn.Module, plan: list[PlanEntry],
+                    int8_tables: Iterable[str] = ()) -> nn.Module:
     """The deployed structure of `plan` on a freshly built float model, ready for
-    `load_state_dict` of a saved quantized model (no calibration, no data)."""
+    `load_state_dict` of a saved quantized model (no calibration, no data); `int8_tables`: the
+    embedding tables saved as int8 rows (models quantized before those were kept in float)."""
     linearize(model)
+    replace_layers(model, int8_tables, lambda _, table: Int8Embedding(table.num_embeddings,
+                                                                        table.embedding_dim))
     precisions = {e.layer: e.precision for e in plan}
 
     def make(name: str, linear: nn.Linear) -> nn.Module:

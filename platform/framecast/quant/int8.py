@@ -257,6 +257,39 @@ def _forget_wide(module: HalfLinear, _incompatible_keys: object) -> None:
     module._wide = {}
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 codes with one float scale per row (weight-only, as W8A8
+    stores linear weights): 4x smaller than float32. A lookup widens only the rows it reads; the
+    rounding error is at most half a row's scale (max|row| / 254)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim,
+                                                  dtype=torch.int8))
+        self.register_buffer("row_scale", torch.ones(num_embeddings, 1))
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
+        table = cls(embedding.num_embeddings, embedding.embedding_dim)
+        q, scale = quantize_symmetric(embedding.weight, dim=1)  # per row
+        table.codes.copy_(q)
+        table.row_scale.copy_(scale)
+        return table.to(embedding.weight.device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized table (float32), for code that reads an embedding's weight (its
+        device or dtype)."""
+        return dequantize(self.codes, self.row_scale)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        return self.codes[index].float() * self.row_scale[index]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
 def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
     """The same arithmetic in float (dequantize then multiply): what Int8Linear must equal on a
     GEMM path taking `act_bits`-bit activation codes."""
