@@ -1,4 +1,6 @@
-"""Parameters, MB and GFLOPs per sequence for every model preset (torch's FLOP counter).
+"""Parameters, MB and GFLOPs per sequence for every preset of every model that reads frames
+(frame predictors and tokenizers; torch's FLOP counter). Token generators read tokens from a
+tokenizer: their speed is measured by nbp_speed.py and quantize.py.
 
     python benchmarks/model_cost.py [--quick]
 
@@ -20,7 +22,9 @@ import torch  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from framecast.models import available_models, create  # noqa: E402
 from framecast.models.profile import model_cost  # noqa: E402
-from framecast.models.registry import presets  # noqa: E402
+from framecast.models.registry import entry, presets  # noqa: E402
+
+FAMILIES = ("frame_predictor", "tokenizer")  # models whose input is a uint8 video
 
 
 def main() -> None:
@@ -30,7 +34,9 @@ def main() -> None:
     parser.parse_args()
     torch.manual_seed(0)
     rows, values = [], {}
-    for name in available_models():
+    names = [n for n in available_models() if entry(n).model_class.family in FAMILIES]
+    skipped = sorted(set(available_models()) - set(names))
+    for name in names:
         for preset in presets(name):
             for size in (32, 64):
                 model = create(name, preset)
@@ -50,7 +56,9 @@ def main() -> None:
                             "GFLOPs / sequence", "CPU forward ms"], rows)
     notes = ("GFLOPs of one forward pass over one sequence (FlopCounterMode: matmuls, "
              "convolutions, attention; a multiply-add counts 2). Paper table 1, V-BLT: 6.5 MB, "
-             "51.2 GFLOPs per sequence.")
+             "51.2 GFLOPs per sequence."
+             + (f" Not listed (token generators, whose input is tokens): {', '.join(skipped)}."
+                if skipped else ""))
     report("model_cost", "size and compute per preset", table, notes,
            f"RESULT model_cost {key_values(values)}")
 
