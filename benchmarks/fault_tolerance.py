@@ -266,9 +266,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)
         root = Path(tmp)
-        train = train_worker_kill(root, steps=160 if args.quick else 400)
+        # --quick: 80 steps (a report per step costs Ray Train ~0.5 s on 2 cores), kill at 30.
+        train = train_worker_kill(root, steps=80 if args.quick else 400,
+                                  kill_after=30 if args.quick else 50)
         rendered = render_interrupt(root, sequences=200 if args.quick else 800)
-        served = serve_replica_kill(root, requests=300 if args.quick else 600,
+        served = serve_replica_kill(root, requests=150 if args.quick else 600,
                                     concurrency=8 if args.quick else 16)
     rows = [["Ray Train worker SIGKILL", f"step {train['killed_at_step']:.0f} of "
              f"{train['steps']:.0f}, checkpoint every {train['checkpoint_every']:.0f}",
