@@ -259,8 +259,8 @@ def _forget_wide(module: HalfLinear, _incompatible_keys: object) -> None:
 
 class Int8Embedding(nn.Module):
     """An embedding table stored as int8 codes with one float scale per row (weight-only, as W8A8
-    stores linear weights): 4x smaller than float32. A lookup widens only the rows it reads; the
-    rounding error is at most half a row's scale (max|row| / 254)."""
+    stores linear weights): 4x smaller than float32 on disk and in the registry; the rounding
+    error is at most half a row's scale (max|row| / 254)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
         super().__init__()
@@ -268,6 +268,15 @@ class Int8Embedding(nn.Module):
         self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim,
                                                   dtype=torch.int8))
         self.register_buffer("row_scale", torch.ones(num_embeddings, 1))
+        self._wide: torch.Tensor | None = None  # the widened table, kept as HalfLinear does
+        self.register_load_state_dict_post_hook(_forget_wide_table)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._wide = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_wide": None}
 
     @classmethod
     def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
@@ -279,15 +288,21 @@ class Int8Embedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized table (float32), for code that reads an embedding's weight (its
-        device or dtype)."""
-        return dequantize(self.codes, self.row_scale)
+        """The dequantized table (float32), widened once and kept: a lookup then costs what a
+        float table's does (the stored model stays int8)."""
+        if self._wide is None:
+            self._wide = dequantize(self.codes, self.row_scale)
+        return self._wide
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
-        return self.codes[index].float() * self.row_scale[index]
+        return F.embedding(index, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+def _forget_wide_table(module: Int8Embedding, _incompatible_keys: object) -> None:
+    module._wide = None
 
 
 def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
