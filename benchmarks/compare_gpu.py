@@ -6,6 +6,8 @@ matplotlib only: no Ray, MLflow or PyVista.
     python benchmarks/compare.py --export data/compare-paper.npz --sequences 2000 --size 64
     # on the GPU machine (H100: sized for ~25 minutes with the defaults)
     python benchmarks/compare_gpu.py --npz data/compare-paper.npz --out compare-gpu
+    # a lease shorter than that: probe step times, then the most equal steps that fit 360 s
+    python benchmarks/compare_gpu.py --npz data/compare-paper.npz --budget-s 360
     python benchmarks/compare_gpu.py --quick          # CPU, seconds: tiny presets, made-up data
 
 Every model trains with the library's own loop (`framecast.train.train_loop`, bf16 autocast on a
@@ -96,42 +98,114 @@ def train_one(name: str, preset: str, train: np.ndarray, val: np.ndarray, contex
     return model.eval(), curve, time.perf_counter() - start
 
 
+def probe_step_seconds(name: str, preset: str, train: np.ndarray, optim: OptimConfig,
+                       device: torch.device, seed: int, steps: int = 10) -> float:
+    """Seconds per training step of `name` as `train_one` runs it: a few warm-up steps (kernel
+    choice, allocator), then `steps` timed ones. Includes the end-of-run checkpoint save, so it
+    errs long."""
+    torch.manual_seed(seed)
+    model = create(name, preset, channels=train.shape[-1]).to(device)
+    optimizer = make_optimizer(model, optim)
+    data = batches(train, optim.batch_size, device, seed)
+    warm = 3
+
+    def quiet(_metrics: dict[str, float], _checkpoint: str | None) -> None:
+        pass
+
+    def cfg(total: int) -> OptimConfig:
+        return OptimConfig(steps=total, batch_size=optim.batch_size, lr=optim.lr,
+                           warmup_steps=optim.warmup_steps, log_every=10 ** 9,
+                           checkpoint_every=10 ** 9)
+
+    bf16 = device.type == "cuda"
+    train_loop(model, optimizer, data, cfg(warm), quiet, device=device, bf16=bf16)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    train_loop(model, optimizer, data, cfg(warm + steps), quiet, start_step=warm, device=device,
+               bf16=bf16)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def plan_steps(step_seconds: dict[str, float], kinds: int, budget_s: float, max_steps: int,
+               multiple: int = 50) -> int:
+    """The one step count every model trains for, so that all models on all `kinds` data sets
+    fit in `budget_s` seconds of training: rounded down to `multiple`, at most `max_steps`."""
+    per_step = kinds * sum(step_seconds.values())
+    steps = int(budget_s / per_step) if per_step > 0 else max_steps
+    steps = steps // multiple * multiple if steps >= multiple else steps
+    if steps < 1:
+        raise ValueError(f"a budget of {budget_s:.0f} s does not fit one step of every model "
+                         f"({per_step:.2f} s)")
+    return min(steps, max_steps)
+
+
 def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, steps: int,
         batch_size: int, lr: float, eval_every: int, val_sequences: int, out: Path,
-        device: torch.device, seed: int = 0) -> dict:
-    """Train and score every model on every kind in `arrays`; writes the tables to `out`."""
-    optim = OptimConfig(steps=steps, batch_size=batch_size, lr=lr,
-                        warmup_steps=min(100, steps // 10), log_every=max(steps // 20, 1),
-                        checkpoint_every=10 ** 9)  # the loop saves a (temporary) one at the end
+        device: torch.device, seed: int = 0, budget_s: float | None = None) -> dict:
+    """Train and score every model on every kind in `arrays`; writes the tables to `out` after
+    every model (a run cut short keeps what it finished). With `budget_s`, each model's step time
+    is probed first and `steps` shrinks so that all training fits in that many seconds."""
     kinds = sorted({k.split("_")[0] for k in arrays})
-    cost, quality, curves, seconds = [], [], [], {}
+
+    def optim_for(n: int) -> OptimConfig:
+        return OptimConfig(steps=n, batch_size=batch_size, lr=lr,
+                           warmup_steps=min(100, n // 10), log_every=max(n // 20, 1),
+                           checkpoint_every=10 ** 9)  # the loop saves a (temporary) one at the end
+
+    probe = {}
+    if budget_s is not None:
+        first = arrays[f"{kinds[0]}_train"]
+        for name in models:
+            probe[name] = probe_step_seconds(name, preset, first, optim_for(steps), device, seed)
+            print(f"probe: {name} ({preset}) {probe[name] * 1000:.1f} ms per step of batch "
+                  f"{batch_size}", flush=True)
+        steps = plan_steps(probe, len(kinds), budget_s, steps)
+        eval_every = min(eval_every, max(steps // 5, 1))
+        print(f"budget {budget_s:.0f} s of training: {steps} steps per model and data set",
+              flush=True)
+    optim = optim_for(steps)
+    budget = {"models": models, "preset": preset, "steps": steps, "batch_size": batch_size,
+              "lr": lr, "eval_every": eval_every, "budget_s": budget_s,
+              "probe_s_per_step": probe,
+              "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+              "train_seconds": {}, "failed": {}}
+    cost, quality, curves, seconds = [], [], [], budget["train_seconds"]
     for kind in kinds:
         train, val, test = (arrays[f"{kind}_{s}"] for s in ("train", "val", "test"))
         val = val[:val_sequences]
-        probe = [create(n, preset) for n in models]
-        context = comparison.common_context(probe)
+        context = comparison.common_context([create(n, preset) for n in models])
+        copy = comparison.copy_last_score(test, context)
+        frames = f"{context}..{test.shape[1] - 1}"
         scores = {}
         for name in models:
             print(f"{kind}: training {name} ({preset}) {steps} steps of batch {batch_size}",
                   flush=True)
-            model, curve, secs = train_one(name, preset, train, val, context, optim,
-                                           eval_every, device, seed)
-            seconds[f"{kind}_{name}"] = secs
-            curves += [{"data": kind, "model": name, **c} for c in curve]
-            scores[name] = comparison.score(model, test, context, batch_size=batch_size)
-            if kind == kinds[0]:
-                cost.append(comparison.cost_row(name, preset, model.cpu(), tuple(test.shape[1:])))
-            del model
-        quality += comparison.quality_rows(kind, scores, comparison.copy_last_score(test, context),
-                                           f"{context}..{test.shape[1] - 1}")
-    comparison.write_tables(out, cost, quality, curves)
-    (out / "budget.json").write_text(json.dumps({
-        "models": models, "preset": preset, "steps": steps, "batch_size": batch_size, "lr": lr,
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "train_seconds": seconds}, indent=1))
+            try:
+                model, curve, secs = train_one(name, preset, train, val, context, optim,
+                                               eval_every, device, seed)
+                seconds[f"{kind}_{name}"] = secs
+                curves += [{"data": kind, "model": name, **c} for c in curve]
+                scores[name] = comparison.score(model, test, context, batch_size=batch_size)
+                if not any(r["model"] == name for r in cost):
+                    cost.append(comparison.cost_row(name, preset, model.cpu(),
+                                                    tuple(test.shape[1:])))
+                del model
+            except Exception as err:  # noqa: BLE001 - one model's failure (say OOM) spares the rest
+                budget["failed"][f"{kind}_{name}"] = repr(err)
+                print(f"{kind}: {name} failed: {err!r}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            comparison.write_tables(out, cost, quality + comparison.quality_rows(
+                kind, scores, copy, frames), curves)
+            (out / "budget.json").write_text(json.dumps(budget, indent=1))
+        quality += comparison.quality_rows(kind, scores, copy, frames)
     print("\nTable 1\n" + comparison.markdown(cost))
     print("\nTable 2 (test split)\n" + comparison.markdown(quality))
-    return {"cost": cost, "quality": quality, "curves": curves, "seconds": seconds}
+    return {"cost": cost, "quality": quality, "curves": curves, "seconds": seconds,
+            "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW lr (default 1e-3)")
     parser.add_argument("--eval-every", type=int, default=500, help="steps per val point")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds of training for all models and data sets together: probe "
+                             "each model's step time, then train every one for the same number "
+                             "of steps (at most --steps) that fits")
     parser.add_argument("--val-sequences", type=int, default=64, help="val sequences per point")
     parser.add_argument("--out", default="compare-gpu", help="folder for the tables")
     args = parser.parse_args(argv)
@@ -162,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the 3D conv kernels
     start = time.perf_counter()
-    result = run(arrays, models=models, preset=args.preset, steps=args.steps,
-                 batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                 val_sequences=args.val_sequences, out=Path(args.out), device=device)
+    try:
+        result = run(arrays, models=models, preset=args.preset, steps=args.steps,
+                     batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                     val_sequences=args.val_sequences, out=Path(args.out), device=device,
+                     budget_s=args.budget_s)
+    except ValueError as err:  # a budget too small for one step, an unknown model or preset
+        print(f"compare_gpu: error: {err}", file=sys.stderr)
+        return 2
     rows = sorted(result["quality"], key=lambda r: (str(r["data"]), r["model"] == "copy-last"))
     psnr = {f"psnr_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}": r["PSNR"]
             for r in rows}  # models first, copy-last last, per data set

@@ -34,7 +34,7 @@ def decode_bytes(logits: torch.Tensor, decode: str = "trimmed") -> torch.Tensor:
     p = torch.softmax(logits.float(), dim=-1)
     if decode == "trimmed":
         # Never trim everything: the most likely byte always stays.
-        floor = torch.minimum(p.amax(dim=-1, keepdim=True), torch.tensor(TRIM))
+        floor = p.amax(dim=-1, keepdim=True).clamp(max=TRIM)
         p = torch.where(p >= floor, p, 0.0)
         p = p / p.sum(dim=-1, keepdim=True)
     return (p @ values).round().to(torch.uint8)

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import FSQ
 
 from framecast import metrics
 from framecast.config import ConfigError
@@ -136,7 +135,10 @@ class FSQTokenizer(Tokenizer):
     def __init__(self, cfg: FSQConfig) -> None:
         super().__init__(cfg)
         self.encoder = Encoder(cfg)
-        # FSQ's own projections map latent_dim <-> len(levels) around the rounding.
+        # FSQ's own projections map latent_dim <-> len(levels) around the rounding. Imported here:
+        # frame predictors (and compare_gpu.py on a bare GPU machine) never need the package.
+        from vector_quantize_pytorch import FSQ
+
         self.quantizer = FSQ(levels=list(cfg.levels), dim=cfg.latent_dim)
         self.decoder = Decoder(cfg)
 
