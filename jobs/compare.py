@@ -4,6 +4,7 @@ on the same test frames against copy-last-frame, and write tables 1 and 2.
     python -m jobs.compare --data data/tri-hard --data data/cubes-hard --preset small --steps 300
     python -m jobs.compare --data DIR --models vblt,unet3d --preset tiny --steps 20
     python -m jobs.compare --data DIR --runs <run id>,vivit-2d@latest   # logged: no training
+    python -m jobs.compare --data DIR --lrs 1e-3,2e-3,4e-3   # each model keeps its best lr on val
 
 Each model trains through `jobs.train`'s own entry points (plan, fit with Ray Train, finish) with
 the same data, steps, batch, optimizer and seed, as a child MLflow run of this job's run; `--runs`
@@ -16,6 +17,9 @@ chart of table 2 and the learning curves (val PSNR at every --eval-every); each 
 its model's prediction figure (truth / prediction / entropy).
 
 `--data` may be given twice (or as DIR,DIR2): one half of table 2 per data set.
+`--lrs` trains every model at each peak learning rate and keeps, per model and data set, the run
+with the best final val PSNR (the val split: the test split stays unseen until table 2); the
+sweep is written as lr_sweep.md/csv and every run stays in MLflow, tagged chosen or not.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class CompareConfig(OptimConfig):
         "help": "registered frame predictors to compare, comma-separated"})
     preset: str = field(default="small", metadata={
         "help": "preset of every model: tiny (tests), small (CPU), paper (table 1 sizes)"})
+    lrs: str = field(default="", metadata={
+        "help": "peak lrs to try, comma-separated (e.g. 1e-3,2e-3,4e-3): every model trains at "
+                "each and keeps the one with the best final val PSNR (val split; test stays "
+                "unseen); empty: --lr alone"})
     runs: str = field(default="", metadata={
         "help": "logged models to score instead of training them: run ids, runs:/ or models:/ "
                 "URIs or registered names, comma-separated"})
@@ -75,6 +83,11 @@ class CompareConfig(OptimConfig):
         for name in ("steps", "batch_size", "workers", "eval_sequences"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.lrs and not self.lr_grid:
+            raise ConfigError(f"--lrs {self.lrs!r}: give positive numbers, comma-separated")
+        if self.lrs and self.run_refs:
+            raise ConfigError("--lrs chooses among runs this job trains; it cannot choose for "
+                              "--runs (already trained)")
         if self.test_sequences < 0 or self.eval_every < 0:
             raise ConfigError("test_sequences and eval_every must be >= 0")
 
@@ -85,6 +98,17 @@ class CompareConfig(OptimConfig):
     @property
     def model_names(self) -> list[str]:
         return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    @property
+    def lr_grid(self) -> list[float]:
+        """The peak lrs to train at ([lr] without --lrs); [] when --lrs does not parse."""
+        if not self.lrs:
+            return [self.lr]
+        try:
+            grid = [float(x) for x in self.lrs.split(",") if x.strip()]
+        except ValueError:
+            return []
+        return sorted(set(grid)) if grid and min(grid) > 0 else []
 
     @property
     def run_refs(self) -> list[str]:
@@ -102,6 +126,12 @@ class Entrant:
     ref: str = ""
     run_id: str = ""
     preset: str = ""
+    lr: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """Model and data set: what one lr is chosen for."""
+        return f"{self.name}@{self.data}"
 
 
 def _kind(manifest: Any) -> str:
@@ -125,17 +155,21 @@ def prepare(config: CompareConfig, stamp: str) -> tuple[dict[str, Any], list[Ent
     for d, m in manifests.items():
         if not m.counts["test"]:
             raise ConfigError(f"the test split of {d} is empty: table 2 scores the test split")
-    shared = {f.name: getattr(config, f.name) for f in fields(OptimConfig)}
+    shared = {f.name: getattr(config, f.name) for f in fields(OptimConfig) if f.name != "lr"}
+    grid = config.lr_grid
     entrants = []
     for i, (d, manifest) in enumerate(manifests.items()):
-        for name in config.model_names:
+        for name, lr in [(n, lr) for n in config.model_names for lr in grid]:
+            suffix = f"-lr{lr:g}" if len(grid) > 1 else ""
             train_config = TrainJobConfig(
-                **shared, data=d, model=name, preset=config.preset, workers=config.workers,
-                cpus_per_worker=config.cpus_per_worker, eval_every=config.eval_every,
-                eval_sequences=config.eval_sequences, seed=config.seed, register="none",
-                name=f"{stamp}-{name}-{_kind(manifest)}-{i}", storage=config.storage,
+                **shared, lr=lr, data=d, model=name, preset=config.preset,
+                workers=config.workers, cpus_per_worker=config.cpus_per_worker,
+                eval_every=config.eval_every, eval_sequences=config.eval_sequences,
+                seed=config.seed, register="none",
+                name=f"{stamp}-{name}-{_kind(manifest)}-{i}{suffix}", storage=config.storage,
                 experiment=config.experiment)
-            entrants.append(Entrant(name, d, plan=plan(train_config), preset=config.preset))
+            entrants.append(Entrant(name, d, plan=plan(train_config), preset=config.preset,
+                                    lr=lr))
     for ref in config.run_refs:
         entrants += _logged_entrant(ref, manifests)
     return manifests, entrants
@@ -201,6 +235,34 @@ def learning_curve(run_id: str, kind: str, name: str) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
+               ) -> tuple[list[Entrant], list[dict[str, Any]]]:
+    """Keep, per model and data set, the trained run with the best final val PSNR; tag each
+    child run chosen or not. Returns (entrants kept, lr sweep rows)."""
+    import mlflow
+
+    from framecast import comparison
+
+    trained = [e for e in entrants if e.plan is not None]
+    if len({e.key for e in trained}) == len(trained):  # one lr each: nothing to choose
+        return entrants, []
+    finals = {}
+    for e in trained:
+        history = mlflow.MlflowClient().get_metric_history(e.run_id, "val_psnr")
+        finals[id(e)] = max(history, key=lambda m: m.step).value if history else None
+    chosen, rows = comparison.pick_by_val([(e.key, e.lr, finals[id(e)]) for e in trained])
+    sweep = []
+    for e, row in zip(trained, rows, strict=True):
+        mlflow.MlflowClient().set_tag(e.run_id, "framecast.compare_lr",
+                                      "chosen" if row["chosen"] else "not chosen")
+        sweep.append({"data": labels[e.data], "model": e.name, "lr": e.lr,
+                      "final val PSNR": row["final val PSNR"], "chosen": row["chosen"]})
+    kept = [e for e in entrants if e.plan is None or e.lr == chosen[e.key]]
+    print("compare: lr chosen on val: " + ", ".join(
+        f"{e.name} {labels[e.data]} {e.lr:g}" for e in kept if e.plan is not None))
+    return kept, sweep
+
+
 def compare(config: CompareConfig) -> dict[str, Any]:
     """Train (or load), score and tabulate; returns {'cost', 'quality', 'curves', 'out',
     'run_id'}."""
@@ -232,7 +294,9 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                     if not len(videos):
                         videos, _ = fdata.load_numpy(entrant.data, "test")
                     log_prediction_figure(entrant.model, videos[0], title=entrant.ref)
-        seen_cost, labels = set(), data_labels(manifests)
+        labels = data_labels(manifests)
+        entrants, sweep = choose_lrs(entrants, labels)
+        seen_cost = set()
         for d, manifest in manifests.items():
             kind = labels[d]
             here = [e for e in entrants if e.data == d]
@@ -260,7 +324,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                     curves += learning_curve(e.run_id, kind, e.name)
             quality += comparison.quality_rows(
                 kind, scores, comparison.copy_last_score(test, context), frames)
-        written = comparison.write_tables(out, cost, quality, curves)
+        written = comparison.write_tables(out, cost, quality, curves, sweep)
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png"
                                 else "tables")
@@ -269,8 +333,11 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         print("\nTable 1: size and compute per sequence\n" + comparison.markdown(cost))
         print("\nTable 2: test split, same frames for every model\n"
               + comparison.markdown(quality))
+        if sweep:
+            print("\nLearning rates (final val PSNR; the chosen one scored on test)\n"
+                  + comparison.markdown(sweep))
         print(f"\ncompare: tables in {out}; MLflow run {parent.info.run_id}")
-    return {"cost": cost, "quality": quality, "curves": curves, "out": out,
+    return {"cost": cost, "quality": quality, "curves": curves, "lr_sweep": sweep, "out": out,
             "run_id": parent.info.run_id}
 
 

@@ -16,7 +16,7 @@ from test_data import write_dataset
 from framecast import comparison, model_io, tracking
 from framecast.models import create
 from framecast.render.spec import RenderConfig
-from jobs.compare import CompareConfig, compare, main, merge_data_flags
+from jobs.compare import CompareConfig, Entrant, choose_lrs, compare, main, merge_data_flags
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"num_sequences": 20, "frames": 4, "size": 16, "val_fraction": 0.2, "test_fraction": 0.2}
@@ -99,6 +99,9 @@ def test_data_given_twice_becomes_one_list():
     (["--data", "x", "--preset", "huge"], "preset 'huge'"),
     (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
     (["--data", "a", "--data", "b", "--data", "c"], "give one or two"),
+    (["--data", "x", "--lrs", "1e-3,fast"], "give positive numbers"),
+    (["--data", "x", "--lrs", "0,1e-3"], "give positive numbers"),
+    (["--data", "x", "--lrs", "1e-3,2e-3", "--runs", "vblt-2d@latest"], "cannot choose for"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     try:
@@ -108,6 +111,40 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_the_lr_with_the_best_val_psnr_wins_ties_go_to_the_smaller():
+    chosen, rows = comparison.pick_by_val([
+        ("vblt@a", 1e-3, 20.0), ("vblt@a", 2e-3, 21.5), ("vblt@a", 4e-3, 19.0),
+        ("unet3d@a", 1e-3, 18.0), ("unet3d@a", 2e-3, 18.0),   # tie
+        ("vivit@a", 1e-3, None), ("vivit@a", 2e-3, 15.0),     # no val point loses
+        ("vblt@b", 4e-3, None), ("vblt@b", 2e-3, None)])      # none has one: the smallest lr
+    assert chosen == {"vblt@a": 2e-3, "unet3d@a": 1e-3, "vivit@a": 2e-3, "vblt@b": 2e-3}
+    assert [r["chosen"] for r in rows] == [False, True, False, True, False, False, True,
+                                           False, True]
+
+
+def test_compare_keeps_per_model_and_data_the_run_best_on_val_and_tags_every_run(tmp_path):
+    tracking.use_experiment("test-compare-lrs")
+    finals = {("vblt", 1e-3): 20.0, ("vblt", 2e-3): 22.0, ("unet3d", 1e-3): 19.0,
+              ("unet3d", 2e-3): 18.5}
+    entrants = []
+    for (name, lr), final in finals.items():
+        with mlflow.start_run() as run:
+            mlflow.log_metric("val_psnr", final - 5, step=10)
+            mlflow.log_metric("val_psnr", final, step=20)  # the final point decides
+            mlflow.log_metric("val_psnr", final + 9, step=5)  # logged late, an earlier step
+        entrants.append(Entrant(name, "d", plan=object(), run_id=run.info.run_id, lr=lr))
+    logged = Entrant("vivit", "d", model=object(), run_id="x")  # --runs: never dropped
+    kept, sweep = choose_lrs([*entrants, logged], {"d": "2d"})
+    assert [(e.name, e.lr) for e in kept] == [("vblt", 2e-3), ("unet3d", 1e-3), ("vivit", 0.0)]
+    assert [(r["model"], r["lr"], r["final val PSNR"], r["chosen"]) for r in sweep] == [
+        ("vblt", 1e-3, 20.0, False), ("vblt", 2e-3, 22.0, True), ("unet3d", 1e-3, 19.0, True),
+        ("unet3d", 2e-3, 18.5, False)]
+    tags = [mlflow.get_run(e.run_id).data.tags["framecast.compare_lr"] for e in entrants]
+    assert tags == ["not chosen", "chosen", "chosen", "not chosen"]
+    one_each = [entrants[1], entrants[2]]
+    assert choose_lrs(one_each, {"d": "2d"}) == (one_each, [])  # nothing to choose
 
 
 def test_help_explains_the_job():

@@ -160,12 +160,31 @@ def curves_chart(curves: Sequence[Row]) -> bytes:
     return _png(fig)
 
 
+def pick_by_val(candidates: Sequence[tuple[str, float, float | None]]
+                ) -> tuple[dict[str, float], list[Row]]:
+    """Learning-rate choice on the val split. `candidates` are (entrant key, lr, final val PSNR
+    or None when the run has no val point); returns ({key: chosen lr}, one row per candidate).
+    The highest val PSNR wins; a tie goes to the smaller lr; a key whose runs all lack a val
+    point keeps its smallest lr."""
+    best: dict[str, tuple[float, float]] = {}
+    for key, lr, val in candidates:
+        score = float("-inf") if val is None else val
+        if key not in best or (score, -lr) > (best[key][1], -best[key][0]):
+            best[key] = (lr, score)
+    chosen = {key: lr for key, (lr, _) in best.items()}
+    rows = [{"entrant": key, "lr": lr, "final val PSNR": val, "chosen": lr == chosen[key]}
+            for key, lr, val in candidates]
+    return chosen, rows
+
+
 def write_tables(out: Path, cost: Sequence[Row], quality: Sequence[Row],
-                 curves: Sequence[Row] = ()) -> list[Path]:
-    """table1/table2 (and curves) as Markdown and CSV, plus the PNG charts, in `out`."""
+                 curves: Sequence[Row] = (), lr_sweep: Sequence[Row] = ()) -> list[Path]:
+    """table1/table2 (and curves, the lr sweep) as Markdown and CSV, plus the PNG charts, in
+    `out`."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for stem, rows in (("table1", cost), ("table2", quality), ("curves", curves)):
+    for stem, rows in (("table1", cost), ("table2", quality), ("curves", curves),
+                       ("lr_sweep", lr_sweep)):
         if not rows:
             continue
         for suffix, text in ((".md", markdown(rows) + "\n"), (".csv", csv_text(rows))):
