@@ -65,6 +65,9 @@ def main() -> None:
                         help="steps per model and data set (default 300; 30 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW lr (default 2e-3)")
+    parser.add_argument("--lrs", default="",
+                        help="peak lrs to try, comma-separated: each model keeps the one with "
+                             "the best final val PSNR (jobs.compare --lrs); default: --lr alone")
     parser.add_argument("--sequences", type=int, default=None,
                         help="sequences per data set (default 600; 160 with --quick)")
     parser.add_argument("--size", type=int, default=None,
@@ -101,7 +104,7 @@ def main() -> None:
         start = time.perf_counter()
         result = compare(CompareConfig(
             data=",".join(map(str, dirs)), models=args.models, preset=args.preset,
-            steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            steps=args.steps, batch_size=args.batch_size, lr=args.lr, lrs=args.lrs,
             eval_every=args.eval_every, eval_sequences=16, checkpoint_every=args.steps,
             log_every=max(args.steps // 10, 1), out=str(root / "tables"),
             storage=str(root / "ray"), experiment="framecast-benchmarks"))
@@ -116,9 +119,13 @@ def main() -> None:
               + "\n\nTable 2 (test split; every model and copy-last on the same frames)\n\n"
               + comparison.markdown(result["quality"])
               + "\n\nLearning curves (val split, model's own predicted frames)\n\n" + curves)
+    if result["lr_sweep"]:
+        tables += ("\n\nLearning rates (final val PSNR; the chosen one trained the row of "
+                   "table 2)\n\n" + comparison.markdown(result["lr_sweep"]))
     total = time.perf_counter() - begin
     notes = (f"Budget: {args.steps} AdamW steps of batch {args.batch_size} per model and data "
-             f"set, peak lr {args.lr} (cosine), preset `{args.preset}`, seed 0, 1 Ray Train "
+             f"set, peak lr {args.lrs + ' (chosen on val)' if args.lrs else args.lr} "
+             f"(cosine), preset `{args.preset}`, seed 0, 1 Ray Train "
              f"worker; data: `jobs.render --preset hard`, {args.sequences} sequences of "
              f"12x{args.size}x{args.size} per kind ({', '.join(args.kinds)}; 80/10/10 split); "
              f"wall time of the comparison (training, evaluation, tables) {wall:.0f} s, of the "

@@ -205,3 +205,28 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
         experiment_names=["test-compare-train"], output_format="list",
         filter_string="tags.`framecast.model` = 'unet3d'")).info.run_id)
     assert child.data.params["steps"] == "4" and "test_psnr" in child.data.metrics
+
+
+@pytest.mark.slow  # two Ray Train fits
+def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_path, capsys):
+    data = tmp_path / "tri"
+    write_dataset(data, RenderConfig(kind="2d", **TINY))
+    result = compare(CompareConfig(data=str(data), models="vivit", lrs="1e-3,3e-2",
+                                   preset="tiny", steps=4, batch_size=2, eval_every=2,
+                                   eval_sequences=2, log_every=2, checkpoint_every=4,
+                                   storage=str(tmp_path / "ray"), out=str(tmp_path / "t"),
+                                   experiment="test-compare-lrs-train"))
+    out = capsys.readouterr().out
+    sweep = result["lr_sweep"]
+    assert [(r["model"], r["lr"]) for r in sweep] == [("vivit", 1e-3), ("vivit", 3e-2)]
+    assert sum(r["chosen"] for r in sweep) == 1 and "lr chosen on val: vivit 2d" in out
+    best = max(sweep, key=lambda r: (r["final val PSNR"], -r["lr"]))
+    assert best["chosen"]
+    assert [r["model"] for r in result["quality"]] == ["copy-last", "vivit"]  # one row, chosen
+    assert (tmp_path / "t" / "lr_sweep.csv").exists()
+    runs = mlflow.search_runs(experiment_names=["test-compare-lrs-train"], output_format="list",
+                              filter_string="tags.`framecast.model` = 'vivit'")
+    tags = sorted(r.data.tags["framecast.compare_lr"] for r in runs)
+    assert tags == ["chosen", "not chosen"]
+    chosen = next(r for r in runs if r.data.tags["framecast.compare_lr"] == "chosen")
+    assert float(chosen.data.params["lr"]) == best["lr"] and "test_psnr" in chosen.data.metrics
