@@ -264,8 +264,8 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
-    """Train (or load), score and tabulate; returns {'cost', 'quality', 'curves', 'out',
-    'run_id'}."""
+    """Train (or load), choose lrs on val (--lrs), score and tabulate; returns {'cost',
+    'quality', 'curves', 'lr_sweep', 'out', 'run_id'}."""
     import mlflow
     from mlflow.entities import Metric
 
