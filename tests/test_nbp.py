@@ -184,6 +184,21 @@ def test_generate_continues_a_video_through_the_tokenizer():
     assert model.forward_steps((5, 8, 8, 1), 2) == 3 * 4  # 3 slices of 4 blocks of 2x2
 
 
+def test_a_frame_independent_tokenizer_decodes_only_the_new_frames_to_the_same_pixels():
+    torch.manual_seed(0)
+    fsq = registry.build("fsq", registry.model_config("fsq", "tiny", frame_shape=(5, 8, 8, 1)))
+    assert fsq.frame_independent and not registry.create("toy-patches", "tiny").frame_independent
+    model = sharpen(registry.build("nbp", registry.model_config("nbp", "tiny", block=(1, 2, 2)),
+                                   tokenizer=fsq))
+    context = torch.randint(0, 256, (2, 2, 8, 8, 1), dtype=torch.uint8)
+    frames = model.generate(context, 3, temperature=0.0)
+    tokens = model.tokenizer.encode(context)
+    new, _ = model.generate_tokens(tokens, 3, temperature=0.0)
+    whole = model.tokenizer.decode(torch.cat([tokens, new], dim=1))[:, -3:]  # with the context
+    assert frames.shape == (2, 3, 8, 8, 1)
+    assert (frames.int() - whole.int()).abs().max() <= 1  # float rounding of other batch sizes
+
+
 def test_the_generator_overfits_one_batch():
     model = make_nbp("coarse", block=(1, 1, 2))  # grid 4x2x2: 12 tokens to predict per clip
     # Video made of tokens, so all four codes occur and the clips' conditions differ.

@@ -175,6 +175,9 @@ class Tokenizer(Model):
     """uint8 video (B, T, H, W, C) <-> integer tokens (B, T', H', W') in [0, codebook_size)."""
 
     family = "tokenizer"
+    #: True when each frame's tokens depend on that frame alone and decode back to it alone
+    #: (T' = T, no temporal mixing): a generator then decodes only the frames it made.
+    frame_independent: bool = False
 
     @property
     @abc.abstractmethod

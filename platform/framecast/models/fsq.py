@@ -129,6 +129,8 @@ class Decoder(nn.Module):
 class FSQTokenizer(Tokenizer):
     """uint8 video (B, T, H, W, C) <-> tokens (B, T, H/f, W/f) in [0, prod(levels))."""
 
+    frame_independent = True  # 2D convolutions frame by frame, T' = T
+
     config_class = FSQConfig
     headline = ("psnr", "ssim")
 

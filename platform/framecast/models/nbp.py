@@ -436,12 +436,15 @@ class NBP(TokenGenerator):
                  temperature: Sampling = 1.0, top_k: Sampling = 0, seed: Sampling = 0
                  ) -> torch.Tensor:
         """uint8 context (B, T, H, W, C) -> uint8 (B, future_frames, H, W, C): encode, generate
-        the token slices of the future frames block by block, decode with the context."""
+        the token slices of the future frames block by block, decode (with the context, unless
+        the tokenizer is frame-independent)."""
         b, t, h, w, c = context.shape
         tokens = self.encode(context)
         frames = self.tokenizer.grid((t + future_frames, h, w, c))[0] - tokens.shape[1]
         new, _ = self.generate_tokens(tokens, frames, temperature=temperature, top_k=top_k,
                                       seed=seed)
+        if self.tokenizer.frame_independent:  # the context's frames need no decoding
+            return self.tokenizer.decode(new)[:, -future_frames:]
         return self.tokenizer.decode(torch.cat([tokens, new], dim=1))[:, -future_frames:]
 
 
