@@ -134,3 +134,28 @@ def test_the_copy_prior_starts_the_demo_model_at_copy_last_frame():
     video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(decode_bytes(model(video)), video[:, :-1])
+
+
+@pytest.mark.parametrize("name", ["vblt", "vivit", "unet3d"])
+def test_the_decoding_is_the_models_own_and_the_one_best_on_val_is_chosen(name):
+    import numpy as np
+
+    from framecast import metrics
+    from framecast.predict import DECODES, choose_decode, predict
+
+    torch.manual_seed(0)
+    videos = np.random.default_rng(0).integers(0, 256, (3, 4, 16, 16, 1), dtype=np.uint8)
+    model = create(name, "tiny").eval()
+    best, psnr = choose_decode(model, videos, batch_size=2)
+    truth = videos[:, model.context_frames:]
+    for d in DECODES:  # each PSNR is what predicting with that decoding scores
+        pred, _, _ = predict(model, videos, batch_size=2, decode=d)
+        assert psnr[d] == pytest.approx(float(metrics.psnr_per_frame(pred, truth).mean()))
+    assert psnr[best] == max(psnr.values())
+    chosen = create_from_config(name, {**to_dict(model.cfg), "decode": best})
+    chosen.load_state_dict(model.state_dict())
+    own, _, _ = predict(chosen.eval(), videos, batch_size=2)  # no decode named: the model's
+    named, _, _ = predict(model, videos, batch_size=2, decode=best)
+    assert np.array_equal(own, named)
+    with pytest.raises(ConfigError, match="decode='median' is unknown; accepted: trimmed"):
+        create_from_config(name, {**to_dict(model.cfg), "decode": "median"})

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from framecast import model_io
+from framecast.predict import DECODES
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train
@@ -50,6 +51,10 @@ def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
 
     model, meta = model_io.load_logged_model("vblt-test")
     assert meta["step"] == 9 and meta["name"] == "vblt"
+    chosen = client.get_run(first["run_id"]).data.tags["framecast.decode"]  # picked on val
+    assert model.cfg.decode == chosen and chosen in DECODES
+    assert {f"final_val_psnr_{d}" for d in DECODES} <= set(
+        client.get_run(first["run_id"]).data.metrics)
     result = evaluate_job(EvaluateConfig(model="vblt-test", data=str(tiny_data), split="val"))
     assert len(result["rows"]) == 4 - model.context_frames
     assert result["summary"]["val_psnr_copy_last"] > 0

@@ -42,10 +42,10 @@ def decode_bytes(logits: torch.Tensor, decode: str = "trimmed") -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
-            device: torch.device | None = None, decode: str = "trimmed"
+            device: torch.device | None = None, decode: str | None = None
             ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Decoded byte per pixel (see `decode_bytes`), its entropy in bits, and the mean
-    cross-entropy (nats) against the true frames.
+    """Decoded byte per pixel (see `decode_bytes`; `decode` None: the model's own), its entropy
+    in bits, and the mean cross-entropy (nats) against the true frames.
 
     videos uint8 (N, T, H, W, C) -> predictions uint8 (N, T', H, W, C), entropy float32 (same
     shape), mean cross-entropy against the true frames; T' = T - model.context_frames.
@@ -66,7 +66,7 @@ def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
 
 
 def evaluate(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
-             decode: str = "trimmed"
+             decode: str | None = None
              ) -> dict[str, dict[str, np.ndarray] | float]:
     """Per-frame MSE/PSNR/SSIM of the model and of copy-last-frame on the same frames, plus the
     model's mean cross-entropy and entropy."""
@@ -89,3 +89,23 @@ def flat_summary(result: dict, prefix: str = "val_") -> dict[str, float]:
     out[f"{prefix}cross_entropy"] = float(result["cross_entropy"])
     out[f"{prefix}entropy_bits"] = float(result["entropy_bits"])
     return out
+
+
+@torch.no_grad()
+def choose_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8
+                  ) -> tuple[str, dict[str, float]]:
+    """The decoding with the best mean PSNR on `videos` (the val split), and each one's PSNR:
+    one forward pass per batch, decoded every way. A tie goes to the earlier in DECODES."""
+    device = next(model.parameters()).device
+    model.eval()
+    k = model.context_frames
+    preds: dict[str, list[np.ndarray]] = {d: [] for d in DECODES}
+    for start in range(0, len(videos), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
+        logits = model(batch.to(device)).float()
+        for d in DECODES:
+            preds[d].append(model.decode(logits, d).cpu().numpy())
+    truth = videos[:, k:]
+    psnr = {d: float(metrics.psnr_per_frame(np.concatenate(p), truth).mean())
+            for d, p in preds.items()}
+    return max(DECODES, key=lambda d: (psnr[d], -DECODES.index(d))), psnr

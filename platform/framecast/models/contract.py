@@ -143,11 +143,19 @@ class FramePredictor(Model):
         """Mean cross-entropy (nats per pixel byte) of the predicted distributions."""
         return categorical_nll(self(video), video[:, self.context_frames:].long()), {}
 
-    def decode(self, logits: torch.Tensor, how: str = "trimmed") -> torch.Tensor:
-        """One uint8 value per pixel from its distribution (see `predict.decode_bytes`)."""
+    def __init__(self, cfg: Any) -> None:
+        from framecast.predict import DECODES
+
+        super().__init__(cfg)
+        if getattr(cfg, "decode", "trimmed") not in DECODES:
+            raise ConfigError(f"decode={cfg.decode!r} is unknown; accepted: {', '.join(DECODES)}")
+
+    def decode(self, logits: torch.Tensor, how: str | None = None) -> torch.Tensor:
+        """One uint8 value per pixel from its distribution (see `predict.decode_bytes`); `how`
+        defaults to the model's own `cfg.decode` (chosen on val by jobs.train)."""
         from framecast.predict import decode_bytes
 
-        return decode_bytes(logits, how)
+        return decode_bytes(logits, how or getattr(self.cfg, "decode", "trimmed"))
 
     def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> Metrics:
         from framecast.predict import evaluate, flat_summary

@@ -37,6 +37,7 @@ from framecast.models.layers import (
 class VBLTConfig:
     patch: tuple[int, int, int] = (4, 4, 4)  # (pt, ph, pw): a static spatio-temporal patch
     channels: int = 1
+    decode: str = "trimmed"  # a pixel distribution -> byte (predict.DECODES); chosen on val
     byte_dim: int = 16  # embedding width of one byte
     conv_dim: int = 64  # local encoder's per-frame convolution width
     dim: int = 384  # latent width (paper: 384)

@@ -40,6 +40,7 @@ from framecast.models.registry import register_model
 class ViViTConfig:
     tubelet: tuple[int, int, int] = (2, 4, 4)  # (pt, ph, pw): ViViT's tubelet embedding
     channels: int = 1
+    decode: str = "trimmed"  # a pixel distribution -> byte (predict.DECODES); chosen on val
     dim: int = 192
     heads: int = 4  # per-head width dim / heads must be a multiple of 6 (3D RoPE)
     layers: int = 4
