@@ -60,7 +60,7 @@ def continue_clips(model, clips: np.ndarray, cond: int, repeats: int = 3
                    ) -> tuple[np.ndarray, float, float]:
     """Greedy continuations of every clip from `cond` frames, batched; (frames, seconds,
     tokenizer seconds): the median of `repeats` timed passes over all clips, and of the same
-    passes' tokenizer share (encode of the context, decode of the whole grid). One untimed
+    passes' tokenizer share (encode of the context, decode as `generate` decodes). One untimed
     continuation first (of the same length: a 2-frame block cannot make 1 frame): the first
     call pays one-off costs (allocator, thread pool)."""
     model.eval()
@@ -79,8 +79,10 @@ def continue_clips(model, clips: np.ndarray, cond: int, repeats: int = 3
                 context = torch.from_numpy(np.ascontiguousarray(clips[i:i + 8, :cond]))
                 begin = time.perf_counter()
                 tokens = model.encode(context)
-                grid = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
-                model.tokenizer.decode(tokens.new_zeros(len(context), *grid))
+                t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
+                if model.tokenizer.frame_independent:  # as generate: the new slices alone
+                    t -= tokens.shape[1]
+                model.tokenizer.decode(tokens.new_zeros(len(context), t, h, w))
                 tok_s += time.perf_counter() - begin
         tok_passes.append(tok_s)
     return np.concatenate(out), float(np.median(passes)), float(np.median(tok_passes))
