@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         arrays = smoke_data()
         args.preset, args.steps, args.batch_size, args.eval_every = "tiny", 4, 4, 2
     elif args.npz:
+        if not Path(args.npz).is_file():
+            parser.error(f"--npz {args.npz}: no such file (write one with benchmarks/compare.py "
+                         "--export)")
         with np.load(args.npz) as npz:
             arrays = {k: npz[k] for k in npz.files}
     else:
