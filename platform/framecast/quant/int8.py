@@ -9,6 +9,8 @@ formulas the fake quantization of `learnable` uses too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -207,11 +209,39 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool) -> tuple[float, 
     return min(times["int8"]), min(times["float"])
 
 
-class HalfLinear(nn.Module):
+class KeepsWidened(nn.Module):
+    """Low-precision storage with a widened copy made on first use and kept: converting on every
+    call costs more than the work itself for small token counts. The copy is dropped whenever it
+    could be stale: the module moves or changes dtype (`_apply`), loads a state dict, or is
+    pickled (Ray ships models by pickling; the copy would double what travels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wide: dict[torch.dtype, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(_forget_wide)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._wide = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_wide": {}}
+
+    def widened(self, dtype: torch.dtype, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The copy for `dtype`, made by `make()` the first time."""
+        if dtype not in self._wide:
+            self._wide[dtype] = make()
+        return self._wide[dtype]
+
+
+def _forget_wide(module: KeepsWidened, _incompatible_keys: object) -> None:
+    module._wide = {}
+
+
+class HalfLinear(KeepsWidened):
     """VQ-ViT's 16-bit precision for the most sensitive layers: weights stored in float16,
-    multiplied in the input's dtype (float32 on a CPU, which has no fast fp16 GEMM). The
-    widened weight is kept after first use: converting it on every call costs more than the
-    product for small token counts."""
+    multiplied in the input's dtype (float32 on a CPU, which has no fast fp16 GEMM), the widened
+    weight kept after first use."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -219,8 +249,6 @@ class HalfLinear(nn.Module):
         self.register_buffer("weight_h", torch.zeros(out_features, in_features,
                                                      dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._wide: dict[torch.dtype, torch.Tensor] = {}
-        self.register_load_state_dict_post_hook(_forget_wide)
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> HalfLinear:
@@ -230,20 +258,11 @@ class HalfLinear(nn.Module):
             layer.bias.copy_(linear.bias.detach().float())
         return layer.to(linear.weight.device)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._wide = {}
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_wide": {}}
-
     def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as multiplied for inputs of `dtype` (the same for any token count)."""
         if dtype == torch.float16:
             return self.weight_h
-        if dtype not in self._wide:
-            self._wide[dtype] = self.weight_h.to(dtype)
-        return self._wide[dtype]
+        return self.widened(dtype, lambda: self.weight_h.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -253,11 +272,7 @@ class HalfLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fp16 weights"
 
 
-def _forget_wide(module: HalfLinear, _incompatible_keys: object) -> None:
-    module._wide = {}
-
-
-class Int8Embedding(nn.Module):
+class Int8Embedding(KeepsWidened):
     """An embedding table stored as int8 codes with one float scale per row (weight-only, as W8A8
     stores linear weights): 4x smaller than float32 on disk and in the registry; the rounding
     error is at most half a row's scale (max|row| / 254)."""
@@ -268,15 +283,6 @@ class Int8Embedding(nn.Module):
         self.register_buffer("codes", torch.zeros(num_embeddings, embedding_dim,
                                                   dtype=torch.int8))
         self.register_buffer("row_scale", torch.ones(num_embeddings, 1))
-        self._wide: torch.Tensor | None = None  # the widened table, kept as HalfLinear does
-        self.register_load_state_dict_post_hook(_forget_wide_table)
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._wide = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_wide": None}
 
     @classmethod
     def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
@@ -290,19 +296,13 @@ class Int8Embedding(nn.Module):
     def weight(self) -> torch.Tensor:
         """The dequantized table (float32), widened once and kept: a lookup then costs what a
         float table's does (the stored model stays int8)."""
-        if self._wide is None:
-            self._wide = dequantize(self.codes, self.row_scale)
-        return self._wide
+        return self.widened(torch.float32, lambda: dequantize(self.codes, self.row_scale))
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         return F.embedding(index, self.weight)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
-
-
-def _forget_wide_table(module: Int8Embedding, _incompatible_keys: object) -> None:
-    module._wide = None
 
 
 def reference_w8a8(linear: nn.Linear, x: torch.Tensor, act_bits: int = 8) -> torch.Tensor:
