@@ -19,6 +19,7 @@ frames. The .npz holds uint8 arrays `<kind>_<split>` of shape (N, T, H, W, C), k
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -113,9 +114,7 @@ def probe_step_seconds(name: str, preset: str, train: np.ndarray, optim: OptimCo
         pass
 
     def cfg(total: int) -> OptimConfig:
-        return OptimConfig(steps=total, batch_size=optim.batch_size, lr=optim.lr,
-                           warmup_steps=optim.warmup_steps, log_every=10 ** 9,
-                           checkpoint_every=10 ** 9)
+        return dataclasses.replace(optim, steps=total, log_every=10 ** 9)
 
     bf16 = device.type == "cuda"
     train_loop(model, optimizer, data, cfg(warm), quiet, device=device, bf16=bf16)

@@ -3,6 +3,8 @@ entropy maps, and metrics against the copy-last-frame baseline."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -40,6 +42,18 @@ def decode_bytes(logits: torch.Tensor, decode: str = "trimmed") -> torch.Tensor:
     return (p @ values).round().to(torch.uint8)
 
 
+def _batches_and_logits(model: nn.Module, videos: np.ndarray, batch_size: int,
+                        device: torch.device | None = None
+                        ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 batch on the CPU, float32 logits (B, T', H, W, C, V)) for each batch of `videos`,
+    the model in eval mode (callers run under no_grad)."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    for start in range(0, len(videos), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
+        yield batch, model(batch.to(device)).float()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
             device: torch.device | None = None, decode: str | None = None
@@ -50,14 +64,10 @@ def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
     videos uint8 (N, T, H, W, C) -> predictions uint8 (N, T', H, W, C), entropy float32 (same
     shape), mean cross-entropy against the true frames; T' = T - model.context_frames.
     """
-    device = device or next(model.parameters()).device
-    model.eval()
     k = model.context_frames
     preds, ents, ce_sum, n_bytes = [], [], 0.0, 0
-    for start in range(0, len(videos), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
-        logits = model(batch.to(device)).float()  # (B, T', H, W, C, V)
-        target = batch[:, k:].to(device).long()
+    for batch, logits in _batches_and_logits(model, videos, batch_size, device):
+        target = batch[:, k:].to(logits.device).long()
         ce_sum += categorical_nll(logits, target, reduction="sum").item()
         n_bytes += target.numel()
         preds.append(model.decode(logits, decode).cpu().numpy())
@@ -96,16 +106,11 @@ def choose_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8
                   ) -> tuple[str, dict[str, float]]:
     """The decoding with the best mean PSNR on `videos` (the val split), and each one's PSNR:
     one forward pass per batch, decoded every way. A tie goes to the earlier in DECODES."""
-    device = next(model.parameters()).device
-    model.eval()
-    k = model.context_frames
     preds: dict[str, list[np.ndarray]] = {d: [] for d in DECODES}
-    for start in range(0, len(videos), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size]))
-        logits = model(batch.to(device)).float()
+    for _, logits in _batches_and_logits(model, videos, batch_size):
         for d in DECODES:
             preds[d].append(model.decode(logits, d).cpu().numpy())
-    truth = videos[:, k:]
+    truth = videos[:, model.context_frames:]
     psnr = {d: float(metrics.psnr_per_frame(np.concatenate(p), truth).mean())
             for d, p in preds.items()}
     return max(DECODES, key=lambda d: (psnr[d], -DECODES.index(d))), psnr
