@@ -80,9 +80,8 @@ def continue_clips(model, clips: np.ndarray, cond: int, repeats: int = 3
                 begin = time.perf_counter()
                 tokens = model.encode(context)
                 t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
-                if model.tokenizer.frame_independent:  # as generate: the new slices alone
-                    t -= tokens.shape[1]
-                model.tokenizer.decode(tokens.new_zeros(len(context), t, h, w))
+                new = tokens.new_zeros(len(context), t - tokens.shape[1], h, w)
+                model.decode_continuation(tokens, new, frames)  # as generate decodes
                 tok_s += time.perf_counter() - begin
         tok_passes.append(tok_s)
     return np.concatenate(out), float(np.median(passes)), float(np.median(tok_passes))

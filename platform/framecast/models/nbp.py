@@ -443,9 +443,17 @@ class NBP(TokenGenerator):
         frames = self.tokenizer.grid((t + future_frames, h, w, c))[0] - tokens.shape[1]
         new, _ = self.generate_tokens(tokens, frames, temperature=temperature, top_k=top_k,
                                       seed=seed)
+        return self.decode_continuation(tokens, new, future_frames)
+
+    @torch.no_grad()
+    def decode_continuation(self, context: torch.Tensor, new: torch.Tensor,
+                            future_frames: int) -> torch.Tensor:
+        """Context token slices and the `new` ones after them -> uint8 (B, future_frames, H, W,
+        C): the new slices alone when the tokenizer is frame-independent, else with the
+        context."""
         if self.tokenizer.frame_independent:  # the context's frames need no decoding
             return self.tokenizer.decode(new)[:, -future_frames:]
-        return self.tokenizer.decode(torch.cat([tokens, new], dim=1))[:, -future_frames:]
+        return self.tokenizer.decode(torch.cat([context, new], dim=1))[:, -future_frames:]
 
 
 register_model("nbp", NBP_PRESETS)(NBP)
