@@ -141,6 +141,12 @@ def summary_table(rows: list[SummaryRow]) -> str:
                "Serve = one HTTP predict.")
     out += [f"{r.kind} data: {r.data}; prediction figure (truth / prediction / entropy): "
             f"{r.figure}" for r in rows]
+    # Said plainly: a row under copy-last-frame is a model that has not learned the motion yet
+    # (the demo's 3D at 16x16: benchmarks/RESULTS.md has the lr and steps probe).
+    out += [f"{r.kind}: the model is under copy-last-frame here (PSNR {r.psnr - r.psnr_copy:+.2f} "
+            f"dB, SSIM {r.ssim - r.ssim_copy:+.3f}): this budget has not taught it the data's "
+            "motion; train longer, on larger frames, or a larger preset"
+            for r in rows if r.psnr < r.psnr_copy or r.ssim < r.ssim_copy]
     return "\n".join(out)
 
 

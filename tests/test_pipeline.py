@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from jobs.pipeline import PipelineConfig, pipeline
+from jobs.pipeline import PipelineConfig, SummaryRow, pipeline, summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,20 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys)
                                  filter_string="tags.`framecast.job` = 'pipeline'")
     assert len(parents) == 2
     assert set(parents["metrics.2d_size_ratio"]) and parents["metrics.2d_size_ratio"].min() > 1
+
+
+def test_the_summary_says_which_model_is_under_copy_last():
+    def row(kind: str, psnr: float, ssim: float) -> SummaryRow:
+        return SummaryRow(kind=kind, data=f"/d/{kind}", counts={"train": 8, "val": 1, "test": 1},
+                          model=f"vblt-{kind} v1", int8=f"vblt-{kind}-int8 v1", psnr=psnr,
+                          psnr_copy=20.0, ssim=ssim, ssim_copy=0.9, size_ratio=3.5,
+                          speedup_b1=1.0, psnr_drop_db=0.0, serve_ms=10.0, figure="f.png")
+    lines = summary_table([row("2d", 21.0, 0.95), row("3d", 19.67, 0.896)]).splitlines()
+    assert lines[2].split()[:4] == ["2d", "8/1/1", "vblt-2d", "v1"]
+    assert "21.00 (20.00)" in lines[2] and "0.896 (0.900)" in lines[3]
+    under = [line for line in lines if "under copy-last-frame" in line]
+    assert len(under) == 1 and under[0].startswith("3d:") and "PSNR -0.33 dB" in under[0]
+    assert "SSIM -0.004" in under[0]
 
 
 @pytest.mark.slow  # six more stages (two Ray Train fits, a Serve deployment): minutes
