@@ -87,6 +87,28 @@ def continue_clips(model, clips: np.ndarray, cond: int, repeats: int = 3
     return np.concatenate(out), float(np.median(passes)), float(np.median(tok_passes))
 
 
+def parse_blocks(text: str, parser: argparse.ArgumentParser) -> list[tuple[int, int, int]]:
+    """'1x1x1,1x8x8,...' as shape tuples, in order and without repeats; both speed-up ends
+    (1x1x1 and 1x8x8) must be there."""
+    from framecast.config import ConfigError
+    from framecast.models import registry
+
+    blocks: list[tuple[int, int, int]] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            block = tuple(registry.parse_overrides("nbp", f"block={item}")["block"])
+        except ConfigError as err:
+            parser.error(f"--blocks: {err}")
+        if min(block) < 1:
+            parser.error(f"--blocks: {item} has a side < 1")
+        if block not in blocks:
+            blocks.append(block)
+    if (1, 1, 1) not in blocks or (1, 8, 8) not in blocks:
+        parser.error(f"--blocks must include 1x1x1 and 1x8x8 (the speed-up's two ends), "
+                     f"got {text!r}")
+    return blocks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,14 +128,19 @@ def main() -> None:
                         help="data: 2D triangles (default) or 3D polycubes")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed generation passes over all clips; the median is reported")
+    parser.add_argument("--blocks", default=None,
+                        help="block shapes, comma-separated; 1x1x1 (NTP) and 1x8x8 (NBP) are "
+                             "required (default 1x1x1,1x8x8,1x1x8,2x4x4; the first two with "
+                             "--quick)")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    blocks = parse_blocks(args.blocks or ("1x1x1,1x8x8" if args.quick
+                                          else "1x1x1,1x8x8,1x1x8,2x4x4"), parser)
     args.steps = args.steps or (30 if args.quick else 600)
     args.tokenizer_steps = args.tokenizer_steps or (40 if args.quick else 600)
     args.sequences = args.sequences or (160 if args.quick else 1000)
     args.clips = args.clips or (4 if args.quick else 16)
-    blocks = [(1, 1, 1), (1, 8, 8)] + ([] if args.quick else [(1, 1, 8), (2, 4, 4)])
 
     from framecast import data as fdata
     from framecast import metrics

@@ -235,3 +235,20 @@ def test_a_saved_generator_reloads_with_its_tokenizer_to_identical_outputs(tmp_p
     assert torch.equal(loaded(tokens), model(tokens))
     assert torch.equal(loaded.generate(video, 2, temperature=0.8, top_k=3, seed=2),
                        model.generate(video, 2, temperature=0.8, top_k=3, seed=2))
+
+
+def test_the_speed_benchmark_takes_block_shapes_and_refuses_ones_it_cannot_compare(capsys):
+    import argparse
+
+    from benchmarks.nbp_speed import parse_blocks
+
+    parser = argparse.ArgumentParser(prog="nbp_speed.py")
+    assert parse_blocks("1x1x1, 1x8x8,2x4x4,1x1x1", parser) == [(1, 1, 1), (1, 8, 8), (2, 4, 4)]
+    for text, message in [("1x8x8,1x1x8", "must include 1x1x1 and 1x8x8"),
+                          ("1x1x1,1x8x8,axb", "block='axb'"),
+                          ("1x1x1,1x8x8,0x8x8", "0x8x8 has a side < 1")]:
+        with pytest.raises(SystemExit) as stop:
+            parse_blocks(text, parser)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 2  # usage line + the reason
