@@ -118,10 +118,12 @@ def main() -> None:
               + comparison.markdown(result["cost"])
               + "\n\nTable 2 (test split; every model and copy-last on the same frames)\n\n"
               + comparison.markdown(result["quality"])
-              + "\n\nLearning curves (val split, model's own predicted frames)\n\n" + curves)
+              + "\n\nLearning curves (val split, model's own predicted frames, read with the "
+              "trimmed mean during training)\n\n" + curves)
     if result["lr_sweep"]:
-        tables += ("\n\nLearning rates (final val PSNR; the chosen one trained the row of "
-                   "table 2)\n\n" + comparison.markdown(result["lr_sweep"]))
+        tables += ("\n\nLearning rates (final val PSNR, read with the decoding chosen on val; "
+                   "the chosen one trained the row of table 2)\n\n"
+                   + comparison.markdown(result["lr_sweep"]))
     total = time.perf_counter() - begin
     notes = (f"Budget: {args.steps} AdamW steps of batch {args.batch_size} per model and data "
              f"set, peak lr {args.lrs + ' (chosen on val)' if args.lrs else args.lr} "

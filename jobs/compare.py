@@ -202,7 +202,7 @@ def train_entrant(entrant: Entrant) -> None:
     import mlflow
 
     from framecast import tracking
-    from framecast.train import load_checkpoint
+    from jobs.common import load_logged_model
     from jobs.train import finish, fit, follow_run
 
     plan = entrant.plan
@@ -214,11 +214,10 @@ def train_entrant(entrant: Entrant) -> None:
         headline = registry.entry(entrant.name).model_class.headline
         with follow_run(run.info.run_id, plan.config.steps, headline):
             checkpoint = fit(plan, run.info.run_id)
-        finish(plan, run.info.run_id, checkpoint)
-        model = plan.build()
-        with checkpoint.as_directory() as d:
-            load_checkpoint(d, model)
-        entrant.model = model.eval()
+        logged = finish(plan, run.info.run_id, checkpoint)
+        # The model as logged, decoding chosen on val included (a rebuild from the checkpoint
+        # would read with the config's default decoding instead).
+        entrant.model = load_logged_model(logged["model_uri"])[0].eval()
         mlflow.set_tag("framecast.compare", "trained")
 
 
@@ -247,9 +246,12 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
     if len({e.key for e in trained}) == len(trained):  # one lr each: nothing to choose
         return entrants, []
     finals = {}
-    for e in trained:
-        history = mlflow.MlflowClient().get_metric_history(e.run_id, "val_psnr")
-        finals[id(e)] = max(history, key=lambda m: m.step).value if history else None
+    for e in trained:  # the final val PSNR with the decoding chosen on val (jobs.train.finish)
+        final = mlflow.MlflowClient().get_run(e.run_id).data.metrics.get("final_val_psnr")
+        history = [] if final is not None else \
+            mlflow.MlflowClient().get_metric_history(e.run_id, "val_psnr")
+        finals[id(e)] = final if final is not None else (
+            max(history, key=lambda m: m.step).value if history else None)
     chosen, rows = comparison.pick_by_val([(e.key, e.lr, finals[id(e)]) for e in trained])
     sweep = []
     for e, row in zip(trained, rows, strict=True):
@@ -334,7 +336,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         print("\nTable 2: test split, same frames for every model\n"
               + comparison.markdown(quality))
         if sweep:
-            print("\nLearning rates (final val PSNR; the chosen one scored on test)\n"
+            print("\nLearning rates (final val PSNR, decoding chosen on val; the chosen one "
+                  "scored on test)\n"
                   + comparison.markdown(sweep))
         print(f"\ncompare: tables in {out}; MLflow run {parent.info.run_id}")
     return {"cost": cost, "quality": quality, "curves": curves, "lr_sweep": sweep, "out": out,

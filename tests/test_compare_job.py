@@ -147,6 +147,19 @@ def test_compare_keeps_per_model_and_data_the_run_best_on_val_and_tags_every_run
     assert choose_lrs(one_each, {"d": "2d"}) == (one_each, [])  # nothing to choose
 
 
+def test_the_lr_choice_reads_the_final_val_psnr_with_the_chosen_decoding(tmp_path):
+    tracking.use_experiment("test-compare-lrs-final")
+    entrants = []
+    for lr, curve, final in [(1e-3, 20.0, 19.0), (2e-3, 18.0, 21.0)]:
+        with mlflow.start_run() as run:
+            mlflow.log_metric("val_psnr", curve, step=20)  # during training: default decoding
+            mlflow.log_metric("final_val_psnr", final, step=20)  # at the end: chosen decoding
+        entrants.append(Entrant("vblt", "d", plan=object(), run_id=run.info.run_id, lr=lr))
+    kept, sweep = choose_lrs(entrants, {"d": "3d"})
+    assert [e.lr for e in kept] == [2e-3]
+    assert [r["final val PSNR"] for r in sweep] == [19.0, 21.0]
+
+
 def test_help_explains_the_job():
     out = subprocess.run([sys.executable, "-m", "jobs.compare", "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
@@ -189,7 +202,13 @@ def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
 
 @pytest.mark.slow  # three Ray Train fits (~25 s of start-up each)
 def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local, tmp_path,
-                                                                        capsys):
+                                                                        capsys, monkeypatch):
+    from framecast import data as fdata
+    from framecast.predict import DECODES
+
+    # jobs.train's end-of-training choice, made to pick argmax: table 2 must read it that way
+    monkeypatch.setattr("framecast.predict.choose_decode",
+                        lambda model, videos, batch_size=8: ("argmax", dict.fromkeys(DECODES, 0)))
     data = tmp_path / "tri"
     write_dataset(data, RenderConfig(kind="2d", **TINY))
     result = compare(CompareConfig(data=str(data), preset="tiny", steps=4, batch_size=2,
@@ -205,6 +224,12 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
         experiment_names=["test-compare-train"], output_format="list",
         filter_string="tags.`framecast.model` = 'unet3d'")).info.run_id)
     assert child.data.params["steps"] == "4" and "test_psnr" in child.data.metrics
+    logged, _ = model_io.load_logged_model(child.info.run_id)
+    assert logged.cfg.decode == child.data.tags["framecast.decode"] == "argmax"
+    row = next(r for r in result["quality"] if r["model"] == "unet3d")
+    test, _ = fdata.load_numpy(data, "test")
+    context = int(str(row["frames"]).split("..")[0])
+    assert row["PSNR"] == pytest.approx(comparison.score(logged, test, context)["psnr"])
 
 
 @pytest.mark.slow  # two Ray Train fits
@@ -230,3 +255,5 @@ def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_
     assert tags == ["chosen", "not chosen"]
     chosen = next(r for r in runs if r.data.tags["framecast.compare_lr"] == "chosen")
     assert float(chosen.data.params["lr"]) == best["lr"] and "test_psnr" in chosen.data.metrics
+    # chosen by the final val PSNR read the way the model will be read (its chosen decoding)
+    assert best["final val PSNR"] == chosen.data.metrics["final_val_psnr"]
