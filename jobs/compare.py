@@ -245,18 +245,18 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
     trained = [e for e in entrants if e.plan is not None]
     if len({e.key for e in trained}) == len(trained):  # one lr each: nothing to choose
         return entrants, []
-    finals = {}
+    client, finals = mlflow.MlflowClient(), {}
     for e in trained:  # the final val PSNR with the decoding chosen on val (jobs.train.finish)
-        final = mlflow.MlflowClient().get_run(e.run_id).data.metrics.get("final_val_psnr")
-        history = [] if final is not None else \
-            mlflow.MlflowClient().get_metric_history(e.run_id, "val_psnr")
-        finals[id(e)] = final if final is not None else (
-            max(history, key=lambda m: m.step).value if history else None)
+        final = client.get_run(e.run_id).data.metrics.get("final_val_psnr")
+        if final is None:  # a run that never reached finish: its last training-time val point
+            history = client.get_metric_history(e.run_id, "val_psnr")
+            final = max(history, key=lambda m: m.step).value if history else None
+        finals[id(e)] = final
     chosen, rows = comparison.pick_by_val([(e.key, e.lr, finals[id(e)]) for e in trained])
     sweep = []
     for e, row in zip(trained, rows, strict=True):
-        mlflow.MlflowClient().set_tag(e.run_id, "framecast.compare_lr",
-                                      "chosen" if row["chosen"] else "not chosen")
+        client.set_tag(e.run_id, "framecast.compare_lr",
+                       "chosen" if row["chosen"] else "not chosen")
         sweep.append({"data": labels[e.data], "model": e.name, "lr": e.lr,
                       "final val PSNR": row["final val PSNR"], "chosen": row["chosen"]})
     kept = [e for e in entrants if e.plan is None or e.lr == chosen[e.key]]
