@@ -13,7 +13,9 @@ matplotlib only: no Ray, MLflow or PyVista.
 Every model trains with the library's own loop (`framecast.train.train_loop`, bf16 autocast on a
 GPU) at the same budget: steps, batch, AdamW, lr schedule, seed. Scoring and tables are
 `framecast.comparison`'s, as in `jobs.compare`: every model and copy-last-frame on the same test
-frames. The .npz holds uint8 arrays `<kind>_<split>` of shape (N, T, H, W, C), kind 2d/3d.
+frames, each model read with the decoding (trimmed mean, mean, argmax) that scores best on val,
+as `jobs.train` chooses it. The .npz holds uint8 arrays `<kind>_<split>` of shape
+(N, T, H, W, C), kind 2d/3d.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch  # noqa: E402
 
 from framecast import comparison  # noqa: E402
 from framecast.models import create  # noqa: E402
+from framecast.predict import choose_decode  # noqa: E402
 from framecast.train import OptimConfig, make_optimizer, train_loop  # noqa: E402
 
 MODELS = ("vblt", "vivit", "unet3d")
@@ -187,6 +190,12 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                                                eval_every, device, seed)
                 seconds[f"{kind}_{name}"] = secs
                 curves += [{"data": kind, "model": name, **c} for c in curve]
+                # read test the way val reads best, as jobs.train does at the end of training
+                best, by = choose_decode(model, val, batch_size=batch_size)
+                model.cfg = dataclasses.replace(model.cfg, decode=best)
+                budget.setdefault("decode", {})[f"{kind}_{name}"] = {"chosen": best, **by}
+                print(f"{kind}: {name} decoding chosen on val: {best} ("
+                      + ", ".join(f"{d} {v:.2f}" for d, v in by.items()) + " dB)", flush=True)
                 scores[name] = comparison.score(model, test, context, batch_size=batch_size)
                 if not any(r["model"] == name for r in cost):
                     cost.append(comparison.cost_row(name, preset, model.cpu(),

@@ -186,6 +186,10 @@ def test_the_gpu_script_runs_without_ray_mlflow_or_pyvista_and_fits_its_budget(t
     budget = json.loads((out / "budget.json").read_text())
     assert budget["steps"] == 4 and set(budget["probe_s_per_step"]) == {"vblt", "vivit", "unet3d"}
     assert not budget["failed"] and len(budget["train_seconds"]) == 6
+    # each model read on test with the decoding that scored best on val, recorded
+    assert len(budget["decode"]) == 6
+    for choice in budget["decode"].values():
+        assert choice["chosen"] == max(("trimmed", "mean", "argmax"), key=lambda d: choice[d])
 
 
 def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
