@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from framecast import comparison  # noqa: E402
 from framecast.models import create  # noqa: E402
-from framecast.predict import choose_decode  # noqa: E402
+from framecast.predict import adopt_best_decode, describe_decode_choice  # noqa: E402
 from framecast.train import OptimConfig, make_optimizer, train_loop  # noqa: E402
 
 MODELS = ("vblt", "vivit", "unet3d")
@@ -191,11 +191,9 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                 seconds[f"{kind}_{name}"] = secs
                 curves += [{"data": kind, "model": name, **c} for c in curve]
                 # read test the way val reads best, as jobs.train does at the end of training
-                best, by = choose_decode(model, val, batch_size=batch_size)
-                model.cfg = dataclasses.replace(model.cfg, decode=best)
+                best, by = adopt_best_decode(model, val, batch_size=batch_size)
                 budget.setdefault("decode", {})[f"{kind}_{name}"] = {"chosen": best, **by}
-                print(f"{kind}: {name} decoding chosen on val: {best} ("
-                      + ", ".join(f"{d} {v:.2f}" for d, v in by.items()) + " dB)", flush=True)
+                print(f"{kind}: {name} {describe_decode_choice(best, by)}", flush=True)
                 scores[name] = comparison.score(model, test, context, batch_size=batch_size)
                 if not any(r["model"] == name for r in cost):
                     cost.append(comparison.cost_row(name, preset, model.cpu(),

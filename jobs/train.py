@@ -397,7 +397,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
     import mlflow
 
     from framecast import model_io
-    from framecast.predict import choose_decode
+    from framecast.predict import adopt_best_decode, describe_decode_choice
     from framecast.train import load_checkpoint
 
     config, manifest = plan.config, plan.manifest
@@ -410,12 +410,10 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
     if hasattr(model.cfg, "decode") and "decode" not in config.overrides:
         # A frame predictor reads its predictions the way that scores best on val (the trimmed
         # mean helps 2D triangles, the plain mean 3D polycubes); --model-config decode=X fixes it.
-        best, psnr = choose_decode(model, val, batch_size=config.batch_size)
-        model.cfg = dataclasses.replace(model.cfg, decode=best)
+        best, psnr = adopt_best_decode(model, val, batch_size=config.batch_size)
         mlflow.set_tag("framecast.decode", best)  # a tag: a resumed run may choose anew
         mlflow.log_metrics({f"final_val_psnr_{d}": v for d, v in psnr.items()}, step=step)
-        print(f"train: decoding chosen on val: {best} ("
-              + ", ".join(f"{d} {v:.2f}" for d, v in psnr.items()) + " dB)")
+        print(f"train: {describe_decode_choice(best, psnr)}")
     summary = {f"val_{k}": v for k, v in model.eval().evaluate(val, config.batch_size).items()}
     registered = None if config.register == "none" else (
         config.register or f"{config.model}-{manifest.config.kind}")
