@@ -1,0 +1,100 @@
+"""NBP generator latency in its precision forms (fp32, bf16, W8A8, linears free) on any device:
+the third table of `benchmarks/quantize.py` on the CPU and `benchmarks/quantize_gpu.py` on a GPU.
+Plain torch and framecast only (no Ray, MLflow or PyVista), so it runs on the lent GPU machine."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from framecast.quant import kernels
+
+# NBPConfig's own defaults (LLaMA-like widths): GEMMs wide enough for int8 to matter.
+NBP_WIDE = {"dim": 384, "heads": 8, "layers": 6, "mlp_hidden": 1024}
+
+
+class FreeLinear(nn.Module):
+    """Stands in for a linear layer at no cost (a cached zero output of the right shape): a model
+    whose linears all cost nothing times the bound on any speed-up from quantizing them."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.shape[:-1], x.dtype, x.device)
+        if key not in self.cache:
+            self.cache[key] = torch.zeros(*x.shape[:-1], self.out_features, dtype=x.dtype,
+                                          device=x.device)
+        return self.cache[key]
+
+
+def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None,
+             device: str = "cpu", batches: tuple[int, ...] = (1, 8)
+             ) -> list[dict[str, float | str]]:
+    """An untrained NBP generator `preset` (+ overrides) with an untrained `fsq small` tokenizer
+    on (12, size, size) clips: size ratio of the generator, greedy generation latency (one
+    condition frame, 11 generated, tokenizer encode/decode included) per batch size for fp32,
+    bf16 (where native), W8A8 (the job's plan rule on the measured kernels) and linears free
+    (the bound), alternated; and how far W8A8 moves the next-block logits from fp32's on the
+    same tokens (teacher-forced: share of equal argmax tokens, relative logit error; an
+    untrained generator's free-running generations diverge chaotically after one flipped
+    token, so its frames measure nothing). Weights are drawn larger than at init so that greedy
+    choices are not near-ties."""
+    from framecast.models import registry
+    from framecast.quant import compare
+    from framecast.quant.apply import quantize_model, replace_layers, to_bf16
+    from framecast.quant.plan import precision_plan
+    from framecast.quant.schedule import QuantConfig, thresholds
+    from framecast.quant.sensitivity import linear_weights, weight_sensitivity
+    from framecast.train import batch_loss
+
+    torch.manual_seed(0)
+    tokenizer = registry.create("fsq", "small")
+    fp32 = registry.build("nbp", registry.model_config("nbp", preset, **(overrides or {})),
+                          tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        for name, p in fp32.named_parameters():
+            if p.dim() > 1 and not name.startswith("tokenizer."):
+                p.normal_(0.0, 1.5 / p.shape[-1] ** 0.5)
+    fp32 = fp32.to(device)
+    videos = torch.randint(0, 256, (max(batches), 12, size, size, 1), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    quant = copy.deepcopy(fp32)
+    sens = weight_sensitivity(quant, [videos[:2]], batch_loss)
+    quantize_model(quant, precision_plan(sens, *thresholds(sens, QuantConfig())))
+    free = copy.deepcopy(fp32)
+    replace_layers(free, linear_weights(free), lambda _, linear: FreeLinear(linear))
+    with torch.inference_mode():  # teacher-forced: the same tokens in, how far the logits move
+        tokens = fp32.encode(videos[:8])
+        want, got = fp32(tokens), quant(tokens)
+    agreement = {"argmax": float((want.argmax(-1) == got.argmax(-1)).float().mean()),
+                 "logit_error": float((got - want).norm() / want.norm())}
+    forms = {"fp32": fp32, "w8a8": quant, "bound": free}
+    if kernels.native_16bit(torch.bfloat16, device):
+        forms["bf16"] = to_bf16(copy.deepcopy(fp32))
+    label = preset + "".join(f", {k}={v}" for k, v in (overrides or {}).items())
+    rows: list[dict[str, float | str]] = []
+    for b in batches:
+        video = videos[:b]
+        for model in forms.values():  # warm-up: quantizer compile, kernel measurement
+            compare.latency_ms(model, video, 1, warmup=0)
+        times: dict[str, list[float]] = {name: [] for name in forms}
+        for _ in range(2):
+            for name, model in forms.items():
+                times[name].append(compare.latency_ms(model, video, repeats, warmup=0))
+        ms = {name: sum(t) / len(t) for name, t in times.items()}
+        row: dict[str, float | str] = {
+            "model": label, "batch": b,
+            "size_ratio": compare.compression(fp32, quant)["size_ratio"],
+            "argmax_agreement": agreement["argmax"], "logit_error": agreement["logit_error"]}
+        for name in ("fp32", "bf16", "w8a8", "bound"):
+            missing = "not native on this CPU"
+            row[f"ms_{name}"] = ms.get(name, missing)
+            if name != "fp32":
+                row[f"speedup_{name}"] = ms["fp32"] / ms[name] if name in ms else missing
+        rows.append(row)
+    return rows
