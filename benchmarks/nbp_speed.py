@@ -12,7 +12,8 @@ frames (--cond-frames), with its KV cache.
 Training runs the framecast loop (`framecast.train.train_loop`, what each Ray Train worker
 runs) in-process, so the budget goes to the models rather than to Ray start-up. Timed:
 `generate` with the tokenizer's encode and decode included (as the NBP paper counts frames
-per second).
+per second), every generator trained first and then timed alternately, pass by pass, so that
+the machine's drift hits NTP and NBP alike.
 Paper (NBP, digest section 2): 11x faster than next-token prediction, and better FVD.
 """
 
@@ -56,35 +57,46 @@ def fit(model, videos: np.ndarray, steps: int, batch_size: int, lr: float, seed:
     return seen[-1]
 
 
-def continue_clips(model, clips: np.ndarray, cond: int, repeats: int = 3
-                   ) -> tuple[np.ndarray, float, float]:
-    """Greedy continuations of every clip from `cond` frames, batched; (frames, seconds,
-    tokenizer seconds): the median of `repeats` timed passes over all clips, and of the same
-    passes' tokenizer share (encode of the context, decode as `generate` decodes). One untimed
-    continuation first (of the same length: a 2-frame block cannot make 1 frame): the first
-    call pays one-off costs (allocator, thread pool)."""
-    model.eval()
+def one_pass(model, clips: np.ndarray, cond: int) -> tuple[np.ndarray, float, float]:
+    """Greedy continuations of every clip from `cond` frames in batches of 8: (frames, seconds,
+    tokenizer seconds), the last being the tokenizer's part of the same work (encode of the
+    context, decode as `generate` decodes) timed on its own."""
     frames = clips.shape[1] - cond
-    model.generate(torch.from_numpy(np.ascontiguousarray(clips[:1, :cond])), frames,
-                   temperature=0.0)
-    passes, tok_passes = [], []
-    for _ in range(repeats):
-        out, tok_s, start = [], 0.0, time.perf_counter()
+    out, start = [], time.perf_counter()
+    for i in range(0, len(clips), 8):
+        context = torch.from_numpy(np.ascontiguousarray(clips[i:i + 8, :cond]))
+        out.append(model.generate(context, frames, temperature=0.0).numpy())
+    seconds, tok_s = time.perf_counter() - start, 0.0
+    with torch.no_grad():
         for i in range(0, len(clips), 8):
             context = torch.from_numpy(np.ascontiguousarray(clips[i:i + 8, :cond]))
-            out.append(model.generate(context, frames, temperature=0.0).numpy())
-        passes.append(time.perf_counter() - start)
-        with torch.no_grad():  # the tokenizer's part of the same work, timed on its own
-            for i in range(0, len(clips), 8):
-                context = torch.from_numpy(np.ascontiguousarray(clips[i:i + 8, :cond]))
-                begin = time.perf_counter()
-                tokens = model.encode(context)
-                t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
-                new = tokens.new_zeros(len(context), t - tokens.shape[1], h, w)
-                model.decode_continuation(tokens, new, frames)  # as generate decodes
-                tok_s += time.perf_counter() - begin
-        tok_passes.append(tok_s)
-    return np.concatenate(out), float(np.median(passes)), float(np.median(tok_passes))
+            begin = time.perf_counter()
+            tokens = model.encode(context)
+            t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
+            new = tokens.new_zeros(len(context), t - tokens.shape[1], h, w)
+            model.decode_continuation(tokens, new, frames)  # as generate decodes
+            tok_s += time.perf_counter() - begin
+    return np.concatenate(out), seconds, tok_s
+
+
+def continue_clips(models: dict, clips: np.ndarray, cond: int, repeats: int = 3
+                   ) -> dict[str, tuple[np.ndarray, float, float]]:
+    """Every model's `one_pass` over the clips, `repeats` times, the models alternated pass by
+    pass so that the machine's drift hits them alike (their ratio is the result): per model the
+    frames and the medians of seconds and tokenizer seconds. One untimed continuation of each
+    first (of the same length: a 2-frame block cannot make 1 frame): the first call pays
+    one-off costs (allocator, thread pool)."""
+    frames = clips.shape[1] - cond
+    for model in models.values():
+        model.eval()
+        model.generate(torch.from_numpy(np.ascontiguousarray(clips[:1, :cond])), frames,
+                       temperature=0.0)
+    passes: dict[str, list[tuple[np.ndarray, float, float]]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            passes[name].append(one_pass(model, clips, cond))
+    return {name: (runs[-1][0], float(np.median([r[1] for r in runs])),
+                   float(np.median([r[2] for r in runs]))) for name, runs in passes.items()}
 
 
 def parse_blocks(text: str, parser: argparse.ArgumentParser) -> list[tuple[int, int, int]]:
@@ -178,18 +190,23 @@ def main() -> None:
         np.concatenate([clips[:, :cond], np.repeat(clips[:, cond - 1:cond], 12 - cond, 1)], 1),
         cond)
     copy_scores = metrics.summary(metrics.frame_metrics(copy, clips[:, cond:]))
-    rows, by = [], {}
+    trained = {}  # block name -> (model, final loss, train s): all trained, then all timed
     for block in blocks:
         torch.manual_seed(0)
         cfg = registry.model_config("nbp", "small", block=block, cond_frames=cond)
         model = registry.build("nbp", cfg, tokenizer=tokenizer)
         begin = time.perf_counter()
         loss = fit(model, train, args.steps, 8, 2e-3, seed=0)
-        train_s = time.perf_counter() - begin
-        frames, seconds, tok_seconds = continue_clips(model, clips, cond, args.repeats)
+        trained["x".join(map(str, block))] = (model, loss, time.perf_counter() - begin)
+        print(f"nbp_speed: block {'x'.join(map(str, block))}: trained {args.steps} steps, "
+              f"final loss {loss:.3f}", flush=True)
+    timed = continue_clips({name: t[0] for name, t in trained.items()}, clips, cond,
+                           args.repeats)
+    rows, by = [], {}
+    for name, (model, loss, train_s) in trained.items():
+        frames, seconds, tok_seconds = timed[name]
         scores = metrics.summary(metrics.frame_metrics(frames, clips[:, cond:]))
         steps = model.forward_steps(shape, cond)
-        name = "x".join(map(str, block))
         by[name] = {"steps": steps, "seconds": seconds, "tokenizer": tok_seconds, **scores}
         fps = len(clips) * (12 - cond) / seconds
         rows.append([name, steps, train_s, loss, seconds, tok_seconds, fps, scores["psnr"],
@@ -213,7 +230,8 @@ def main() -> None:
              f"grid {tokenizer.grid(shape)}); each generator `nbp` small ({args.steps} steps of "
              f"batch 8, lr 2e-3, same seed and batches), greedy continuation of {len(clips)} "
              f"test clips from {cond} condition frame(s), batches of 8, KV cache, tokenizer encode "
-             f"and decode timed (median of {args.repeats} passes; the tokenizer column times "
+             f"and decode timed (all generators trained first, then timed alternately pass by "
+             f"pass: median of {args.repeats} passes each; the tokenizer column times "
              f"its encode and decode alone on the same batches); {torch.get_num_threads()} "
              f"threads. Copy-last-frame on the same "
              f"frames: PSNR {copy_scores['psnr']:.2f} dB, SSIM {copy_scores['ssim']:.3f}. "
