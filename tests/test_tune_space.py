@@ -173,3 +173,15 @@ def test_the_pareto_front_keeps_only_undominated_trials():
     assert [r["drop"] for r in ranked][:2] == [0.0, 0.1]
     markdown, csv_text = tune_report.table(rows[:2], ["size", "drop"])
     assert markdown.splitlines()[2] == "| 4 | 0.5 |" and csv_text.splitlines()[1] == "4.0,0.5"
+
+
+def test_the_plot_numbers_points_whose_labels_would_overlap():
+    """Labels beside points closer than 15% of the x range and 6% of the y range would run over
+    each other (a block-shape study put 1x2x8 and 2x2x2 on one spot): those plots get numbers
+    and a key instead."""
+    assert tune_report._crowded([76.7, 103.4, 102.9, 142.8], [2.43, 2.90, 2.89, 2.72])
+    assert not tune_report._crowded([76.7, 112.4, 142.8, 99.1], [2.43, 2.45, 2.72, 3.12])
+    assert not tune_report._crowded([1.0, 1.0], [0.0, 1.0])  # same x, far apart in y
+    rows = [{"x": x, "y": y} for x, y in ((1.0, 2.0), (1.01, 2.01), (3.0, 1.0))]
+    png = tune_report.study_plot(rows, "x", "y", labels=["a", "b", "c"], front=[True, False, True])
+    assert png.startswith(b"\x89PNG")

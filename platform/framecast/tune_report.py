@@ -69,6 +69,17 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> tuple[st
     return "\n".join(lines) + "\n", out.getvalue()
 
 
+def _crowded(xs: Sequence[float], ys: Sequence[float]) -> bool:
+    """Whether two points sit so close (within 15% of the x range and 6% of the y range) that
+    labels written beside them would overlap."""
+    def unit(vs: Sequence[float]) -> list[float]:
+        lo, hi = min(vs, default=0.0), max(vs, default=0.0)
+        return [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in vs]
+    ux, uy = unit(xs), unit(ys)
+    return any(abs(ux[a] - ux[b]) < 0.15 and abs(uy[a] - uy[b]) < 0.06
+               for a in range(len(ux)) for b in range(a + 1, len(ux)))
+
+
 def study_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, *, labels: Sequence[str],
                color: str = "", front: Sequence[bool] = (), title: str = "") -> bytes:
     """PNG: one point per trial at (x, y), labelled (e.g. its block shape), coloured by
@@ -87,12 +98,17 @@ def study_plot(rows: Sequence[Mapping[str, Any]], x: str, y: str, *, labels: Seq
         fig.colorbar(points, ax=ax, label=color)
     else:
         ax.scatter([xs[i] for i in shown], [ys[i] for i in shown], s=45, zorder=3)
-    # Long labels (several searched values) would run over each other and the colour bar: the
-    # points get numbers and a key below the axes says what each number is.
-    long = any(len(labels[i]) > 24 for i in shown)
+    # Long labels (several searched values), or labels of points close together, would run over
+    # each other: the points get numbers and a key below the axes says what each number is.
+    long = (any(len(labels[i]) > 24 for i in shown)
+            or _crowded([xs[i] for i in shown], [ys[i] for i in shown]))
+    span = (min(xs[i] for i in shown), max(xs[i] for i in shown)) if shown else (0.0, 0.0)
     for n, i in enumerate(shown, 1):
+        # A label near the right edge goes to the left of its point, inside the axes.
+        right = span[1] > span[0] and (xs[i] - span[0]) / (span[1] - span[0]) > 0.7
         ax.annotate(f"#{n}" if long else labels[i], (xs[i], ys[i]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+                    xytext=(-5, 4) if right else (5, 4), ha="right" if right else "left",
+                    fontsize=8)
     if long:
         key = "\n".join(f"#{n}: {labels[i]}" for n, i in enumerate(shown, 1))
         fig.text(0.01, 0.0, key, fontsize=7, va="top", family="monospace")
