@@ -47,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="quantize-gpu", help="folder for table and JSON")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
-    batches = (1, 2) if args.quick else tuple(int(b) for b in args.batches.split(","))
+    try:
+        batches = (1, 2) if args.quick else tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        parser.error(f"--batches {args.batches!r}: expected whole numbers, e.g. 1,8,32")
+    if min(batches) < 1 or args.repeats < 1 or args.size < 1:
+        parser.error("--batches, --repeats and --size must be at least 1")
     repeats = 1 if args.quick else args.repeats
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here: bf16 has its row
