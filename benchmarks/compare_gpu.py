@@ -207,12 +207,11 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
             comparison.write_tables(out, cost, quality + comparison.quality_rows(
                 kind, scores, copy, frames), curves)
             (out / "budget.json").write_text(json.dumps(budget, indent=1))
-        quality += comparison.quality_rows(kind, scores, copy, frames)
+        rows = comparison.quality_rows(kind, scores, copy, frames)
+        quality += rows
         # Each data set's rows as soon as they exist: a run cut short by its lease keeps them
         # in the log even when the files under --out do not come back.
-        print(f"\n{kind}: table 2 so far (test split)\n"
-              + comparison.markdown(comparison.quality_rows(kind, scores, copy, frames)),
-              flush=True)
+        print(f"\n{kind}: table 2 so far (test split)\n{comparison.markdown(rows)}", flush=True)
     print("\nTable 1\n" + comparison.markdown(cost))
     print("\nTable 2 (test split)\n" + comparison.markdown(quality))
     return {"cost": cost, "quality": quality, "curves": curves, "seconds": seconds,

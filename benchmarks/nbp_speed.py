@@ -203,9 +203,10 @@ def main() -> None:
         model = registry.build("nbp", cfg, tokenizer=tokenizer)
         begin = time.perf_counter()
         loss = fit(model, train, args.steps, 8, 2e-3, seed=0)
-        trained["x".join(map(str, block))] = (model, loss, time.perf_counter() - begin)
-        print(f"nbp_speed: block {'x'.join(map(str, block))}: trained {args.steps} steps, "
-              f"final loss {loss:.3f}", flush=True)
+        name = "x".join(map(str, block))
+        trained[name] = (model, loss, time.perf_counter() - begin)
+        print(f"nbp_speed: block {name}: trained {args.steps} steps, final loss {loss:.3f}",
+              flush=True)
     timed = continue_clips({name: t[0] for name, t in trained.items()}, clips, cond,
                            args.repeats)
     rows, by = [], {}

@@ -23,17 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 import torch  # noqa: E402
 
 from benchmarks.lib.nbp_forms import NBP_WIDE, nbp_rows  # noqa: E402
+from benchmarks.lib.report import markdown_table  # noqa: E402
 
 COLUMNS = ("model", "batch", "ms_fp32", "ms_bf16", "ms_w8a8", "ms_bound", "speedup_bf16",
            "speedup_w8a8", "speedup_bound", "size_ratio", "argmax_agreement", "logit_error")
 
 
 def table(rows: list[dict]) -> str:
-    def cell(v: object) -> str:
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(list(COLUMNS), [[r.get(c, "") for c in COLUMNS] for r in rows])
 
 
 def main(argv: list[str] | None = None) -> int:
