@@ -252,3 +252,18 @@ def test_the_speed_benchmark_takes_block_shapes_and_refuses_ones_it_cannot_compa
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 2  # usage line + the reason
+
+
+def test_the_speed_benchmark_takes_batch_sizes_and_refuses_bad_ones(capsys):
+    import argparse
+
+    from benchmarks.nbp_speed import parse_batches
+
+    parser = argparse.ArgumentParser(prog="nbp_speed.py")
+    assert parse_batches("1, 8,1,4", parser) == [1, 8, 4]
+    for text in ("1,x", "0,8", ""):
+        with pytest.raises(SystemExit) as stop:
+            parse_batches(text, parser)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "--batches" in err and len(err.strip().splitlines()) == 2
