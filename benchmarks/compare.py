@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, report  # noqa: E402
 
 
@@ -85,9 +86,7 @@ def main() -> None:
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.size = args.size or (16 if args.quick else 32)
     args.eval_every = args.eval_every or max(args.steps // 5, 1)
-    args.kinds = [k.strip() for k in (args.kinds or ("2d" if args.quick else "2d,3d")).split(",")]
-    if not args.kinds or set(args.kinds) - {"2d", "3d"}:
-        parser.error(f"--kinds {','.join(args.kinds)}: give 2d, 3d or 2d,3d")
+    args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
     if args.export:
         export(Path(args.export), sequences=args.sequences, size=args.size)
         return

@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import parse_sizes  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 
@@ -106,17 +107,6 @@ def continue_clips(models: dict, clips: np.ndarray, cond: int, batches: list[int
                   float(np.median([r[2] for r in runs]))) for key, runs in passes.items()}
 
 
-def parse_batches(text: str, parser: argparse.ArgumentParser) -> list[int]:
-    """'1,8' as batch sizes, in order and without repeats, each >= 1."""
-    try:
-        batches = list(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
-    except ValueError:
-        parser.error(f"--batches must be whole numbers separated by commas, got {text!r}")
-    if not batches or min(batches) < 1:
-        parser.error(f"--batches must be sizes >= 1, got {text!r}")
-    return batches
-
-
 def parse_blocks(text: str, parser: argparse.ArgumentParser) -> list[tuple[int, int, int]]:
     """'1x1x1,1x8x8,...' as shape tuples, in order and without repeats; both speed-up ends
     (1x1x1 and 1x8x8) must be there."""
@@ -170,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    batches = parse_batches(args.batches, parser)
+    batches = parse_sizes(args.batches, parser, "--batches")
     blocks = parse_blocks(args.blocks or ("1x1x1,1x8x8" if args.quick
                                           else "1x1x1,1x8x8,1x1x8,2x4x4"), parser)
     args.steps = args.steps or (30 if args.quick else 600)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 
 import torch  # noqa: E402
 
+from benchmarks.lib.cli import parse_sizes  # noqa: E402
 from benchmarks.lib.nbp_forms import NBP_WIDE, nbp_rows  # noqa: E402
 from benchmarks.lib.report import markdown_table  # noqa: E402
 
@@ -44,12 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="quantize-gpu", help="folder for table and JSON")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
-    try:
-        batches = (1, 2) if args.quick else tuple(int(b) for b in args.batches.split(","))
-    except ValueError:
-        parser.error(f"--batches {args.batches!r}: expected whole numbers, e.g. 1,8,32")
-    if min(batches) < 1 or args.repeats < 1 or args.size < 1:
-        parser.error("--batches, --repeats and --size must be at least 1")
+    batches = (1, 2) if args.quick else tuple(parse_sizes(args.batches, parser, "--batches"))
+    if args.repeats < 1 or args.size < 1:
+        parser.error("--repeats and --size must be at least 1")
     repeats = 1 if args.quick else args.repeats
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here: bf16 has its row

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from benchmarks.lib.trained import render_and_train  # noqa: E402
 
@@ -53,9 +54,7 @@ def main() -> None:
     parser.add_argument("--kinds", default="2d,3d",
                         help="data sets, comma-separated (default 2d,3d)")
     args = parser.parse_args()
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    if not kinds or any(k not in ("2d", "3d") for k in kinds):
-        parser.error(f"--kinds: expected 2d and/or 3d, got {args.kinds!r}")
+    kinds = parse_kinds(args.kinds, parser)
     args.size = args.size or (16 if args.quick else 32)
     args.steps = args.steps or (60 if args.quick else 1000)
     args.sequences = args.sequences or (320 if args.quick else 2000)

@@ -254,16 +254,19 @@ def test_the_speed_benchmark_takes_block_shapes_and_refuses_ones_it_cannot_compa
         assert message in err and len(err.strip().splitlines()) == 2  # usage line + the reason
 
 
-def test_the_speed_benchmark_takes_batch_sizes_and_refuses_bad_ones(capsys):
+def test_benchmark_options_take_comma_lists_and_refuse_bad_ones(capsys):
     import argparse
 
-    from benchmarks.nbp_speed import parse_batches
+    from benchmarks.lib.cli import parse_kinds, parse_sizes
 
-    parser = argparse.ArgumentParser(prog="nbp_speed.py")
-    assert parse_batches("1, 8,1,4", parser) == [1, 8, 4]
-    for text in ("1,x", "0,8", ""):
+    parser = argparse.ArgumentParser(prog="bench.py")
+    assert parse_sizes("1, 8,1,4", parser, "--batches") == [1, 8, 4]
+    assert parse_kinds("3d, 2d,3d", parser) == ["3d", "2d"]
+    for call, text in [(lambda t: parse_sizes(t, parser, "--batches"), t) for t in
+                       ("1,x", "0,8", "")] + [(lambda t: parse_kinds(t, parser), t) for t in
+                                              ("2d,4d", " ")]:
         with pytest.raises(SystemExit) as stop:
-            parse_batches(text, parser)
+            call(text)
         assert stop.value.code == 2
         err = capsys.readouterr().err
-        assert "--batches" in err and len(err.strip().splitlines()) == 2
+        assert repr(text) in err and len(err.strip().splitlines()) == 2  # usage + the reason
