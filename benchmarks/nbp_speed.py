@@ -146,8 +146,10 @@ def main() -> None:
                              "1- and 2-frame blocks alike)")
     parser.add_argument("--kind", choices=("2d", "3d"), default="2d",
                         help="data: 2D triangles (default) or 3D polycubes")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed generation passes over all clips; the median is reported")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed generation passes over all clips per model and batch size, "
+                             "alternated; the median is reported (default 5: one clip at a "
+                             "time, NBP's 2-thread arithmetic swings with the host's load)")
     parser.add_argument("--batches", default="1,8",
                         help="clips per generate call, comma-separated; each is timed, and the "
                              "first gives the headline speed-up (default 1,8: one clip at a time, "
