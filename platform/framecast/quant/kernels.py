@@ -224,9 +224,11 @@ PATHS: dict[str, GemmPath] = {p.name: p for p in (
 
 @dataclass
 class Measured:
-    """One shape class's measurement: ms per path (inf: not exact) and the path kept."""
+    """One shape class's measurement: ms per path (inf: not exact), the paths the screen
+    dropped (exact, but over 4x the best: a reference kernel, say) and the path kept."""
     shape: tuple[int, int, int]
     ms: dict[str, float] = field(default_factory=dict)
+    screened: set[str] = field(default_factory=set)
     chosen: str = "int_mm"
 
 
@@ -286,10 +288,13 @@ def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
         screened[name] = (ms, packed)
     best, full = min(m.ms.values()), min(rows, MEASURE_ROWS)
     for name, ms in m.ms.items():
-        if full <= 64 or math.isinf(ms):
+        if math.isinf(ms):
             continue
         if ms > 4 * best:
-            m.ms[name] = ms * full / 64  # screened out: an estimate, never the fastest
+            m.screened.add(name)
+            m.ms[name] = ms * max(full, 64) / 64  # screened out: an estimate, never the fastest
+            continue
+        if full <= 64:
             continue
         path = PATHS[name]
         operands = _operands(full, k, n, path.act_bits, device)
