@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,25 @@ def int8_compute():
 
     with kernels.choose(fused_quant=kernels.CHOICE.fused_quant, float_layers=False):
         yield
+
+
+# What the lent GPU machine lacks (it has torch, numpy, scikit-image, matplotlib).
+NOT_ON_THE_GPU_MACHINE = ("ray", "mlflow", "pyvista", "vtk")
+
+
+@pytest.fixture
+def run_gpu_script():
+    """Run benchmarks/<script> with argv as a fresh process in which importing any of
+    NOT_ON_THE_GPU_MACHINE (plus `also`) fails, as on the GPU machine."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(script: str, argv: list[str], also: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess:
+        code = (f"import sys, runpy\n"
+                f"for m in {NOT_ON_THE_GPU_MACHINE + also!r}: sys.modules[m] = None\n"
+                f"sys.argv = {[script, *argv]!r}\n"
+                f"runpy.run_path('benchmarks/{script}', run_name='__main__')\n")
+        return subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True,
+                              text=True)
+
+    return run

@@ -120,21 +120,13 @@ def test_latency_of_a_generator_times_a_greedy_generation():
     assert calls == [((2, 1, 16, 16, 1), 3, {"temperature": 0.0})]
 
 
-def test_the_gpu_latency_script_runs_without_ray_mlflow_or_pyvista(tmp_path):
+def test_the_gpu_latency_script_runs_without_ray_mlflow_or_pyvista(tmp_path, run_gpu_script):
     """benchmarks/quantize_gpu.py is what runs on the lent GPU machine (torch, numpy and the
     carried vector-quantize-pytorch only): its CPU smoke mode must import nothing else and give
     every form's row and the RESULT line."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    code = ("import sys, runpy\n"
-            "for m in ('ray', 'mlflow', 'pyvista', 'vtk'): sys.modules[m] = None\n"
-            f"sys.argv = ['quantize_gpu.py', '--quick', '--out', {str(tmp_path)!r}]\n"
-            "runpy.run_path('benchmarks/quantize_gpu.py', run_name='__main__')\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    run = run_gpu_script("quantize_gpu.py", ["--quick", "--out", str(tmp_path)])
     assert run.returncode == 0, run.stderr[-2000:]
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT quantize_gpu speedup_b1_nbp=") and "bound_b2_nbp=" in last
