@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import parse_sizes  # noqa: E402
+from benchmarks.lib.cli import comma_items, parse_sizes  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 
@@ -68,17 +68,17 @@ def one_pass(model, clips: np.ndarray, cond: int, batch: int
     call: (frames, seconds, tokenizer seconds), the last being the tokenizer's part of the same
     work (encode of the context, decode as `generate` decodes) timed on its own."""
     frames = clips.shape[1] - cond
+    contexts = [torch.from_numpy(np.ascontiguousarray(clips[i:i + batch, :cond]))
+                for i in range(0, len(clips), batch)]
     out, start = [], time.perf_counter()
-    for i in range(0, len(clips), batch):
-        context = torch.from_numpy(np.ascontiguousarray(clips[i:i + batch, :cond]))
+    for context in contexts:
         out.append(model.generate(context, frames, temperature=0.0).numpy())
     seconds, tok_s = time.perf_counter() - start, 0.0
+    t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
     with torch.no_grad():
-        for i in range(0, len(clips), batch):
-            context = torch.from_numpy(np.ascontiguousarray(clips[i:i + batch, :cond]))
+        for context in contexts:
             begin = time.perf_counter()
             tokens = model.encode(context)
-            t, h, w = model.tokenizer.grid((clips.shape[1], *clips.shape[2:]))
             new = tokens.new_zeros(len(context), t - tokens.shape[1], h, w)
             model.decode_continuation(tokens, new, frames)  # as generate decodes
             tok_s += time.perf_counter() - begin
@@ -114,7 +114,7 @@ def parse_blocks(text: str, parser: argparse.ArgumentParser) -> list[tuple[int, 
     from framecast.models import registry
 
     blocks: list[tuple[int, int, int]] = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
+    for item in comma_items(text):
         try:
             block = tuple(registry.parse_overrides("nbp", f"block={item}")["block"])
         except ConfigError as err:
@@ -225,25 +225,23 @@ def main() -> None:
               flush=True)
     timed = continue_clips({name: t[0] for name, t in trained.items()}, clips, cond, batches,
                            args.repeats)
-    rows, by = [], {}
+    by = {}
     for (name, batch), (frames, seconds, tok_seconds) in timed.items():
-        model, loss, train_s = trained[name]
         scores = metrics.summary(metrics.frame_metrics(frames, clips[:, cond:]))
-        steps = model.forward_steps(shape, cond)
-        by[name, batch] = {"steps": steps, "seconds": seconds, "tokenizer": tok_seconds, **scores}
+        steps = trained[name][0].forward_steps(shape, cond)
         fps = len(clips) * (12 - cond) / seconds
-        rows.append([name, batch, steps, train_s, loss, seconds, tok_seconds, fps,
-                     scores["psnr"], scores["ssim"]])
+        by[name, batch] = {"steps": steps, "seconds": seconds, "tokenizer": tok_seconds,
+                           "generator": max(seconds - tok_seconds, 1e-9), "fps": fps, **scores}
         print(f"nbp_speed: block {name}, batch {batch}: {steps} forward steps, {seconds:.2f} s "
               f"for {len(clips)} clips ({fps:.1f} frames/s), PSNR {scores['psnr']:.2f} dB")
-
-    def generator_s(b: dict) -> float:
-        return max(b["seconds"] - b["tokenizer"], 1e-9)
-
-    for row in rows:
-        ntp_row, this = by["1x1x1", row[1]], by[row[0], row[1]]
-        row.insert(8, ntp_row["seconds"] / this["seconds"])
-        row.insert(9, generator_s(ntp_row) / generator_s(this))
+    rows = []
+    for (name, batch), b in by.items():  # speed-ups once every (1x1x1, batch) entry exists
+        ntp_b = by["1x1x1", batch]
+        b["speedup"] = ntp_b["seconds"] / b["seconds"]
+        b["speedup_generator"] = ntp_b["generator"] / b["generator"]
+        _, loss, train_s = trained[name]
+        rows.append([name, batch, b["steps"], train_s, loss, b["seconds"], b["tokenizer"],
+                     b["fps"], b["speedup"], b["speedup_generator"], b["psnr"], b["ssim"]])
     table = markdown_table(["block", "clips per call", "forward steps / clip", "train s",
                             "final loss", "generate s", "of which tokenizer s", "frames/s",
                             "speed-up vs 1x1x1", "generator-only speed-up", "PSNR", "SSIM"],
@@ -265,13 +263,13 @@ def main() -> None:
     head = batches[0]
     ntp, nbp = by["1x1x1", head], by["1x8x8", head]
     values = {"kind": args.kind, "batch": head, "steps_ntp": ntp["steps"],
-              "steps_nbp": nbp["steps"], "speedup": ntp["seconds"] / nbp["seconds"],
-              "speedup_generator_only": generator_s(ntp) / generator_s(nbp),
+              "steps_nbp": nbp["steps"], "speedup": nbp["speedup"],
+              "speedup_generator_only": nbp["speedup_generator"],
               "tokenizer_share_nbp": nbp["tokenizer"] / nbp["seconds"], "psnr_ntp": ntp["psnr"],
               "psnr_nbp": nbp["psnr"], "ssim_ntp": ntp["ssim"], "ssim_nbp": nbp["ssim"],
               "psnr_copy": copy_scores["psnr"], "psnr_tokenizer": recon["psnr"]}
     for batch in batches[1:]:
-        values[f"speedup_b{batch}"] = by["1x1x1", batch]["seconds"] / by["1x8x8", batch]["seconds"]
+        values[f"speedup_b{batch}"] = by["1x8x8", batch]["speedup"]
     report("nbp_speed", "NBP vs next-token prediction (same generator, block 1x8x8 vs 1x1x1)",
            table, notes, f"RESULT nbp_speed {key_values(values)}")
 

@@ -8,14 +8,15 @@ import argparse
 KINDS = ("2d", "3d")
 
 
-def _items(text: str) -> list[str]:
+def comma_items(text: str) -> list[str]:
+    """'a, b,,a' -> ['a', 'b']: stripped, non-empty, in order, without repeats."""
     return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
 def parse_sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[int]:
     """'1,8,32' as whole numbers >= 1, in order and without repeats."""
     try:
-        sizes = [int(t) for t in _items(text)]
+        sizes = [int(t) for t in comma_items(text)]
     except ValueError:
         parser.error(f"{flag} {text!r}: expected whole numbers separated by commas, e.g. 1,8")
     if not sizes or min(sizes) < 1:
@@ -25,7 +26,7 @@ def parse_sizes(text: str, parser: argparse.ArgumentParser, flag: str) -> list[i
 
 def parse_kinds(text: str, parser: argparse.ArgumentParser) -> list[str]:
     """'2d,3d' as data kinds, in order and without repeats."""
-    kinds = _items(text)
+    kinds = comma_items(text)
     if not kinds or set(kinds) - set(KINDS):
         parser.error(f"--kinds {text!r}: give 2d, 3d or 2d,3d")
     return kinds
