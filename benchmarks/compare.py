@@ -7,9 +7,14 @@ V-BLT row).
     python benchmarks/compare.py --export data/compare-paper.npz --size 64   # for compare_gpu.py
 
 The real path: `jobs.render --preset hard` writes each data set, `jobs.compare` trains every
-model through `jobs.train` (Ray Train, 1 worker, same steps/batch/lr/seed) and scores all on the
-same test frames against copy-last-frame. Appends both tables, the learning curves and the
-paper's numbers to benchmarks/RESULTS.md; the last line is `RESULT compare psnr_<model>_<kind>=..`.
+model through `jobs.train` (Ray Train, 1 worker, same steps/batch/lr/seed) and scores all with
+the rollout protocol: the same --context frames in, the rest of each test clip predicted from the
+model's own outputs, copy-last-frame (the last context frame held) beside them. Appends table 1
+(with the `paper` presets' cost at 12x64x64 beside the paper's), table 2 (rollout), PSNR per
+frame ahead (also drawn to benchmarks/figures/compare_horizon.png), the teacher-forced table and
+the learning curves to benchmarks/RESULTS.md. The last line is `RESULT compare
+rollout_psnr_<model>_<kind>=.. psnr_<model>_<kind>=.. (teacher-forced) gflops_<model>_paper=..
+mb_<model>_paper=..`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from benchmarks.lib.cli import parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, report  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURE = REPO / "benchmarks" / "figures" / "compare_horizon.png"
 
 
 def render_hard(kind: str, *, sequences: int, size: int, root: Path, workers: int = 2) -> Path:
@@ -78,6 +86,8 @@ def main() -> None:
                         help="data sets, comma-separated (default 2d,3d; 2d with --quick: six "
                              "Ray Train fits do not fit in 5 minutes)")
     parser.add_argument("--preset", default="small", help="model preset (default small)")
+    parser.add_argument("--context", type=int, default=4,
+                        help="frames every model is given before its rollout (default 4)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between val points of the learning curves (default steps/5)")
     parser.add_argument("--export", default="", help="only render and pack an .npz here")
@@ -86,6 +96,8 @@ def main() -> None:
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.size = args.size or (16 if args.quick else 32)
     args.eval_every = args.eval_every or max(args.steps // 5, 1)
+    if not 1 <= args.context < 12:  # the benchmark renders 12-frame clips
+        parser.error(f"--context {args.context}: give 1..11 (frames of the 12-frame clips)")
     args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
     if args.export:
         export(Path(args.export), sequences=args.sequences, size=args.size)
@@ -103,6 +115,7 @@ def main() -> None:
         start = time.perf_counter()
         result = compare(CompareConfig(
             data=",".join(map(str, dirs)), models=args.models, preset=args.preset,
+            context=args.context,
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, lrs=args.lrs,
             eval_every=args.eval_every, eval_sequences=16, checkpoint_every=args.steps,
             log_every=max(args.steps // 10, 1), out=str(root / "tables"),
@@ -110,15 +123,26 @@ def main() -> None:
         wall = time.perf_counter() - start
     from framecast import comparison
 
+    paper = paper_cost_rows(args.models.split(","))
     curves = comparison.markdown([{k: r.get(k) for k in ("data", "model", "step", "val_psnr",
                                                           "val_psnr_copy_last", "val_ssim")}
                                   for r in result["curves"]])
-    tables = ("Table 1 (size, compute per sequence; paper columns: the V-BLT paper)\n\n"
-              + comparison.markdown(result["cost"])
-              + "\n\nTable 2 (test split; every model and copy-last on the same frames)\n\n"
+    FIGURE.parent.mkdir(exist_ok=True)
+    FIGURE.write_bytes(comparison.horizon_chart(result["horizon"]))
+    tables = (f"Table 1 (size, compute per sequence; {comparison.FLOPS_CONVENTION}; paper "
+              "columns: the V-BLT paper)\n\n" + comparison.markdown(result["cost"] + paper)
+              + "\n\n" + "\n".join(f"- {n}" for n in comparison.convention_notes(paper))
+              + f"\n\nTable 2 (test split; rollouts from the same {args.context} context frames, "
+              "each model fed its own predictions; copy-last holds the last context frame; "
+              "frames/step: frames one forward step predicts)\n\n"
               + comparison.markdown(result["quality"])
-              + "\n\nLearning curves (val split, model's own predicted frames, read with the "
-              "trimmed mean during training)\n\n" + curves)
+              + f"\n\nRollout PSNR (dB) per frame ahead (plot: {FIGURE.relative_to(REPO)})\n\n"
+              + comparison.markdown(result["horizon"])
+              + "\n\nTeacher-forced (each frame from the true frames before it; every model and "
+              "copy-last on the frames after the longest context)\n\n"
+              + comparison.markdown(result["teacher_forced"])
+              + "\n\nLearning curves (val split, teacher-forced, read with the trimmed mean "
+              "during training)\n\n" + curves)
     if result["lr_sweep"]:
         tables += ("\n\nLearning rates (final val PSNR, read with the decoding chosen on val; "
                    "the chosen one trained the row of table 2)\n\n"
@@ -129,15 +153,31 @@ def main() -> None:
              f"(cosine), preset `{args.preset}`, seed 0, 1 Ray Train "
              f"worker; data: `jobs.render --preset hard`, {args.sequences} sequences of "
              f"12x{args.size}x{args.size} per kind ({', '.join(args.kinds)}; 80/10/10 split); "
+             f"rollouts from {args.context} context frames; "
              f"wall time of the comparison (training, evaluation, tables) {wall:.0f} s, of the "
              f"whole benchmark (Ray start and rendering included) {total:.0f} s.")
+    values = {}
     # Models first, copy-last last, per data set (the issue's order).
-    rows = sorted(result["quality"], key=lambda r: (str(r["data"]), r["model"] == "copy-last"))
-    values = {f"psnr_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}": r["PSNR"]
-              for r in rows}
-    values.update(steps=args.steps, size=args.size, total_s=round(total))
-    report("compare", "V-BLT vs ViViT vs UNet-3D, equal budget (issue 17)", tables, notes,
-           f"RESULT compare {key_values(values)}")
+    for prefix, rows in (("rollout_psnr", result["quality"]), ("psnr", result["teacher_forced"])):
+        for r in sorted(rows, key=lambda r: (str(r["data"]), r["model"] == "copy-last")):
+            values[f"{prefix}_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}"] = (
+                r["PSNR"])
+    for r in paper:
+        values[f"gflops_{r['model']}_paper"] = r["GFLOPs 12x64x64"]
+        values[f"mb_{r['model']}_paper"] = r["MB"]
+    values.update(context=args.context, steps=args.steps, size=args.size, total_s=round(total))
+    report("compare", "V-BLT vs ViViT vs UNet-3D, equal budget, rollout protocol (issue 28)",
+           tables, notes, f"RESULT compare {key_values(values)}")
+
+
+def paper_cost_rows(names: list[str]) -> list[dict]:
+    """Table 1 rows of each model's `paper` preset at the paper's 12x64x64 (1 channel)."""
+    from framecast import comparison
+    from framecast.models import create, presets
+
+    shape = (*comparison.PAPER_FRAME_SHAPE, 1)
+    return [comparison.cost_row(n, "paper", create(n, "paper"), shape)
+            for n in (n.strip() for n in names) if n.strip() and "paper" in presets(n.strip())]
 
 
 if __name__ == "__main__":

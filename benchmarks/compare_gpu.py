@@ -12,8 +12,10 @@ matplotlib only: no Ray, MLflow or PyVista.
 
 Every model trains with the library's own loop (`framecast.train.train_loop`, bf16 autocast on a
 GPU) at the same budget: steps, batch, AdamW, lr schedule, seed. Scoring and tables are
-`framecast.comparison`'s, as in `jobs.compare`: every model and copy-last-frame on the same test
-frames, each model read with the decoding (trimmed mean, mean, argmax) that scores best on val,
+`framecast.comparison`'s, as in `jobs.compare`: table 2 is the rollout protocol (every model
+given the same --context frames of each test clip, the rest predicted from its own outputs,
+copy-last holding the last context frame), then PSNR per frame ahead and the teacher-forced
+table; each model is read with the decoding (trimmed mean, mean, argmax) that scores best on val,
 as `jobs.train` chooses it. The .npz holds uint8 arrays `<kind>_<split>` of shape
 (N, T, H, W, C), kind 2d/3d.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import sys
@@ -144,13 +147,27 @@ def plan_steps(step_seconds: dict[str, float], kinds: int, budget_s: float, max_
     return min(steps, max_steps)
 
 
+def kind_tables(kind: str, context: int, held: dict, copy: dict, frames: str, ahead: dict,
+                scores: dict, steps_of: dict) -> tuple[list, list, list]:
+    """One data set's rollout rows, PSNR-per-frame-ahead rows and teacher-forced rows."""
+    return (comparison.rollout_rows(kind, ahead, held, context, steps_of),
+            comparison.horizon_rows(kind, ahead, held),
+            comparison.quality_rows(kind, scores, copy, frames))
+
+
 def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, steps: int,
         batch_size: int, lr: float, eval_every: int, val_sequences: int, out: Path,
-        device: torch.device, seed: int = 0, budget_s: float | None = None) -> dict:
+        device: torch.device, context: int = 4, seed: int = 0, budget_s: float | None = None
+        ) -> dict:
     """Train and score every model on every kind in `arrays`; writes the tables to `out` after
     every model (a run cut short keeps what it finished). With `budget_s`, each model's step time
     is probed first and `steps` shrinks so that all training fits in that many seconds."""
     kinds = sorted({k.split("_")[0] for k in arrays})
+    frames = min(arrays[f"{k}_test"].shape[1] for k in kinds)
+    least = {n: create(n, preset).context_frames for n in models}
+    if not max(least.values()) <= context < frames:
+        raise ValueError(f"--context {context}: give {max(least.values())}..{frames - 1} (the "
+                         f"models' least context frames: {least}; clips of {frames} frames)")
 
     def optim_for(n: int) -> OptimConfig:
         return OptimConfig(steps=n, batch_size=batch_size, lr=lr,
@@ -175,18 +192,22 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "train_seconds": {}, "failed": {}}
     cost, quality, curves, seconds = [], [], [], budget["train_seconds"]
+    horizon, teacher = [], []
     for kind in kinds:
         train, val, test = (arrays[f"{kind}_{s}"] for s in ("train", "val", "test"))
         val = val[:val_sequences]
-        context = comparison.common_context([create(n, preset) for n in models])
-        copy = comparison.copy_last_score(test, context)
-        frames = f"{context}..{test.shape[1] - 1}"
-        scores = {}
+        shared = comparison.common_context([create(n, preset) for n in models])
+        copy = comparison.copy_last_score(test, shared)
+        held = comparison.hold_last_metrics(test, context)
+        frames = f"{shared}..{test.shape[1] - 1}"
+        scores, ahead, steps_of = {}, {}, {}
+        tables = functools.partial(kind_tables, kind, context, held, copy, frames, ahead, scores,
+                                   steps_of)  # of the models scored so far
         for name in models:
             print(f"{kind}: training {name} ({preset}) {steps} steps of batch {batch_size}",
                   flush=True)
             try:
-                model, curve, secs = train_one(name, preset, train, val, context, optim,
+                model, curve, secs = train_one(name, preset, train, val, shared, optim,
                                                eval_every, device, seed)
                 seconds[f"{kind}_{name}"] = secs
                 curves += [{"data": kind, "model": name, **c} for c in curve]
@@ -194,7 +215,10 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                 best, by = adopt_best_decode(model, val, batch_size=batch_size)
                 budget.setdefault("decode", {})[f"{kind}_{name}"] = {"chosen": best, **by}
                 print(f"{kind}: {name} {describe_decode_choice(best, by)}", flush=True)
-                scores[name] = comparison.score(model, test, context, batch_size=batch_size)
+                ahead[name] = comparison.rollout_metrics(model, test, context,
+                                                         batch_size=batch_size)
+                scores[name] = comparison.score(model, test, shared, batch_size=batch_size)
+                steps_of[name] = model.frames_per_step
                 if not any(r["model"] == name for r in cost):
                     cost.append(comparison.cost_row(name, preset, model.cpu(),
                                                     tuple(test.shape[1:])))
@@ -204,18 +228,26 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                 print(f"{kind}: {name} failed: {err!r}", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            comparison.write_tables(out, cost, quality + comparison.quality_rows(
-                kind, scores, copy, frames), curves)
+            rows, ahead_rows, forced = tables()
+            comparison.write_tables(out, cost, quality + rows, curves, (), horizon + ahead_rows,
+                                    teacher + forced)
             (out / "budget.json").write_text(json.dumps(budget, indent=1))
-        rows = comparison.quality_rows(kind, scores, copy, frames)
-        quality += rows
+        rows, ahead_rows, forced = tables()
+        quality, horizon, teacher = quality + rows, horizon + ahead_rows, teacher + forced
         # Each data set's rows as soon as they exist: a run cut short by its lease keeps them
         # in the log even when the files under --out do not come back.
-        print(f"\n{kind}: table 2 so far (test split)\n{comparison.markdown(rows)}", flush=True)
-    print("\nTable 1\n" + comparison.markdown(cost))
-    print("\nTable 2 (test split)\n" + comparison.markdown(quality))
+        print(f"\n{kind}: table 2 so far (test split, rollouts from {context} context frames)\n"
+              f"{comparison.markdown(rows)}\n\nPSNR per frame ahead\n"
+              f"{comparison.markdown(ahead_rows)}\n\nteacher-forced\n"
+              f"{comparison.markdown(forced)}", flush=True)
+    print(f"\nTable 1 ({comparison.FLOPS_CONVENTION})\n" + comparison.markdown(cost))
+    print("\n".join(comparison.convention_notes(cost)))
+    print(f"\nTable 2 (test split, rollouts from {context} context frames)\n"
+          + comparison.markdown(quality))
+    print("\nRollout PSNR per frame ahead\n" + comparison.markdown(horizon))
+    print("\nTeacher-forced (test split)\n" + comparison.markdown(teacher))
     return {"cost": cost, "quality": quality, "curves": curves, "seconds": seconds,
-            "steps": steps}
+            "steps": steps, "horizon": horizon, "teacher_forced": teacher}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                              "each model's step time, then train every one for the same number "
                              "of steps (at most --steps) that fits")
     parser.add_argument("--val-sequences", type=int, default=64, help="val sequences per point")
+    parser.add_argument("--context", type=int, default=4,
+                        help="frames every model is given before its rollout (default 4; 2 with "
+                             "--quick)")
     parser.add_argument("--out", default="compare-gpu", help="folder for the tables")
     args = parser.parse_args(argv)
     if args.smoke:
         arrays = smoke_data()
         args.preset, args.steps, args.batch_size, args.eval_every = "tiny", 4, 4, 2
+        args.context = min(args.context, 2)  # 6-frame clips
     elif args.npz:
         if not Path(args.npz).is_file():
             parser.error(f"--npz {args.npz}: no such file (write one with benchmarks/compare.py "
@@ -259,15 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         result = run(arrays, models=models, preset=args.preset, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                      val_sequences=args.val_sequences, out=Path(args.out), device=device,
-                     budget_s=args.budget_s)
+                     context=args.context, budget_s=args.budget_s)
     except ValueError as err:  # a budget too small for one step, an unknown model or preset
         print(f"compare_gpu: error: {err}", file=sys.stderr)
         return 2
-    rows = sorted(result["quality"], key=lambda r: (str(r["data"]), r["model"] == "copy-last"))
-    psnr = {f"psnr_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}": r["PSNR"]
-            for r in rows}  # models first, copy-last last, per data set
+    psnr = {}  # models first, copy-last last, per data set
+    for prefix, rows in (("rollout_psnr", result["quality"]), ("psnr", result["teacher_forced"])):
+        for r in sorted(rows, key=lambda r: (str(r["data"]), r["model"] == "copy-last")):
+            psnr[f"{prefix}_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}"] = (
+                r["PSNR"])
     print(f"wall {time.perf_counter() - start:.0f} s; tables in {args.out}")
-    print("RESULT compare_gpu " + " ".join(f"{k}={v:.2f}" for k, v in psnr.items()))
+    print("RESULT compare_gpu " + " ".join(f"{k}={v:.2f}" for k, v in psnr.items())
+          + f" context={args.context} steps={result['steps']}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The V-BLT paper's comparison as one job: train every listed model at the same budget, score all
-on the same test frames against copy-last-frame, and write tables 1 and 2.
+with the same protocol against copy-last-frame, and write tables 1 and 2.
 
     python -m jobs.compare --data data/tri-hard --data data/cubes-hard --preset small --steps 300
     python -m jobs.compare --data DIR --models vblt,unet3d --preset tiny --steps 20
@@ -9,12 +9,16 @@ on the same test frames against copy-last-frame, and write tables 1 and 2.
 Each model trains through `jobs.train`'s own entry points (plan, fit with Ray Train, finish) with
 the same data, steps, batch, optimizer and seed, as a child MLflow run of this job's run; `--runs`
 takes already logged models instead (matched to a data set by the data they were trained on).
-Table 1: parameters, MB and forward GFLOPs per sequence (torch's FLOP counter) at the data's
-frame size and at the paper's 12x64x64. Table 2: MSE, SSIM, PSNR on the test split, every model
-and copy-last-frame on the same frames (those after the longest context among the models).
-Both are printed and written as Markdown and CSV to --out, logged to the parent run with a bar
-chart of table 2 and the learning curves (val PSNR at every --eval-every); each child run holds
-its model's prediction figure (truth / prediction / entropy).
+Table 1: parameters, MB and forward GFLOPs per sequence (torch's FLOP counter, attention
+included, a multiply-add = 2 FLOPs) at the data's frame size and at the paper's 12x64x64.
+Table 2, the rollout protocol: every model is given the same first --context frames of each test
+clip and predicts the rest autoregressively from its own predictions; MSE, SSIM and PSNR
+averaged over the predicted frames, and PSNR per frame ahead (a table and a plot), copy-last-frame
+(the last context frame held) beside them. The teacher-forced table (each frame from the true
+ones before it) follows, labelled as such. All are printed and written as Markdown and CSV to
+--out, logged to the parent run with charts and the learning curves (val PSNR, teacher-forced,
+at every --eval-every); each child run holds its model's prediction figure (truth / prediction /
+entropy).
 
 `--data` may be given twice (or as DIR,DIR2): one half of table 2 per data set.
 `--lrs` trains every model at each peak learning rate and keeps, per model and data set, the run
@@ -52,6 +56,9 @@ class CompareConfig(OptimConfig):
     runs: str = field(default="", metadata={
         "help": "logged models to score instead of training them: run ids, runs:/ or models:/ "
                 "URIs or registered names, comma-separated"})
+    context: int = field(default=4, metadata={
+        "help": "frames every model is given before it rolls out the rest of each test clip "
+                "(1..T-1, at least each model's own minimum context)"})
     test_sequences: int = field(default=0, metadata={
         "help": "score the first N test sequences (0: the whole split)"})
     eval_every: int = field(default=0, metadata={
@@ -88,6 +95,8 @@ class CompareConfig(OptimConfig):
         if self.lrs and self.run_refs:
             raise ConfigError("--lrs chooses among runs this job trains; it cannot choose for "
                               "--runs (already trained)")
+        if self.context < 1:
+            raise ConfigError(f"--context {self.context}: give at least 1 frame")
         if self.test_sequences < 0 or self.eval_every < 0:
             raise ConfigError("test_sequences and eval_every must be >= 0")
 
@@ -172,7 +181,23 @@ def prepare(config: CompareConfig, stamp: str) -> tuple[dict[str, Any], list[Ent
                                     lr=lr))
     for ref in config.run_refs:
         entrants += _logged_entrant(ref, manifests)
+    check_context(config.context, manifests, entrants)
     return manifests, entrants
+
+
+def check_context(context: int, manifests: dict[str, Any], entrants: list[Entrant]) -> None:
+    """Refuse (one line) a rollout context the clips or a model cannot give: 1..T-1 frames, and
+    at least the model's own minimum context (a 4x4x4 V-BLT reads whole 4-frame slices)."""
+    for d, manifest in manifests.items():
+        frames = manifest.config.frame_shape[0]
+        if not 1 <= context < frames:
+            raise ConfigError(f"--context {context}: the clips of {d} have {frames} frames; "
+                              f"give 1..{frames - 1}")
+    for e in entrants:
+        least = (e.model if e.model is not None else e.plan.build()).context_frames
+        if context < least:
+            raise ConfigError(f"--context {context}: {e.name} ({e.preset}) needs at least "
+                              f"{least} context frames")
 
 
 def _logged_entrant(ref: str, manifests: dict[str, Any]) -> list[Entrant]:
@@ -269,7 +294,6 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     """Train (or load), choose lrs on val (--lrs), score and tabulate; returns {'cost',
     'quality', 'curves', 'lr_sweep', 'out', 'run_id'}."""
     import mlflow
-    from mlflow.entities import Metric
 
     from framecast import comparison, tracking
     from framecast import data as fdata
@@ -281,7 +305,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     if any(e.plan is not None for e in entrants):
         init_ray()
     out = Path(config.out).resolve() if config.out else project_home() / "compare" / stamp
-    cost, quality, curves = [], [], []
+    cost, quality, curves, horizon, teacher = [], [], [], [], []
     with tracking.job_run("compare", experiment=config.experiment, run_name=stamp,
                           params=flat_params(config)) as parent:
         for entrant in entrants:
@@ -307,41 +331,87 @@ def compare(config: CompareConfig) -> dict[str, Any]:
             test, _ = fdata.load_numpy(d, "test")
             if config.test_sequences:
                 test = test[:config.test_sequences]
-            context = comparison.common_context([e.model for e in here])
-            frames = f"{context}..{test.shape[1] - 1}"
-            print(f"compare: scoring {len(here)} models on {len(test)} test sequences of {d} "
-                  f"(frames {frames})")
-            scores = {}
+            shared = comparison.common_context([e.model for e in here])
+            frames = f"{shared}..{test.shape[1] - 1}"
+            print(f"compare: scoring {len(here)} models on {len(test)} test sequences of {d}: "
+                  f"rollouts from {config.context} context frames, teacher-forced on frames "
+                  f"{frames}")
+            ahead, forced, steps = {}, {}, {}
             for e in here:
-                scores[e.name] = comparison.score(e.model, test, context,
+                ahead[e.name] = comparison.rollout_metrics(e.model, test, config.context,
+                                                           batch_size=config.batch_size)
+                forced[e.name] = comparison.score(e.model, test, shared,
                                                   batch_size=config.batch_size)
-                now = int(time.time() * 1000)
-                mlflow.MlflowClient().log_batch(e.run_id, metrics=[
-                    Metric(f"test_{k}", v, now, 0) for k, v in scores[e.name].items()])
+                steps[e.name] = e.model.frames_per_step
+                log_scores(e.run_id, ahead[e.name], forced[e.name])
                 shape = tuple(manifest.config.frame_shape)
                 if (e.name, shape) not in seen_cost:
                     seen_cost.add((e.name, shape))
                     cost.append(comparison.cost_row(e.name, e.preset, e.model, shape))
                 if e.plan is not None:
                     curves += learning_curve(e.run_id, kind, e.name)
-            quality += comparison.quality_rows(
-                kind, scores, comparison.copy_last_score(test, context), frames)
-        written = comparison.write_tables(out, cost, quality, curves, sweep)
+            copy = comparison.hold_last_metrics(test, config.context)
+            quality += comparison.rollout_rows(kind, ahead, copy, config.context, steps)
+            horizon += comparison.horizon_rows(kind, ahead, copy)
+            teacher += comparison.quality_rows(
+                kind, forced, comparison.copy_last_score(test, shared), frames)
+        written = comparison.write_tables(out, cost, quality, curves, sweep, horizon, teacher)
         for path in written:
             mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png"
                                 else "tables")
-        mlflow.log_metrics({f"{r['data']}_{str(r['model']).replace('-', '_')}_{m.lower()}":
-                            float(r[m]) for r in quality for m in ("MSE", "SSIM", "PSNR")})
-        print("\nTable 1: size and compute per sequence\n" + comparison.markdown(cost))
-        print("\nTable 2: test split, same frames for every model\n"
-              + comparison.markdown(quality))
+        log_parent_metrics(quality, horizon, teacher)
+        print("\nTable 1: size and compute per sequence (" + comparison.FLOPS_CONVENTION + ")\n"
+              + comparison.markdown(cost) + "\n" + "\n".join(comparison.convention_notes(cost)))
+        print(f"\nTable 2: test split, rollouts from the same {config.context} context frames "
+              "(each model fed its own predictions; frames/step: frames one forward step "
+              "predicts)\n" + comparison.markdown(quality))
+        print("\nRollout PSNR (dB) per frame ahead of the context\n"
+              + comparison.markdown(horizon))
+        print("\nTeacher-forced (each frame from the true frames before it; every model on the "
+              "frames after the longest context among them)\n" + comparison.markdown(teacher))
         if sweep:
             print("\nLearning rates (final val PSNR, decoding chosen on val; the chosen one "
                   "scored on test)\n"
                   + comparison.markdown(sweep))
         print(f"\ncompare: tables in {out}; MLflow run {parent.info.run_id}")
-    return {"cost": cost, "quality": quality, "curves": curves, "lr_sweep": sweep, "out": out,
+    return {"cost": cost, "quality": quality, "curves": curves, "lr_sweep": sweep,
+            "horizon": horizon, "teacher_forced": teacher, "out": out,
             "run_id": parent.info.run_id}
+
+
+def log_scores(run_id: str, ahead: dict[str, Any], forced: dict[str, float]) -> None:
+    """A model's test scores in its child run: test_rollout_<metric> (averaged over the
+    predicted frames), test_rollout_psnr_ahead at step = frames ahead, and the teacher-forced
+    test_<metric>."""
+    import mlflow
+    import numpy as np
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(f"test_rollout_{k}", float(np.mean(v)), now, 0) for k, v in ahead.items()]
+    batch += [Metric("test_rollout_psnr_ahead", float(v), now, i + 1)
+              for i, v in enumerate(ahead["psnr"])]
+    batch += [Metric(f"test_{k}", v, now, 0) for k, v in forced.items()]
+    mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def log_parent_metrics(quality: list[dict], horizon: list[dict], teacher: list[dict]) -> None:
+    """<data>_<model>_<metric> (rollout), <data>_<model>_psnr_ahead (step = frames ahead) and
+    <data>_<model>_tf_<metric> (teacher-forced) in the parent run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    def key(r: dict) -> str:
+        return f"{r['data']}_{str(r['model']).replace('-', '_')}"
+
+    now = int(time.time() * 1000)
+    batch = [Metric(f"{key(r)}_{m.lower()}", float(r[m]), now, 0)
+             for r in quality for m in ("MSE", "SSIM", "PSNR")]
+    batch += [Metric(f"{key(r)}_tf_{m.lower()}", float(r[m]), now, 0)
+              for r in teacher for m in ("MSE", "SSIM", "PSNR")]
+    batch += [Metric(f"{key(r)}_psnr_ahead", float(v), now, int(k[1:]))
+              for r in horizon for k, v in r.items() if k.startswith("+")]
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=batch)
 
 
 def merge_data_flags(argv: list[str]) -> list[str]:

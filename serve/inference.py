@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from framecast.metrics import entropy_bits
+from framecast.predict import window_length
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ def predict_steps(model: nn.Module, contexts: list[np.ndarray]) -> list[Step]:
 def context_window(frames: np.ndarray, max_frames: int, step: int) -> np.ndarray:
     """The newest frames a rollout keeps as context: at most `max_frames`, a multiple of `step`
     (the model reads whole time slices)."""
-    keep = min(len(frames), max_frames) // step * step
-    return frames[len(frames) - keep:]
+    return frames[len(frames) - window_length(len(frames), max_frames, step):]
 
 
 @dataclass(frozen=True)

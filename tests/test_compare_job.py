@@ -14,6 +14,7 @@ import torch
 from test_data import write_dataset
 
 from framecast import comparison, model_io, tracking
+from framecast import data as fdata
 from framecast.models import create
 from framecast.render.spec import RenderConfig
 from jobs.compare import CompareConfig, Entrant, choose_lrs, compare, main, merge_data_flags
@@ -47,28 +48,41 @@ def test_compare_prints_and_logs_both_tables_with_every_model_and_copy_last(logg
                                                                             capsys):
     dirs, refs = logged
     code = main(["--data", str(dirs["2d"]), "--data", str(dirs["3d"]), "--models", "",
-                 "--runs", ",".join(refs), "--out", str(tmp_path / "t"),
+                 "--runs", ",".join(refs), "--out", str(tmp_path / "t"), "--context", "2",
                  "--experiment", "test-compare"])
     out = capsys.readouterr().out
     assert code == 0
-    table2 = out.split("Table 2")[1]
+    table2 = out.split("Table 2")[1].split("Rollout PSNR")[0]
+    assert "rollouts from the same 2 context frames" in table2
+    horizon = out.split("Rollout PSNR")[1].split("Teacher-forced")[0]
+    teacher = out.split("Teacher-forced")[1]
     for kind in ("2d", "3d"):
-        for name in (*MODELS, "copy-last"):
-            assert f"| {kind} | {name} | 2..3 |" in table2, (kind, name)  # the same frames
+        for name, step in (("vblt", 2), ("vivit", 2), ("unet3d", 1), ("copy-last", "-")):
+            assert f"| {kind} | {name} | 2 | {step} |" in table2, (kind, name)  # same context
+            assert f"| {kind} | {name} | 2..3 |" in teacher, (kind, name)  # the same frames
+            assert f"| {kind} | {name} |" in horizon
     table1 = out.split("Table 1")[1].split("Table 2")[0]
     assert all(f"| {name} | tiny |" in table1 for name in MODELS)
+    assert "a multiply-add counted as 2 FLOPs" in table1
     written = {p.name for p in (tmp_path / "t").iterdir()}
-    assert {"table1.md", "table1.csv", "table2.md", "table2.csv", "table2.png"} <= written
+    assert {"table1.md", "table1.csv", "table2.md", "table2.csv", "table2.png", "horizon.md",
+            "horizon.csv", "horizon.png", "teacher_forced.md", "teacher_forced.csv"} <= written
     rows = list(csv.DictReader((tmp_path / "t" / "table2.csv").open()))
     vblt = next(r for r in rows if r["data"] == "2d" and r["model"] == "vblt")
     copy = next(r for r in rows if r["data"] == "2d" and r["model"] == "copy-last")
     assert vblt["paper PSNR"] == "32.3" and copy["paper PSNR"] == ""
+    held = comparison.hold_last_metrics(fdata.load_numpy(dirs["2d"], "test")[0], 2)
+    assert float(copy["PSNR"]) == pytest.approx(float(np.mean(held["psnr"])))
     costs = list(csv.DictReader((tmp_path / "t" / "table1.csv").open()))
     assert all(float(r["GFLOPs 12x64x64"]) > float(r["GFLOPs"]) for r in costs)
 
     (parent,) = mlflow.search_runs(experiment_names=["test-compare"], output_format="list",
                                    filter_string="tags.`framecast.job` = 'compare'")
     assert "2d_copy_last_psnr" in parent.data.metrics and "3d_vivit_ssim" in parent.data.metrics
+    assert "2d_vblt_tf_psnr" in parent.data.metrics and "3d_unet3d_psnr_ahead" in (
+        parent.data.metrics)
+    ahead = mlflow.MlflowClient().get_metric_history(parent.info.run_id, "2d_vblt_psnr_ahead")
+    assert sorted(m.step for m in ahead) == [1, 2]
     children = mlflow.search_runs(experiment_names=["test-compare"], output_format="list",
                                   filter_string=f"tags.mlflow.parentRunId = "
                                                 f"'{parent.info.run_id}'")
@@ -102,6 +116,7 @@ def test_data_given_twice_becomes_one_list():
     (["--data", "x", "--lrs", "1e-3,fast"], "give positive numbers"),
     (["--data", "x", "--lrs", "0,1e-3"], "give positive numbers"),
     (["--data", "x", "--lrs", "1e-3,2e-3", "--runs", "vblt-2d@latest"], "cannot choose for"),
+    (["--data", "x", "--context", "0"], "--context 0: give at least 1 frame"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     try:
@@ -111,6 +126,22 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("context, message", [
+    ("4", "--context 4: the clips of"),  # 4-frame clips: 1..3
+    ("1", "--context 1: vblt (tiny) needs at least 2 context frames"),
+])
+def test_a_context_the_clips_or_a_model_cannot_give_is_refused_before_any_run(
+        logged, context, message, capsys):
+    dirs, _ = logged
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    code = main(["--data", str(dirs["2d"]), "--models", "vblt,unet3d", "--preset", "tiny",
+                 "--batch-size", "2", "--context", context, "--experiment", "test-compare"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
 
 
 def test_the_lr_with_the_best_val_psnr_wins_ties_go_to_the_smaller():
@@ -174,10 +205,13 @@ def test_the_gpu_script_runs_without_ray_mlflow_or_pyvista_and_fits_its_budget(
                          also=("vector_quantize_pytorch",))
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
-    assert lines[-1].startswith("RESULT compare_gpu psnr_vblt_2d=") and "psnr_copy_3d=" in lines[-1]
+    assert lines[-1].startswith("RESULT compare_gpu rollout_psnr_vblt_2d=")
+    assert " psnr_copy_3d=" in lines[-1] and " rollout_psnr_copy_3d=" in lines[-1]
+    assert "context=2" in lines[-1]
     assert sum(line.startswith("probe: ") for line in lines) == 3
-    assert {"table1.csv", "table2.csv", "curves.csv", "budget.json"} <= {
-        p.name for p in out.iterdir()}
+    assert {"table1.csv", "table2.csv", "horizon.csv", "horizon.png", "teacher_forced.csv",
+            "curves.csv", "budget.json"} <= {p.name for p in out.iterdir()}
+    assert "| 2d | unet3d | 2 | 1 |" in run.stdout  # rollout rows: same context, own steps
     budget = json.loads((out / "budget.json").read_text())
     assert budget["steps"] == 4 and set(budget["probe_s_per_step"]) == {"vblt", "vivit", "unet3d"}
     assert not budget["failed"] and len(budget["train_seconds"]) == 6
@@ -211,6 +245,7 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
     data = tmp_path / "tri"
     write_dataset(data, RenderConfig(kind="2d", **TINY))
     result = compare(CompareConfig(data=str(data), preset="tiny", steps=4, batch_size=2,
+                                   context=2,
                                    eval_every=2, eval_sequences=2, log_every=2,
                                    checkpoint_every=4, storage=str(tmp_path / "ray"),
                                    out=str(tmp_path / "t"), experiment="test-compare-train"))
@@ -223,6 +258,7 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
         experiment_names=["test-compare-train"], output_format="list",
         filter_string="tags.`framecast.model` = 'unet3d'")).info.run_id)
     assert child.data.params["steps"] == "4" and "test_psnr" in child.data.metrics
+    assert "test_rollout_psnr" in child.data.metrics
     logged, _ = model_io.load_logged_model(child.info.run_id)
     assert logged.cfg.decode == child.data.tags["framecast.decode"] == "argmax"
     row = next(r for r in result["quality"] if r["model"] == "unet3d")
@@ -236,6 +272,7 @@ def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_
     data = tmp_path / "tri"
     write_dataset(data, RenderConfig(kind="2d", **TINY))
     result = compare(CompareConfig(data=str(data), models="vivit", lrs="1e-3,3e-2",
+                                   context=2,
                                    preset="tiny", steps=4, batch_size=2, eval_every=2,
                                    eval_sequences=2, log_every=2, checkpoint_every=4,
                                    storage=str(tmp_path / "ray"), out=str(tmp_path / "t"),

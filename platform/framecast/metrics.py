@@ -63,6 +63,15 @@ def copy_last_frame(video: np.ndarray, context_frames: int) -> np.ndarray:
     return video[:, context_frames - 1:-1]
 
 
+def hold_last_frame(video: np.ndarray, context_frames: int) -> np.ndarray:
+    """Copy-last-frame under the rollout protocol: the last context frame, held for every frame
+    after the first `context_frames` (it never sees a later true frame)."""
+    if not 1 <= context_frames < video.shape[1]:
+        raise ValueError(f"context_frames={context_frames} must be in 1..{video.shape[1] - 1}")
+    last = video[:, context_frames - 1:context_frames]
+    return np.repeat(last, video.shape[1] - context_frames, axis=1)
+
+
 def frame_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, np.ndarray]:
     """{'mse', 'psnr', 'ssim'}: each (T,) per predicted frame position."""
     return {"mse": mse_per_frame(pred, true), "psnr": psnr_per_frame(pred, true),

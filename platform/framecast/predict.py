@@ -76,6 +76,53 @@ def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
     return np.concatenate(preds), np.concatenate(ents), ce_sum / max(n_bytes, 1)
 
 
+def window_length(available: int, max_frames: int, step: int) -> int:
+    """How many of the newest `available` frames a model reads as context: at most
+    `max_frames`, a multiple of `step` (the model reads whole time slices)."""
+    return min(available, max_frames) // step * step
+
+
+@torch.no_grad()
+def rollout(model: nn.Module, videos: np.ndarray, context: int, *, batch_size: int = 8,
+            device: torch.device | None = None, decode: str | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own continuation of each video from its first `context` frames: every step
+    appends `frames_per_step` placeholder frames to what is known, decodes their logits, and
+    feeds the decoded frames back as context for the next step (as the Serve /rollout path
+    does); no frame after the context is ever read. The model reads at most T frames (the
+    clip length: positions it was trained on), so the context window keeps the newest
+    T - frames_per_step known frames, a multiple of frames_per_step.
+
+    videos uint8 (N, T, H, W, C) -> predictions uint8 (N, T - context, H, W, C) and their
+    entropy in bits (float32, same shape). A model that predicts several frames per step (a
+    4x4x4 V-BLT) predicts some of them more than one frame ahead of its last known frame.
+    """
+    n, t = videos.shape[:2]
+    first, step = model.context_frames, model.frames_per_step
+    if not first <= context < t:
+        raise ValueError(f"context={context}: expected {first}..{t - 1} for clips of {t} "
+                         f"frames (the model needs at least {first})")
+    device = device or next(model.parameters()).device
+    model.eval()
+    preds, ents = [], []
+    for start in range(0, n, batch_size):
+        known = torch.from_numpy(np.ascontiguousarray(videos[start:start + batch_size, :context]))
+        known = known.to(device)  # (B, K, H, W, C), grows by `step` frames per model call
+        made, entropy = [], []
+        while known.shape[1] < t:
+            keep = window_length(known.shape[1], t - step, step)
+            window = known[:, known.shape[1] - keep:]
+            placeholders = torch.zeros_like(window[:, :1]).expand(-1, step, -1, -1, -1)
+            logits = model(torch.cat([window, placeholders], dim=1))[:, -step:].float()
+            frames = model.decode(logits, decode)  # (B, step, H, W, C)
+            made.append(frames.cpu())
+            entropy.append(entropy_bits(logits).cpu())
+            known = torch.cat([known, frames.to(known.dtype)], dim=1)
+        preds.append(torch.cat(made, dim=1)[:, :t - context].numpy())
+        ents.append(torch.cat(entropy, dim=1)[:, :t - context].numpy().astype(np.float32))
+    return np.concatenate(preds), np.concatenate(ents)
+
+
 def evaluate(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
              decode: str | None = None
              ) -> dict[str, dict[str, np.ndarray] | float]:
