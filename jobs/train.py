@@ -84,6 +84,12 @@ class TrainJobConfig(OptimConfig):
             raise ConfigError("lr must be > 0; warmup_steps, eval_every and cache_mb must be "
                               ">= 0")
         registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
+        if not 0 <= self.own_inputs < 1:
+            raise ConfigError(f"own_inputs={self.own_inputs} must be in [0, 1)")
+        family = registry.entry(self.model).model_class.family
+        if self.own_inputs and family != "frame_predictor":
+            raise ConfigError(f"--own-inputs is for frame predictors; {self.model} is a "
+                              f"{family}")
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -171,7 +177,7 @@ def train_worker(loop_config: dict) -> None:
     model = loop_config["entry"].build(loop_config["model"], **loop_config["components"])
     device = ray.train.torch.get_device()
     # DDP must wrap the loss (see Objective): its forward is where gradients are synchronised.
-    model = ray.train.torch.prepare_model(Objective(model))
+    model = ray.train.torch.prepare_model(Objective(model, config.own_inputs))
     optimizer = make_optimizer(model, config)
     start = 0
     checkpoint = ray.train.get_checkpoint()

@@ -155,6 +155,8 @@ def test_vblt_trains_with_model_overrides_and_logs_them(data, tmp_path):
     (["--model-config", "patch=2x4"], "patch='2x4': expected intxintxint"),
     (["--model-config", "dim=32,heads=2"], "multiple of 6"),
     (["--model-config", "patch=2x5x5"], "patch 2x5x5 does not tile the data's 4x16x16 frames"),
+    (["--own-inputs", "1.5"], "own_inputs=1.5 must be in [0, 1)"),
+    (["--model", "fsq", "--own-inputs", "0.5"], "--own-inputs is for frame predictors"),
 ])
 def test_bad_models_are_refused_in_one_line_before_any_run(data, flags, message, capsys):
     before = len(all_runs())

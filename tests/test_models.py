@@ -159,3 +159,78 @@ def test_the_decoding_is_the_models_own_and_the_one_best_on_val_is_chosen(name):
     assert np.array_equal(own, named)
     with pytest.raises(ConfigError, match="decode='median' is unknown; accepted: trimmed"):
         create_from_config(name, {**to_dict(model.cfg), "decode": "median"})
+
+
+def _tokens_entering_the_first_block(model, video):
+    seen = {}
+    model.encoder.patch_conv.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    with torch.no_grad():
+        model(video)
+    return seen["x"]
+
+
+def test_the_scaled_init_starts_vblt_tokens_at_unit_scale_where_gpt_init_starts_them_tiny():
+    video = torch.randint(0, 256, (2, 8, 16, 16, 1), dtype=torch.uint8)
+    torch.manual_seed(0)
+    gpt = _tokens_entering_the_first_block(create("vblt", "small"), video).std().item()
+    torch.manual_seed(0)
+    scaled = _tokens_entering_the_first_block(create("vblt", "small", init="scaled"),
+                                              video).std().item()
+    assert gpt < 0.01  # variance below LayerNorm's epsilon (1e-5)
+    assert 0.3 < scaled < 3.0
+
+
+@pytest.mark.parametrize("options", [{"rope_width": "model"}, {"init": "scaled"},
+                                     {"rope_width": "model", "rope_base": 100.0}])
+def test_vblt_options_keep_it_causal_and_rebuild_from_the_saved_config(options):
+    torch.manual_seed(0)
+    model = create("vblt", "tiny", **options).eval()
+    video = torch.randint(0, 256, (1, 8, 16, 16, 1), dtype=torch.uint8)
+    changed = video.clone()
+    changed[:, 4:] = 255 - changed[:, 4:]
+    with torch.no_grad():
+        a, b = model(video), model(changed)
+    assert torch.equal(a[:, :4], b[:, :4]) and not torch.allclose(a[:, 4:], b[:, 4:])
+    copy = create_from_config("vblt", to_dict(model.cfg))
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(copy.eval()(video), a)
+
+
+def test_rope_over_the_model_width_gives_each_head_its_slice_of_the_papers_frequencies():
+    from framecast.models.layers import grid_positions, rope_3d_angles
+
+    model = create("vblt", "tiny", rope_width="model")  # dim 24, 2 heads
+    per_head = model.latent_angles(2, 2, 2, torch.device("cpu"))
+    full = rope_3d_angles(grid_positions(2, 2, 2), 24)  # (8, 12): t | y | x, 4 pairs each
+    assert per_head.shape == (2, 8, 6)
+    assert torch.equal(per_head[0], full[:, :6]) and torch.equal(per_head[1], full[:, 6:])
+    # the paper's top frequency over d (1e4^(-6/24)) is above the per-head one (1e4^(-6/12)):
+    # token 4 sits at t = 1
+    head = create("vblt", "tiny").latent_angles(2, 2, 2, torch.device("cpu"))
+    assert full[4, 0] == pytest.approx(1e4 ** (-6 / 24)) and head[4, 0] == pytest.approx(
+        1e4 ** (-6 / 12))
+
+
+def test_unknown_vblt_options_are_refused():
+    with pytest.raises(ConfigError, match="init='unit'"):
+        model_config("vblt", "tiny", init="unit")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_own_inputs_replace_predicted_frames_by_the_models_own_and_keep_the_targets(name):
+    torch.manual_seed(0)
+    model = create(name, "tiny")
+    video = moving_square(frames=8)
+    k = model.context_frames
+    assert torch.equal(model.with_own_predictions(video, 0.0), video)
+    mixed = model.with_own_predictions(video, 1.0)
+    with torch.no_grad():
+        own = model.decode(model(video))
+    assert torch.equal(mixed[:, :k], video[:, :k]) and torch.equal(mixed[:, k:], own)
+    loss, _ = model.loss(video, own_inputs=0.999)
+    with torch.no_grad():
+        from framecast.models.contract import categorical_nll
+
+        assert loss.item() == pytest.approx(
+            categorical_nll(model(mixed), video[:, k:].long()).item(), rel=1e-5)

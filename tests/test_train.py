@@ -151,3 +151,15 @@ def test_cached_epochs_stream_every_epoch_when_the_data_is_over_the_limit():
 def test_cached_epochs_refuse_a_source_with_no_batch():
     with pytest.raises(ValueError, match="no batch"):
         list(cached_epochs(lambda epoch: iter(()), batch_size=4, seed=0, limit_bytes=10**6))
+
+
+def test_the_objective_trains_a_frame_predictor_on_its_own_inputs_when_asked():
+    from framecast.train import Objective
+
+    model = create("vblt", "tiny")
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    torch.manual_seed(1)
+    own = Objective(model, own_inputs=0.5)(video)[0]
+    torch.manual_seed(1)
+    assert own.item() == model.loss(video, own_inputs=0.5)[0].item()
+    assert Objective(model)(video)[0].item() == model.loss(video)[0].item()

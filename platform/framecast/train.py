@@ -34,6 +34,10 @@ class OptimConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     log_every: int = field(default=10, metadata={"help": "steps between loss reports"})
     checkpoint_every: int = field(default=50, metadata={"help": "steps between checkpoints"})
+    own_inputs: float = field(default=0.0, metadata={
+        "help": "frame predictors: fraction of each clip's predicted frames replaced by the "
+                "model's own predictions before the loss (scheduled sampling: trains on inputs "
+                "like a rollout's); 0 = teacher forcing"})
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
@@ -80,15 +84,19 @@ def cached_epochs(epoch_batches: Callable[[int], Iterable[torch.Tensor]], *, bat
 
 
 class Objective(nn.Module):
-    """`forward(batch) = model.loss(batch)`. Wrap a model in this *before*
-    DistributedDataParallel: DDP synchronises gradients only through its own forward, so the
-    loss must be what that forward computes."""
+    """`forward(batch) = model.loss(batch)` (with `own_inputs`, a frame predictor's scheduled
+    sampling, when > 0). Wrap a model in this *before* DistributedDataParallel: DDP
+    synchronises gradients only through its own forward, so the loss must be what that forward
+    computes."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, own_inputs: float = 0.0) -> None:
         super().__init__()
         self.module = model
+        self.own_inputs = own_inputs
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.own_inputs > 0:
+            return self.module.loss(batch, own_inputs=self.own_inputs)
         return self.module.loss(batch)
 
 
@@ -100,12 +108,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def objective(model: nn.Module) -> nn.Module:
+def objective(model: nn.Module, own_inputs: float = 0.0) -> nn.Module:
     """`model` if it already computes the loss (an Objective, maybe inside DDP), else
-    Objective(model)."""
+    Objective(model, own_inputs)."""
     inner = getattr(model, "module", None)
     return model if isinstance(model, Objective) or isinstance(inner, Objective) else \
-        Objective(model)
+        Objective(model, own_inputs)
 
 
 def batch_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -161,7 +169,7 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
     device = device or torch.device("cpu")
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else nullcontext())
-    step_loss = objective(model)
+    step_loss = objective(model, cfg.own_inputs)
     model.train()
     running, count, extra = 0.0, 0, {}
     step = start_step

@@ -139,9 +139,28 @@ class FramePredictor(Model):
     def frames_per_step(self) -> int:
         """Frames one forward step predicts together."""
 
-    def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        """Mean cross-entropy (nats per pixel byte) of the predicted distributions."""
-        return categorical_nll(self(video), video[:, self.context_frames:].long()), {}
+    def loss(self, video: torch.Tensor, own_inputs: float = 0.0
+             ) -> tuple[torch.Tensor, Metrics]:
+        """Mean cross-entropy (nats per pixel byte) of the predicted distributions of the true
+        frames. With `own_inputs` > 0, that fraction of the input's predicted frames are first
+        replaced by the model's own predictions of them (`with_own_predictions`)."""
+        inputs = self.with_own_predictions(video, own_inputs) if own_inputs > 0 else video
+        return categorical_nll(self(inputs), video[:, self.context_frames:].long()), {}
+
+    @torch.no_grad()
+    def with_own_predictions(self, video: torch.Tensor, fraction: float) -> torch.Tensor:
+        """`video` with a random `fraction` of its predicted frames (each clip's own draw)
+        replaced by the model's decoded predictions of them, each made from the true frames
+        before it: the inputs a rollout feeds back, to first order, at the cost of one forward
+        pass without gradients (parallel scheduled sampling, Duckworth et al. 2019). Training on
+        them teaches a model to predict the truth from its own imperfect frames, the drift that
+        teacher forcing never shows."""
+        k = self.context_frames
+        own = self.decode(self(video)).to(video.dtype)  # (B, T - k, H, W, C)
+        pick = torch.rand(video.shape[0], video.shape[1] - k, device=video.device) < fraction
+        mixed = video.clone()
+        mixed[:, k:] = torch.where(pick[:, :, None, None, None], own, video[:, k:])
+        return mixed
 
     def __init__(self, cfg: Any) -> None:
         from framecast.predict import DECODES

@@ -14,7 +14,9 @@ is block-causal, so the logits for slice s + 1 depend only on slices <= s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,17 @@ class VBLTConfig:
     # With byte_skip: logits start as "the same byte as in the last frame of slice s" with this
     # many nats of confidence (a learned 256x256 table per byte value); 0 = no such prior.
     copy_prior: float = 0.0
+    # Initial weights (training from scratch only). "gpt": std 0.02 everywhere, as before; the
+    # patch tokens then enter the first block with std ~0.001-0.003, a variance at or below
+    # LayerNorm's epsilon. "scaled": byte embeddings N(0, 1) and the local encoder's
+    # convolutions and byte skip fan-in scaled (He for the GELU'd frame conv), so tokens and
+    # per-pixel states start at unit scale; the transformer's linears keep 0.02.
+    init: Literal["gpt", "scaled"] = "gpt"
+    # 3D RoPE frequencies of the global (and encoder) attention. "head": eq. (1)-(4) over each
+    # head's width (every head sees t, y and x; the top frequency is base^(-6 / head_dim)).
+    # "model": as the paper writes them, over the latent width d, the d/2 pairs then split
+    # among the heads (a head may see one axis only; top frequency base^(-6 / d)).
+    rope_width: Literal["head", "model"] = "head"
 
     def __post_init__(self) -> None:
         for name, dim, heads in (("dim", self.dim, self.heads),
@@ -66,6 +79,11 @@ class VBLTConfig:
                                  "is a multiple of 6 (3D RoPE splits it over t, y, x)")
         if min(self.patch) < 1 or len(self.patch) != 3:
             raise ValueError(f"patch={self.patch} must be three positive sizes (pt, ph, pw)")
+        if self.init not in ("gpt", "scaled") or self.rope_width not in ("head", "model"):
+            raise ValueError(f"init={self.init!r} (gpt, scaled) or rope_width="
+                             f"{self.rope_width!r} (head, model) is unknown")
+        if self.rope_width == "model" and self.dim % 6:
+            raise ValueError(f"rope_width=model needs dim={self.dim} divisible by 6")
 
     def for_data(self, frame_shape: tuple[int, int, int, int]) -> VBLTConfig:
         """This config for videos of frame_shape (T, H, W, C): the data's channels; refused
@@ -206,9 +224,33 @@ class VBLT(FramePredictor):
         self.norm = nn.LayerNorm(cfg.dim)
         self.decoder = LocalDecoder(cfg)
         init_weights(self)
+        if cfg.init == "scaled":
+            self._scale_local_init()
         if self.decoder.copy is not None:
             with torch.no_grad():
                 self.decoder.copy.weight.copy_(torch.eye(256) * cfg.copy_prior)
+
+    @torch.no_grad()
+    def _scale_local_init(self) -> None:
+        """`init="scaled"`: unit-scale bytes, per-pixel states and patch tokens at init."""
+        enc = self.encoder
+        nn.init.normal_(enc.byte_embed.weight, std=1.0)
+        layers = [(enc.frame_conv, math.sqrt(2.0)), (enc.patch_conv, 1.0)]
+        if self.decoder.skip is not None:
+            layers.append((self.decoder.skip, 1.0))
+        for layer, gain in layers:
+            fan_in = layer.weight[0].numel()
+            nn.init.normal_(layer.weight, std=gain / math.sqrt(fan_in))
+
+    def latent_angles(self, s: int, hp: int, wp: int, device: torch.device) -> torch.Tensor:
+        """RoPE angles of the S*Hp*Wp latents: (L, head_dim / 2) with rope_width "head", one
+        set per head (heads, L, head_dim / 2) with "model"."""
+        cfg = self.cfg
+        positions = grid_positions(s, hp, wp, device)
+        if cfg.rope_width == "head":
+            return rope_3d_angles(positions, cfg.dim // cfg.heads, cfg.rope_base)
+        angles = rope_3d_angles(positions, cfg.dim, cfg.rope_base)  # (L, d/2): t | y | x
+        return angles.view(len(positions), cfg.heads, -1).transpose(0, 1)  # (nh, L, hd/2)
 
     @property
     def context_frames(self) -> int:
@@ -230,8 +272,7 @@ class VBLT(FramePredictor):
         if c != self.cfg.channels:
             raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
         s, hp, wp = t // pt, h // ph, w // pw
-        angles = rope_3d_angles(grid_positions(s, hp, wp, video.device),
-                                self.cfg.dim // self.cfg.heads, self.cfg.rope_base)
+        angles = self.latent_angles(s, hp, wp, video.device)
         mask = block_causal_mask(s, hp * wp, video.device)
         x, pixels = self.encoder(video, angles, mask)  # (B, S*P, D), (B, conv, T, H, W)
         for block in self.blocks:
