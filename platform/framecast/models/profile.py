@@ -2,28 +2,85 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+
+def _attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """Forward attention as dense compute: Q K^T and P V, 2 FLOPs per multiply-add. A mask
+    (boolean or additive, e.g. block-causal) skips no work in this count; query heads may be a
+    multiple of key/value heads (grouped-query attention)."""
+    b, heads, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * b * heads * lq * lk * (d + dv)
+
+
+def _attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                              **kwargs) -> int:
+    """Backward attention, as torch counts its CUDA kernels': Q K^T again, dO V^T, P^T dO,
+    dS K and Q^T dS."""
+    b, heads, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * b * heads * lq * lk * (3 * d + 2 * dv)
+
+
+# Fused scaled-dot-product-attention kernels that torch's FLOP counter has no formula for (torch
+# 2.13 counts CUDA's flash, memory-efficient and cuDNN kernels, and the math fall-back through
+# its matmuls): the CPU flash kernel, which F.scaled_dot_product_attention runs on a CPU with or
+# without a mask and for cross-attention; the kernel other accelerators (XPU, PrivateUse1)
+# override; the MPS math kernel. Each op's first tensors are (query, key, value) in forward and
+# (grad_out, query, key, value) in backward, (B, heads, L, d) each.
+_FORWARD = ("_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_fused_attention_overrideable",
+            "_scaled_dot_product_attention_math_for_mps")
+_BACKWARD = ("_scaled_dot_product_flash_attention_for_cpu_backward",
+             "_scaled_dot_product_fused_attention_overrideable_backward")
+
+
+def _attention_mapping() -> dict:
+    """Formulas for the attention ops above that this torch has and its counter lacks: passed
+    to each FlopCounterMode, so importing framecast changes no global registry."""
+    mapping = {}
+    for names, formula in ((_FORWARD, _attention_flops), (_BACKWARD, _attention_backward_flops)):
+        for name in names:
+            if hasattr(torch.ops.aten, name):
+                op = getattr(torch.ops.aten, name)
+                if op not in flop_registry:
+                    mapping[op] = formula
+    return mapping
+
+
+ATTENTION_FLOP_FORMULAS = _attention_mapping()
 
 
 @torch.no_grad()
-def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
-    """FLOPs of one forward pass of `module` on `inputs`, by torch's FLOP counter: matrix
-    products, convolutions and attention, a multiply-add counting 2; bias adds, norms and
-    activations are not counted (as in the papers' tables)."""
-    counter = FlopCounterMode(display=False)
+def count_flops(module: nn.Module, *inputs: torch.Tensor, **kwargs: Any) -> int:
+    """FLOPs of one forward pass `module(*inputs, **kwargs)`, a multiply-add counting 2, by torch's
+    FLOP counter with formulas for the attention kernels it misses (ATTENTION_FLOP_FORMULAS).
+
+    Counted: matrix products (linears, matmuls), convolutions and transposed convolutions, and
+    scaled-dot-product attention on every kernel: 2 * B * heads * Lq * Lk * (d + dv) for Q K^T
+    and P V, dense, whatever the mask (a block-causal mask skips no FLOPs here). Not counted:
+    bias adds, softmax, norms, activations, RoPE rotations, embedding look-ups and pooling (as
+    in the papers' tables)."""
+    counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
     with counter:
-        module(*inputs)
+        module(*inputs, **kwargs)
     return int(counter.get_total_flops())
 
 
 def model_cost(model: nn.Module, frames: int, size: int, channels: int = 1, width: int = 0
                ) -> dict[str, float]:
-    """Parameters, MB of fp32 weights and forward GFLOPs for one (frames, size, width or size)
-    uint8 sequence, counted by `count_flops`."""
+    """Parameters, MB of its weights (fp32: 4 bytes each; MiB) and forward GFLOPs for one
+    (frames, size, width or size) uint8 sequence, counted by `count_flops` on the model's device
+    (a model built under `torch.device("meta")` is counted without weights or compute)."""
     params = sum(p.numel() for p in model.parameters())
     megabytes = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    video = torch.zeros(1, frames, size, width or size, channels, dtype=torch.uint8)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    video = torch.zeros(1, frames, size, width or size, channels, dtype=torch.uint8,
+                        device=device)
     gflops = count_flops(model.eval(), video) / 1e9
     return {"params": params, "mb": megabytes, "gflops": gflops}

@@ -35,11 +35,23 @@ class UNet3DConfig:
     depth: int = 3  # spatial 2x down-samplings (levels below the first)
     kernel_t: int = 3  # temporal kernel: each convolution looks back kernel_t - 1 frames
     groups: int = 8  # GroupNorm groups (at most; a divisor of each level's width is used)
+    # Channels stop doubling at this width (0: every level doubles): the deep levels hold most
+    # parameters and few FLOPs, so a cap trades size for compute per pixel.
+    max_width: int = 0
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 1 or self.kernel_t < 1 or self.groups < 1:
             raise ValueError(f"width={self.width}, depth={self.depth}, kernel_t="
                              f"{self.kernel_t} and groups={self.groups} must all be >= 1")
+        if self.max_width and self.max_width < self.width:
+            raise ValueError(f"max_width={self.max_width} must be 0 (no cap) or >= width="
+                             f"{self.width}")
+
+    @property
+    def widths(self) -> list[int]:
+        """Channels of each level, the first to the bottleneck."""
+        return [min(self.width * 2 ** i, self.max_width or self.width * 2 ** i)
+                for i in range(self.depth + 1)]
 
     def for_data(self, frame_shape: tuple[int, int, int, int]) -> UNet3DConfig:
         """This config for videos of frame_shape (T, H, W, C): the data's channels (any frame
@@ -91,7 +103,7 @@ class UNet3D(FramePredictor):
 
     def __init__(self, cfg: UNet3DConfig) -> None:
         super().__init__(cfg)
-        widths = [cfg.width * 2 ** i for i in range(cfg.depth + 1)]  # last: the bottleneck
+        widths = cfg.widths  # last: the bottleneck
         self.down = nn.ModuleList(ConvBlock(cin, cout, cfg) for cin, cout in
                                   zip([cfg.channels, *widths[:-2]], widths[:-1], strict=True))
         self.bottleneck = ConvBlock(widths[-2], widths[-1], cfg)
@@ -138,8 +150,12 @@ class UNet3D(FramePredictor):
 
 
 UNET3D_PRESETS = {
-    # The V-BLT paper's table 1 size (~24 MB fp32): widths 34-272 over 3 down-samplings.
-    "paper": {"width": 34, "depth": 3},
+    # The V-BLT paper's table 1 model (24.0 MB, 70.4 GFLOPs per 12x64x64 sequence): widths
+    # 42-84-168-168 over 3 down-samplings, 23.7 MB (fp32) and 65.2 GFLOPs (a multiply-add = 2).
+    # Doubling at every level cannot give both (depth 3 does 1.92-1.97 GFLOPs per MB, depth 2
+    # 5.5-5.6, table 1 2.9): the cap at 4x the first width does (benchmarks/RESULTS.md, paper
+    # presets). Before: width 34, depth 3, no cap (23.4 MB, 46.0 GFLOPs).
+    "paper": {"width": 42, "depth": 3, "max_width": 168},
     # CPU: about V-BLT `small`'s size.
     "small": {"width": 12, "depth": 3, "groups": 4},
     # Seconds: for tests.
