@@ -21,6 +21,7 @@ sampling). Data: rendered with `jobs.render --preset hard` (Ray Data), or an .np
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ ROWS = {
     "own_inputs=0.5": "vblt:own_inputs=0.5",
     "copy_prior=12": "vblt:copy_prior=12",
     "1x4x4+copy_prior": "vblt:patch=1x4x4,copy_prior=12",
+    "unet3d+own_inputs=0.5": "unet3d:own_inputs=0.5",
 }
 QUICK_ROWS = ("unet3d", "vblt", "init=scaled")
 OPTIM_KEYS = ("own_inputs",)  # row keys that set the training loop, not the model
@@ -202,7 +204,7 @@ def main() -> None:
             rows.append([kind, label, f"{lr:g}", val_psnr, model.frames_per_step, psnr,
                          float(np.mean(ahead["ssim"])), float(ahead["psnr"][0]),
                          float(ahead["psnr"][-1]), forced["psnr"], secs])
-            values[f"psnr_{label.replace('=', '_')}_{kind}"] = psnr
+            values[f"psnr_{re.sub(r'[^0-9A-Za-z]+', '_', label)}_{kind}"] = psnr
             print(f"{kind} {label}: test rollout PSNR {psnr:.2f} dB (copy-last {copy_psnr:.2f})",
                   flush=True)
     table = markdown_table(
