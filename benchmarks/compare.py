@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW lr (default 2e-3)")
     parser.add_argument("--lrs", default="",
                         help="peak lrs to try, comma-separated: each model keeps the one with "
-                             "the best final val PSNR (jobs.compare --lrs); default: --lr alone")
+                             "the best rollout PSNR on val (jobs.compare --lrs); default: --lr "
+                             "alone")
     parser.add_argument("--sequences", type=int, default=None,
                         help="sequences per data set (default 600; 160 with --quick)")
     parser.add_argument("--size", type=int, default=None,
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="model preset (default small)")
     parser.add_argument("--context", type=int, default=4,
                         help="frames every model is given before its rollout (default 4)")
+    parser.add_argument("--own-inputs", type=float, default=0.0,
+                        help="scheduled sampling for every model: the fraction of predicted "
+                             "frames replaced by its own predictions in training (default 0)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between val points of the learning curves (default steps/5)")
     parser.add_argument("--export", default="", help="only render and pack an .npz here")
@@ -98,6 +102,8 @@ def main() -> None:
     args.eval_every = args.eval_every or max(args.steps // 5, 1)
     if not 1 <= args.context < 12:  # the benchmark renders 12-frame clips
         parser.error(f"--context {args.context}: give 1..11 (frames of the 12-frame clips)")
+    if not 0 <= args.own_inputs < 1:
+        parser.error(f"--own-inputs {args.own_inputs}: give a fraction in [0, 1)")
     args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
     if args.export:
         export(Path(args.export), sequences=args.sequences, size=args.size)
@@ -115,7 +121,7 @@ def main() -> None:
         start = time.perf_counter()
         result = compare(CompareConfig(
             data=",".join(map(str, dirs)), models=args.models, preset=args.preset,
-            context=args.context,
+            context=args.context, own_inputs=args.own_inputs,
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, lrs=args.lrs,
             eval_every=args.eval_every, eval_sequences=16, checkpoint_every=args.steps,
             log_every=max(args.steps // 10, 1), out=str(root / "tables"),
@@ -144,13 +150,14 @@ def main() -> None:
               + "\n\nLearning curves (val split, teacher-forced, read with the trimmed mean "
               "during training)\n\n" + curves)
     if result["lr_sweep"]:
-        tables += ("\n\nLearning rates (final val PSNR, read with the decoding chosen on val; "
+        tables += ("\n\nLearning rates (rollout PSNR on val, read with the decoding chosen on val; "
                    "the chosen one trained the row of table 2)\n\n"
                    + comparison.markdown(result["lr_sweep"]))
     total = time.perf_counter() - begin
     notes = (f"Budget: {args.steps} AdamW steps of batch {args.batch_size} per model and data "
              f"set, peak lr {args.lrs + ' (chosen on val)' if args.lrs else args.lr} "
-             f"(cosine), preset `{args.preset}`, seed 0, 1 Ray Train "
+             f"(cosine), preset `{args.preset}`, seed 0, own inputs (scheduled sampling) "
+             f"{args.own_inputs:g}, 1 Ray Train "
              f"worker; data: `jobs.render --preset hard`, {args.sequences} sequences of "
              f"12x{args.size}x{args.size} per kind ({', '.join(args.kinds)}; 80/10/10 split); "
              f"rollouts from {args.context} context frames; "
@@ -165,7 +172,8 @@ def main() -> None:
     for r in paper:
         values[f"gflops_{r['model']}_paper"] = r["GFLOPs 12x64x64"]
         values[f"mb_{r['model']}_paper"] = r["MB"]
-    values.update(context=args.context, steps=args.steps, size=args.size, total_s=round(total))
+    values.update(context=args.context, own_inputs=args.own_inputs, steps=args.steps,
+                  size=args.size, total_s=round(total))
     report("compare", "V-BLT vs ViViT vs UNet-3D, equal budget, rollout protocol (issue 28)",
            tables, notes, f"RESULT compare {key_values(values)}")
 

@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--rows", default=None,
                         help=f"rows to run, comma-separated (default all: {', '.join(ROWS)})")
     parser.add_argument("--row", action="append", default=[],
-                        help="an extra row LABEL=MODEL[:KEY=VALUE,...] (repeatable)")
+                        help="an extra row LABEL=MODEL[:KEY=VALUE,...] (repeatable; no = in LABEL)")
     parser.add_argument("--steps", type=int, default=None, help="default 300 (60 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--lrs", default=None,

@@ -22,8 +22,9 @@ entropy).
 
 `--data` may be given twice (or as DIR,DIR2): one half of table 2 per data set.
 `--lrs` trains every model at each peak learning rate and keeps, per model and data set, the run
-with the best final val PSNR (the val split: the test split stays unseen until table 2); the
-sweep is written as lr_sweep.md/csv and every run stays in MLflow, tagged chosen or not.
+with the best rollout PSNR on the val split (table 2's protocol; the test split stays unseen
+until table 2); the sweep is written as lr_sweep.md/csv and every run stays in MLflow, tagged
+chosen or not.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ class CompareConfig(OptimConfig):
         "help": "preset of every model: tiny (tests), small (CPU), paper (table 1 sizes)"})
     lrs: str = field(default="", metadata={
         "help": "peak lrs to try, comma-separated (e.g. 1e-3,2e-3,4e-3): every model trains at "
-                "each and keeps the one with the best final val PSNR (val split; test stays "
+                "each and keeps the one with the best rollout PSNR on val (test stays "
                 "unseen); empty: --lr alone"})
     runs: str = field(default="", metadata={
         "help": "logged models to score instead of training them: run ids, runs:/ or models:/ "
@@ -259,10 +261,13 @@ def learning_curve(run_id: str, kind: str, name: str) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
+def choose_lrs(entrants: list[Entrant], labels: dict[str, str],
+               score: Callable[[Entrant], float | None] | None = None
                ) -> tuple[list[Entrant], list[dict[str, Any]]]:
-    """Keep, per model and data set, the trained run with the best final val PSNR; tag each
-    child run chosen or not. Returns (entrants kept, lr sweep rows)."""
+    """Keep, per model and data set, the trained run best on val: by `score(entrant)` when
+    given (jobs.compare passes the rollout PSNR on val, the protocol of table 2), else by the
+    final val PSNR its run logged; tag each child run chosen or not. Returns (entrants kept,
+    lr sweep rows)."""
     import mlflow
 
     from framecast import comparison
@@ -272,22 +277,53 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str]
         return entrants, []
     client, finals = mlflow.MlflowClient(), {}
     for e in trained:  # the final val PSNR with the decoding chosen on val (jobs.train.finish)
+        if score is not None:
+            finals[id(e)] = score(e)
+            continue
         final = client.get_run(e.run_id).data.metrics.get("final_val_psnr")
         if final is None:  # a run that never reached finish: its last training-time val point
             history = client.get_metric_history(e.run_id, "val_psnr")
             final = max(history, key=lambda m: m.step).value if history else None
         finals[id(e)] = final
     chosen, rows = comparison.pick_by_val([(e.key, e.lr, finals[id(e)]) for e in trained])
+    column = "val rollout PSNR" if score is not None else "final val PSNR"
     sweep = []
     for e, row in zip(trained, rows, strict=True):
         client.set_tag(e.run_id, "framecast.compare_lr",
                        "chosen" if row["chosen"] else "not chosen")
         sweep.append({"data": labels[e.data], "model": e.name, "lr": e.lr,
-                      "final val PSNR": row["final val PSNR"], "chosen": row["chosen"]})
+                      column: row["final val PSNR"], "chosen": row["chosen"]})
     kept = [e for e in entrants if e.plan is None or e.lr == chosen[e.key]]
     print("compare: lr chosen on val: " + ", ".join(
         f"{e.name} {labels[e.data]} {e.lr:g}" for e in kept if e.plan is not None))
     return kept, sweep
+
+
+def val_rollout_scorer(config: CompareConfig) -> Callable[[Entrant], float | None]:
+    """score(entrant): the mean rollout PSNR of its model on its data set's val split (the
+    first --eval-sequences clips, from --context frames), logged to its run as
+    val_rollout_psnr; None when the split is empty."""
+    import mlflow
+    import numpy as np
+
+    from framecast import comparison
+    from framecast import data as fdata
+
+    splits: dict[str, Any] = {}
+
+    def score(e: Entrant) -> float | None:
+        if e.data not in splits:
+            splits[e.data] = fdata.load_numpy(e.data, "val")[0][:config.eval_sequences]
+        val = splits[e.data]
+        if not len(val):
+            return None
+        ahead = comparison.rollout_metrics(e.model, val, config.context,
+                                           batch_size=config.batch_size)
+        value = float(np.mean(ahead["psnr"]))
+        mlflow.MlflowClient().log_metric(e.run_id, "val_rollout_psnr", value)
+        return value
+
+    return score
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
@@ -321,7 +357,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                         videos, _ = fdata.load_numpy(entrant.data, "test")
                     log_prediction_figure(entrant.model, videos[0], title=entrant.ref)
         labels = data_labels(manifests)
-        entrants, sweep = choose_lrs(entrants, labels)
+        entrants, sweep = choose_lrs(entrants, labels, val_rollout_scorer(config))
         seen_cost = set()
         for d, manifest in manifests.items():
             kind = labels[d]
@@ -370,8 +406,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         print("\nTeacher-forced (each frame from the true frames before it; every model on the "
               "frames after the longest context among them)\n" + comparison.markdown(teacher))
         if sweep:
-            print("\nLearning rates (final val PSNR, decoding chosen on val; the chosen one "
-                  "scored on test)\n"
+            print(f"\nLearning rates (rollout PSNR on val from {config.context} context frames, "
+                  "decoding chosen on val; the chosen one scored on test)\n"
                   + comparison.markdown(sweep))
         print(f"\ncompare: tables in {out}; MLflow run {parent.info.run_id}")
     return {"cost": cost, "quality": quality, "curves": curves, "lr_sweep": sweep,

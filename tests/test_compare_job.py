@@ -191,6 +191,18 @@ def test_the_lr_choice_reads_the_final_val_psnr_with_the_chosen_decoding(tmp_pat
     assert [r["final val PSNR"] for r in sweep] == [19.0, 21.0]
 
 
+def test_the_lr_choice_can_score_each_run_by_the_rollout_protocol(tmp_path):
+    tracking.use_experiment("test-compare-lrs-rollout")
+    entrants = []
+    for lr in (1e-3, 2e-3):
+        with mlflow.start_run() as run:
+            mlflow.log_metric("final_val_psnr", 30.0 if lr == 1e-3 else 10.0)  # not the criterion
+        entrants.append(Entrant("vblt", "d", plan=object(), run_id=run.info.run_id, lr=lr))
+    kept, sweep = choose_lrs(entrants, {"d": "2d"}, score=lambda e: 1000 * e.lr)
+    assert [e.lr for e in kept] == [2e-3]
+    assert [r["val rollout PSNR"] for r in sweep] == [1.0, 2.0]
+
+
 def test_help_explains_the_job():
     out = subprocess.run([sys.executable, "-m", "jobs.compare", "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
@@ -281,7 +293,7 @@ def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_
     sweep = result["lr_sweep"]
     assert [(r["model"], r["lr"]) for r in sweep] == [("vivit", 1e-3), ("vivit", 3e-2)]
     assert sum(r["chosen"] for r in sweep) == 1 and "lr chosen on val: vivit 2d" in out
-    best = max(sweep, key=lambda r: (r["final val PSNR"], -r["lr"]))
+    best = max(sweep, key=lambda r: (r["val rollout PSNR"], -r["lr"]))
     assert best["chosen"]
     assert [r["model"] for r in result["quality"]] == ["copy-last", "vivit"]  # one row, chosen
     assert (tmp_path / "t" / "lr_sweep.csv").exists()
@@ -291,5 +303,6 @@ def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_
     assert tags == ["chosen", "not chosen"]
     chosen = next(r for r in runs if r.data.tags["framecast.compare_lr"] == "chosen")
     assert float(chosen.data.params["lr"]) == best["lr"] and "test_psnr" in chosen.data.metrics
-    # chosen by the final val PSNR read the way the model will be read (its chosen decoding)
-    assert best["final val PSNR"] == chosen.data.metrics["final_val_psnr"]
+    # chosen by the rollout PSNR on val, read the way the model will be read (its chosen
+    # decoding), logged in its run
+    assert best["val rollout PSNR"] == chosen.data.metrics["val_rollout_psnr"]
