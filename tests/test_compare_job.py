@@ -306,3 +306,19 @@ def test_compare_chooses_each_models_lr_on_val_through_ray_train(ray_local, tmp_
     # chosen by the rollout PSNR on val, read the way the model will be read (its chosen
     # decoding), logged in its run
     assert best["val rollout PSNR"] == chosen.data.metrics["val_rollout_psnr"]
+
+
+def test_an_ablation_row_splits_model_fields_from_training_options_and_refuses_bad_ones():
+    from benchmarks.vblt_ablation import ROWS, parse_row
+    from framecast.config import ConfigError
+
+    assert parse_row("vblt:init=scaled,own_inputs=0.5,patch=1x4x4") == (
+        "vblt", {"init": "scaled", "patch": (1, 4, 4)}, {"own_inputs": 0.5})
+    assert parse_row("unet3d") == ("unet3d", {}, {})
+    for row in ROWS.values():  # every shipped row builds
+        parse_row(row)
+    for bad, message in (("vblt:dimm=3", "no field 'dimm'"), ("gpt5", "unknown"),
+                         ("vblt:own_inputs=lots", "not a number"),
+                         ("vblt:init=unit", "init='unit'")):
+        with pytest.raises(ConfigError, match=message):
+            parse_row(bad)
