@@ -15,8 +15,8 @@ GPU) at the same budget: steps, batch, AdamW, lr schedule, seed. Scoring and tab
 `framecast.comparison`'s, as in `jobs.compare`: table 2 is the rollout protocol (every model
 given the same --context frames of each test clip, the rest predicted from its own outputs,
 copy-last holding the last context frame), then PSNR per frame ahead and the teacher-forced
-table; each model is read with the decoding (trimmed mean, mean, argmax) that scores best on val,
-as `jobs.train` chooses it. The .npz holds uint8 arrays `<kind>_<split>` of shape
+table; each model is read with the decoding (trimmed mean, mean, argmax) whose rollouts score
+best on val, as `jobs.compare` chooses it. The .npz holds uint8 arrays `<kind>_<split>` of shape
 (N, T, H, W, C), kind 2d/3d.
 """
 
@@ -211,8 +211,8 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                                                eval_every, device, seed)
                 seconds[f"{kind}_{name}"] = secs
                 curves += [{"data": kind, "model": name, **c} for c in curve]
-                # read test the way val reads best, as jobs.train does at the end of training
-                best, by = adopt_best_decode(model, val, batch_size=batch_size)
+                # read test the way val rollouts read best (jobs.compare does the same)
+                best, by = adopt_best_decode(model, val, batch_size=batch_size, context=context)
                 budget.setdefault("decode", {})[f"{kind}_{name}"] = {"chosen": best, **by}
                 print(f"{kind}: {name} {describe_decode_choice(best, by)}", flush=True)
                 ahead[name] = comparison.rollout_metrics(model, test, context,

@@ -10,12 +10,12 @@ at an equal CPU budget on the hard data, scored with the rollout protocol (issue
 Every row trains with the library's own loop (`framecast.train.train_loop`, the loop Ray Train
 runs in `jobs.compare`), in this process: the same data, steps, batch, schedule and seed. For each
 row and data set, each --lrs value is trained and the one whose rollout PSNR on val is best is
-kept (the lr "chosen on val"); the kept model is read with the decoding that scores best on val
-(as `jobs.train` does), then rolled out on the test split from --context frames (the comparison
-protocol, `framecast.comparison`). A row is `MODEL[:KEY=VALUE,...]`: model config overrides as
-`--model-config` takes them, and `own_inputs=F` for the training option of that name (scheduled
-sampling). Data: rendered with `jobs.render --preset hard` (Ray Data), or an .npz written by
-`benchmarks/compare.py --export`.
+kept (the lr "chosen on val"); the kept model is read with the decoding whose val rollouts
+score best (as `jobs.compare` does), then rolled out on the test split from --context frames
+(the comparison protocol, `framecast.comparison`). A row is `MODEL[:KEY=VALUE,...]`: model
+config overrides as `--model-config` takes them, and `own_inputs=F` for the training option of
+that name (scheduled sampling). Data: rendered with `jobs.render --preset hard` (Ray Data), or
+an .npz written by `benchmarks/compare.py --export`.
 """
 
 from __future__ import annotations
@@ -94,12 +94,11 @@ def load_data(args: argparse.Namespace, root: Path) -> dict:
 
 def train_row(spec: tuple[str, dict, dict], arrays: dict, kind: str, lr: float,
               args: argparse.Namespace) -> tuple[object, float, float]:
-    """(model read with its val-chosen decoding, val rollout PSNR, training seconds)."""
-    import numpy as np
+    """(model read with the decoding whose val rollouts score best, their PSNR, training
+    seconds)."""
     import torch
 
     from benchmarks.compare_gpu import batches
-    from framecast import comparison
     from framecast.models import registry
     from framecast.predict import adopt_best_decode
     from framecast.train import OptimConfig, make_optimizer, train_loop
@@ -117,9 +116,9 @@ def train_row(spec: tuple[str, dict, dict], arrays: dict, kind: str, lr: float,
                                                             torch.device("cpu"), args.seed),
                optim, lambda _m, _c: None)
     seconds = time.perf_counter() - start
-    adopt_best_decode(model.eval(), val, batch_size=args.batch_size)
-    ahead = comparison.rollout_metrics(model, val, args.context, batch_size=args.batch_size)
-    return model, float(np.mean(ahead["psnr"])), seconds
+    best, psnr = adopt_best_decode(model.eval(), val, batch_size=args.batch_size,
+                                   context=args.context)
+    return model, psnr[best], seconds
 
 
 def main() -> None:

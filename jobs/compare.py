@@ -265,7 +265,7 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str],
                score: Callable[[Entrant], float | None] | None = None
                ) -> tuple[list[Entrant], list[dict[str, Any]]]:
     """Keep, per model and data set, the trained run best on val: by `score(entrant)` when
-    given (jobs.compare passes the rollout PSNR on val, the protocol of table 2), else by the
+    given (jobs.compare passes `read_by_val_rollouts`', table 2's protocol), else by the
     final val PSNR its run logged; tag each child run chosen or not. Returns (entrants kept,
     lr sweep rows)."""
     import mlflow
@@ -299,31 +299,37 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str],
     return kept, sweep
 
 
-def val_rollout_scorer(config: CompareConfig) -> Callable[[Entrant], float | None]:
-    """score(entrant): the mean rollout PSNR of its model on its data set's val split (the
-    first --eval-sequences clips, from --context frames), logged to its run as
-    val_rollout_psnr; None when the split is empty."""
+def read_by_val_rollouts(entrants: list[Entrant], config: CompareConfig,
+                         labels: dict[str, str]) -> dict[int, float | None]:
+    """Give every model the decoding (trimmed mean, mean, argmax) whose rollouts from
+    --context frames score best on its data set's val split (the first --eval-sequences clips):
+    jobs.train chose one teacher-forced, where the plain mean's sharp first frame can blur into
+    grey once it is fed back. Logs val_rollout_psnr and the tag framecast.rollout_decode to
+    each run; returns {id(entrant): val rollout PSNR} (None where val is empty), which the lr
+    choice reads."""
     import mlflow
-    import numpy as np
 
-    from framecast import comparison
     from framecast import data as fdata
+    from framecast.predict import adopt_best_decode, describe_decode_choice
 
     splits: dict[str, Any] = {}
-
-    def score(e: Entrant) -> float | None:
+    client, scores = mlflow.MlflowClient(), {}
+    for e in entrants:
         if e.data not in splits:
             splits[e.data] = fdata.load_numpy(e.data, "val")[0][:config.eval_sequences]
         val = splits[e.data]
         if not len(val):
-            return None
-        ahead = comparison.rollout_metrics(e.model, val, config.context,
-                                           batch_size=config.batch_size)
-        value = float(np.mean(ahead["psnr"]))
-        mlflow.MlflowClient().log_metric(e.run_id, "val_rollout_psnr", value)
-        return value
-
-    return score
+            scores[id(e)] = None
+            continue
+        best, psnr = adopt_best_decode(e.model, val, batch_size=config.batch_size,
+                                       context=config.context)
+        scores[id(e)] = psnr[best]
+        client.log_metric(e.run_id, "val_rollout_psnr", psnr[best])
+        client.set_tag(e.run_id, "framecast.rollout_decode", best)
+        print(f"compare: {e.name} {labels[e.data]}"
+              + (f" lr {e.lr:g}" if e.plan is not None else "") + ": rollouts "
+              + describe_decode_choice(best, psnr))
+    return scores
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
@@ -357,7 +363,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                         videos, _ = fdata.load_numpy(entrant.data, "test")
                     log_prediction_figure(entrant.model, videos[0], title=entrant.ref)
         labels = data_labels(manifests)
-        entrants, sweep = choose_lrs(entrants, labels, val_rollout_scorer(config))
+        val_scores = read_by_val_rollouts(entrants, config, labels)
+        entrants, sweep = choose_lrs(entrants, labels, lambda e: val_scores[id(e)])
         seen_cost = set()
         for d, manifest in manifests.items():
             kind = labels[d]

@@ -251,9 +251,11 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
     from framecast import data as fdata
     from framecast.predict import DECODES
 
-    # jobs.train's end-of-training choice, made to pick argmax: table 2 must read it that way
+    # the decoding choices (jobs.train's and compare's by val rollouts), made to pick argmax:
+    # table 2 must read it that way
     monkeypatch.setattr("framecast.predict.choose_decode",
-                        lambda model, videos, batch_size=8: ("argmax", dict.fromkeys(DECODES, 0)))
+                        lambda model, videos, batch_size=8, context=None: (
+                            "argmax", dict.fromkeys(DECODES, 0.0)))
     data = tmp_path / "tri"
     write_dataset(data, RenderConfig(kind="2d", **TINY))
     result = compare(CompareConfig(data=str(data), preset="tiny", steps=4, batch_size=2,
@@ -273,6 +275,7 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
     assert "test_rollout_psnr" in child.data.metrics
     logged, _ = model_io.load_logged_model(child.info.run_id)
     assert logged.cfg.decode == child.data.tags["framecast.decode"] == "argmax"
+    assert child.data.tags["framecast.rollout_decode"] == "argmax"
     row = next(r for r in result["quality"] if r["model"] == "unet3d")
     test, _ = fdata.load_numpy(data, "test")
     context = int(str(row["frames"]).split("..")[0])

@@ -101,3 +101,16 @@ def test_rollout_rows_average_the_frames_ahead_and_the_horizon_rows_keep_them():
     horizon = comparison.horizon_rows("2d", {"vblt": per_frame}, copy)
     assert horizon[1] == {"data": "2d", "model": "vblt", "+1": 20.0, "+2": 10.0}
     assert comparison.horizon_chart(horizon)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_decoding_can_be_chosen_by_val_rollouts():
+    from framecast.predict import DECODES, adopt_best_decode
+
+    torch.manual_seed(0)
+    model = create("unet3d", "tiny").eval()
+    videos = _clips(frames=6)
+    best, psnr = adopt_best_decode(model, videos, context=3)
+    for d in DECODES:
+        pred, _ = rollout(model, videos, 3, decode=d)
+        assert psnr[d] == pytest.approx(float(metrics.psnr_per_frame(pred, videos[:, 3:]).mean()))
+    assert model.cfg.decode == best == max(DECODES, key=lambda d: (psnr[d], -DECODES.index(d)))

@@ -150,10 +150,18 @@ def flat_summary(result: dict, prefix: str = "val_") -> dict[str, float]:
 
 
 @torch.no_grad()
-def choose_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8
-                  ) -> tuple[str, dict[str, float]]:
+def choose_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
+                  context: int | None = None) -> tuple[str, dict[str, float]]:
     """The decoding with the best mean PSNR on `videos` (the val split), and each one's PSNR:
-    one forward pass per batch, decoded every way. A tie goes to the earlier in DECODES."""
+    teacher-forced (one forward pass per batch, decoded every way), or, with `context`, of
+    rollouts from that many frames (`rollout`, once per decoding): a decoding that scores best
+    one frame ahead can lose over a rollout, where its frames are fed back (the plain mean's
+    blur compounds). A tie goes to the earlier in DECODES."""
+    if context is not None:
+        psnr = {d: float(metrics.psnr_per_frame(
+            rollout(model, videos, context, batch_size=batch_size, decode=d)[0],
+            videos[:, context:]).mean()) for d in DECODES}
+        return max(DECODES, key=lambda d: (psnr[d], -DECODES.index(d))), psnr
     preds: dict[str, list[np.ndarray]] = {d: [] for d in DECODES}
     for _, logits in _batches_and_logits(model, videos, batch_size):
         for d in DECODES:
@@ -164,11 +172,11 @@ def choose_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8
     return max(DECODES, key=lambda d: (psnr[d], -DECODES.index(d))), psnr
 
 
-def adopt_best_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8
-                      ) -> tuple[str, dict[str, float]]:
+def adopt_best_decode(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
+                      context: int | None = None) -> tuple[str, dict[str, float]]:
     """`choose_decode` on `videos` (the val split), then make the winner the model's own
     decoding (its `cfg.decode`); returns what `choose_decode` returns."""
-    best, psnr = choose_decode(model, videos, batch_size=batch_size)
+    best, psnr = choose_decode(model, videos, batch_size=batch_size, context=context)
     model.cfg = dataclasses.replace(model.cfg, decode=best)
     return best, psnr
 
