@@ -181,7 +181,8 @@ def main() -> None:
 def paper_cost_rows(names: list[str]) -> list[dict]:
     """Table 1 rows of each model's `paper` preset at the paper's 12x64x64 (1 channel)."""
     from framecast import comparison
-    from framecast.models import create, presets
+    from framecast.models import create
+    from framecast.models.registry import presets
 
     shape = (*comparison.PAPER_FRAME_SHAPE, 1)
     return [comparison.cost_row(n, "paper", create(n, "paper"), shape)
