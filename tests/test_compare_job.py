@@ -276,8 +276,11 @@ def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local
     logged, _ = model_io.load_logged_model(child.info.run_id)
     assert logged.cfg.decode == child.data.tags["framecast.decode"] == "argmax"
     assert child.data.tags["framecast.rollout_decode"] == "argmax"
-    row = next(r for r in result["quality"] if r["model"] == "unet3d")
     test, _ = fdata.load_numpy(data, "test")
+    row = next(r for r in result["quality"] if r["model"] == "unet3d")  # rollouts, argmax
+    assert row["PSNR"] == pytest.approx(float(np.mean(
+        comparison.rollout_metrics(logged, test, 2)["psnr"])))
+    row = next(r for r in result["teacher_forced"] if r["model"] == "unet3d")
     context = int(str(row["frames"]).split("..")[0])
     assert row["PSNR"] == pytest.approx(comparison.score(logged, test, context)["psnr"])
 
