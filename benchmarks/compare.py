@@ -163,12 +163,7 @@ def main() -> None:
              f"rollouts from {args.context} context frames; "
              f"wall time of the comparison (training, evaluation, tables) {wall:.0f} s, of the "
              f"whole benchmark (Ray start and rendering included) {total:.0f} s.")
-    values = {}
-    # Models first, copy-last last, per data set (the order).
-    for prefix, rows in (("rollout_psnr", result["quality"]), ("psnr", result["teacher_forced"])):
-        for r in sorted(rows, key=lambda r: (str(r["data"]), r["model"] == "copy-last")):
-            values[f"{prefix}_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}"] = (
-                r["PSNR"])
+    values = comparison.psnr_keys(result["quality"], result["teacher_forced"])
     for r in paper:
         values[f"gflops_{r['model']}_paper"] = r["GFLOPs 12x64x64"]
         values[f"mb_{r['model']}_paper"] = r["MB"]

@@ -299,11 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # a budget too small for one step, an unknown model or preset
         print(f"compare_gpu: error: {err}", file=sys.stderr)
         return 2
-    psnr = {}  # models first, copy-last last, per data set
-    for prefix, rows in (("rollout_psnr", result["quality"]), ("psnr", result["teacher_forced"])):
-        for r in sorted(rows, key=lambda r: (str(r["data"]), r["model"] == "copy-last")):
-            psnr[f"{prefix}_{str(r['model']).replace('copy-last', 'copy')}_{r['data']}"] = (
-                r["PSNR"])
+    psnr = comparison.psnr_keys(result["quality"], result["teacher_forced"])
     print(f"wall {time.perf_counter() - start:.0f} s; tables in {args.out}")
     print("RESULT compare_gpu " + " ".join(f"{k}={v:.2f}" for k, v in psnr.items())
           + f" context={args.context} steps={result['steps']}")

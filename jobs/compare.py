@@ -265,7 +265,7 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str],
                score: Callable[[Entrant], float | None] | None = None
                ) -> tuple[list[Entrant], list[dict[str, Any]]]:
     """Keep, per model and data set, the trained run best on val: by `score(entrant)` when
-    given (jobs.compare passes `read_by_val_rollouts`', table 2's protocol), else by the
+    given (jobs.compare passes `read_by_val_rollouts`' scores: table 2's protocol), else by the
     final val PSNR its run logged; tag each child run chosen or not. Returns (entrants kept,
     lr sweep rows)."""
     import mlflow

@@ -181,6 +181,16 @@ def convention_notes(rows: Sequence[Row], tolerance: float = 0.25) -> list[str]:
     return notes
 
 
+def psnr_keys(quality: Sequence[Row], teacher_forced: Sequence[Row]) -> dict[str, float]:
+    """The benchmarks' RESULT keys: rollout_psnr_<model>_<data> (table 2) and
+    psnr_<model>_<data> (teacher-forced), models first and copy-last last per data set."""
+    out = {}
+    for prefix, rows in (("rollout_psnr", quality), ("psnr", teacher_forced)):
+        for r in sorted(rows, key=lambda r: (str(r["data"]), r["model"] == COPY_LAST)):
+            out[f"{prefix}_{str(r['model']).replace(COPY_LAST, 'copy')}_{r['data']}"] = r["PSNR"]
+    return out
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return ""
