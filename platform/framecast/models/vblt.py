@@ -33,6 +33,16 @@ from framecast.models.layers import (
     init_weights,
     rope_3d_angles,
 )
+from framecast.models.patching import (
+    MAX_BITS,
+    EntropyModel,
+    Layout,
+    menu,
+    pack,
+    packed_mask,
+    quadtree,
+    unpack,
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,15 @@ class VBLTConfig:
     # "model": as the paper writes them, over the latent width d, the d/2 pairs then split
     # among the heads (a head may see one axis only; top frequency base^(-6 / d)).
     rope_width: Literal["head", "model"] = "head"
+    # How slices are cut into patches. "static": every slice into `patch`-sized patches (the
+    # paper). "entropy": a quadtree over the menu patch * (1, 2^l, 2^l), l < patch_levels,
+    # splitting a region while some pixel in it has an entropy of at least entropy_threshold
+    # bits under a tiny causal entropy model entropy_width wide, trained with the model
+    # (models/patching.py): latents go where the video is hard to predict.
+    patching: Literal["static", "entropy"] = "static"
+    patch_levels: int = 3
+    entropy_threshold: float = 4.0
+    entropy_width: int = 16
 
     def __post_init__(self) -> None:
         for name, dim, heads in (("dim", self.dim, self.heads),
@@ -84,6 +103,17 @@ class VBLTConfig:
                              f"{self.rope_width!r} (head, model) is unknown")
         if self.rope_width == "model" and self.dim % 6:
             raise ValueError(f"rope_width=model needs dim={self.dim} divisible by 6")
+        if self.patching not in ("static", "entropy"):
+            raise ValueError(f"patching={self.patching!r} is unknown (static, entropy)")
+        if self.patching == "entropy":
+            if not 2 <= self.patch_levels <= 6:
+                raise ValueError(f"patch_levels={self.patch_levels} must be 2..6 (the menu's "
+                                 "sizes, finest first)")
+            if not 0.0 <= self.entropy_threshold < MAX_BITS:
+                raise ValueError(f"entropy_threshold={self.entropy_threshold} must be in [0, 8) "
+                                 "bits (0 splits every region)")
+            if self.entropy_width < 1:
+                raise ValueError(f"entropy_width={self.entropy_width} must be positive")
 
     def for_data(self, frame_shape: tuple[int, int, int, int]) -> VBLTConfig:
         """This config for videos of frame_shape (T, H, W, C): the data's channels; refused
@@ -93,6 +123,14 @@ class VBLTConfig:
         if t % pt or h % ph or w % pw or t < 2 * pt:
             raise ConfigError(f"patch {pt}x{ph}x{pw} does not tile the data's {t}x{h}x{w} frames "
                               f"(T, H, W must be multiples of it, with at least two time slices)")
+        if self.patching == "entropy":
+            _, top_h, top_w = menu(self.patch, self.patch_levels)[-1]
+            if h % top_h or w % top_w:
+                sizes = ", ".join("x".join(map(str, m)) for m in menu(self.patch,
+                                                                       self.patch_levels))
+                raise ConfigError(f"the patch menu {sizes} (patch_levels={self.patch_levels}) "
+                                  f"does not tile the data's {h}x{w} frames: its largest size "
+                                  f"must divide them")
         return replace(self, channels=c)
 
 
@@ -109,18 +147,42 @@ class LocalEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
             for _ in range(cfg.encoder_layers))
+        # Dynamic patching: the patch of level l is a learned 2x2 merge of its four quarters at
+        # level l - 1 (so a coarse patch is a linear map of its pixels' states, as a bigger patch
+        # convolution would be).
+        levels = cfg.patch_levels if cfg.patching == "entropy" else 1
+        self.merges = nn.ModuleList(
+            nn.Conv3d(cfg.dim, cfg.dim, (1, 2, 2), stride=(1, 2, 2)) for _ in range(levels - 1))
 
-    def forward(self, video: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (patch latents (B, S*Hp*Wp, D), per-pixel states (B, conv_dim, T, H, W))."""
+    def features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (finest patch features (B, D, S, Hp, Wp), per-pixel states (B, conv, T, H, W))."""
         x = self.byte_embed(video.long())  # (B, T, H, W, C, e)
         x = x.flatten(-2).permute(0, 4, 1, 2, 3)  # (B, C*e, T, H, W)
         pixels = F.gelu(self.frame_conv(x))  # (B, conv, T, H, W)
-        x = self.patch_conv(pixels)  # (B, D, S, Hp, Wp)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, S*Hp*Wp, D), slice-major
+        return self.patch_conv(pixels), pixels
+
+    def candidates(self, grid: torch.Tensor) -> torch.Tensor:
+        """Finest features (B, D, S, Hp, Wp) -> every menu patch's features (B, S, N, D), in
+        `patching.Layout` order (finest level first, row-major)."""
+        levels = [grid]
+        for merge in self.merges:
+            levels.append(merge(levels[-1]))
+        return torch.cat([g.flatten(3) for g in levels], dim=-1).permute(0, 2, 3, 1)
+
+    def mix(self, tokens: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
+            ) -> torch.Tensor:
+        """The shallow block-causal transformer over the patch tokens (B, L, D)."""
         for block in self.blocks:
             tokens = block(tokens, angles, mask)
-        return tokens, pixels
+        return tokens
+
+    def forward(self, video: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static patches -> (patch latents (B, S*Hp*Wp, D), per-pixel states (B, conv_dim, T,
+        H, W))."""
+        grid, pixels = self.features(video)  # (B, D, S, Hp, Wp)
+        tokens = grid.flatten(2).transpose(1, 2)  # (B, S*Hp*Wp, D), slice-major
+        return self.mix(tokens, angles, mask), pixels
 
 
 class DecoderBlock(nn.Module):
@@ -137,8 +199,9 @@ class DecoderBlock(nn.Module):
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor, context: torch.Tensor,
-                context_angles: torch.Tensor) -> torch.Tensor:
-        x = x + self.cross(self.norm1(x), angles, context=context, kv_angles=context_angles)
+                context_angles: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.cross(self.norm1(x), angles, context=context, kv_angles=context_angles,
+                           mask=mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -176,10 +239,15 @@ class LocalDecoder(nn.Module):
         return rope_3d_angles(pix, head_dim, base), rope_3d_angles(lat, head_dim, base)
 
     def forward(self, latents: torch.Tensor, hp: int, wp: int, pixels: torch.Tensor | None = None,
-                last: torch.Tensor | None = None) -> torch.Tensor:
-        """latents (B, S', P, D) of source slices (and, with byte_skip, their per-pixel encoder
-        states (B, conv, S'*pt, H, W) and last frames' bytes (B, S', H, W, C)) -> logits
-        (B, S', pt, H, W, C, 256)."""
+                last: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_positions: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """latents (B, S', P, D) of source slices on the finest patch grid (and, with byte_skip,
+        their per-pixel encoder states (B, conv, S'*pt, H, W) and last frames' bytes (B, S', H,
+        W, C)) -> logits (B, S', pt, H, W, C, 256). Dynamic patching paints each finest cell
+        with the latent of the patch over it and gives the latents the queries attend to as
+        `context` (B, S', N, D), their (y, x) centres (N, 2) in finest cells and a key-padding
+        mask (B, S', N)."""
         b, s, p, d = latents.shape
         pt, ph, pw = self.cfg.patch
         flat = latents.reshape(b * s, p, d)
@@ -198,10 +266,18 @@ class LocalDecoder(nn.Module):
             states = self.skip(states)  # (B*S', H*W, pt*Dd)
             states = states.view(b * s, h, w, pt, -1).permute(0, 3, 1, 2, 4)  # (B*S', pt, H, W, Dd)
             x = x + states.reshape(b * s, pt * h * w, -1)
-        context = self.context(flat)  # (B*S', P, Dd)
         q_angles, k_angles = self.positions(hp, wp, latents.device)
+        mask = None
+        if context is None:
+            context = self.context(flat)  # (B*S', P, Dd)
+        else:
+            context = self.context(context.flatten(0, 1))  # (B*S', N, Dd)
+            centres = F.pad(context_positions, (1, 0))  # t = 0: the source slice
+            k_angles = rope_3d_angles(centres, self.cfg.decoder_dim // self.cfg.decoder_heads,
+                                      self.cfg.rope_base)
+            mask = context_mask.reshape(b * s, 1, 1, -1)
         for block in self.blocks:
-            x = block(x, q_angles, context, k_angles)
+            x = block(x, q_angles, context, k_angles, mask)
         logits = self.head(self.norm(x))  # (B*S', pt*H*W, C*256)
         logits = logits.view(b, s, pt, hp * ph, wp * pw, self.cfg.channels, 256)
         if self.copy is not None:
@@ -223,6 +299,8 @@ class VBLT(FramePredictor):
             for _ in range(cfg.global_layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.decoder = LocalDecoder(cfg)
+        self.entropy_model = (EntropyModel(cfg.channels, cfg.entropy_width)
+                              if cfg.patching == "entropy" else None)
         init_weights(self)
         if cfg.init == "scaled":
             self._scale_local_init()
@@ -245,12 +323,72 @@ class VBLT(FramePredictor):
     def latent_angles(self, s: int, hp: int, wp: int, device: torch.device) -> torch.Tensor:
         """RoPE angles of the S*Hp*Wp latents: (L, head_dim / 2) with rope_width "head", one
         set per head (heads, L, head_dim / 2) with "model"."""
+        return self.angles_at(grid_positions(s, hp, wp, device))
+
+    def angles_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE angles of latents at positions (..., L, 3) = (t, y, x) in slices and finest
+        patch cells: (..., L, head_dim / 2) with rope_width "head", (..., heads, L, head_dim /
+        2) with "model"."""
         cfg = self.cfg
-        positions = grid_positions(s, hp, wp, device)
+        lead, length = positions.shape[:-2], positions.shape[-2]
+        flat = positions.reshape(-1, 3)
         if cfg.rope_width == "head":
-            return rope_3d_angles(positions, cfg.dim // cfg.heads, cfg.rope_base)
-        angles = rope_3d_angles(positions, cfg.dim, cfg.rope_base)  # (L, d/2): t | y | x
-        return angles.view(len(positions), cfg.heads, -1).transpose(0, 1)  # (nh, L, hd/2)
+            angles = rope_3d_angles(flat, cfg.dim // cfg.heads, cfg.rope_base)
+            return angles.view(*lead, length, -1)
+        angles = rope_3d_angles(flat, cfg.dim, cfg.rope_base)  # (., d/2): t | y | x
+        return angles.view(*lead, length, cfg.heads, -1).transpose(-2, -3)  # (.., nh, L, hd/2)
+
+    def loss(self, video: torch.Tensor, own_inputs: float = 0.0
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The frame predictor's loss; with dynamic patching plus the entropy model's own
+        cross-entropy (its inputs are bytes: the two share no gradient)."""
+        loss, extra = super().loss(video, own_inputs)
+        if self.entropy_model is None:
+            return loss, extra
+        aux = self.entropy_model.loss(video)
+        return loss + aux, {**extra, "entropy_model_nll": float(aux.detach())}
+
+    def patch_selection(self, video: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Dynamic patching of every time slice: per menu level (finest first) which patches
+        are used, (B, S, Hp >> l, Wp >> l) bool, and the entropy (bits) that decided it,
+        (B, S, H, W): per pixel the largest over the slice's frames."""
+        cfg = self.cfg
+        b, t, h, w, _ = video.shape
+        pt, ph, pw = cfg.patch
+        entropy = self.entropy_model.entropy(video).view(b, t // pt, pt, h, w).amax(2)
+        return quadtree(entropy, (ph, pw), cfg.patch_levels, cfg.entropy_threshold), entropy
+
+    def _forward_dynamic(self, video: torch.Tensor) -> torch.Tensor:
+        """forward with entropy-driven patches: the selected menu patches of every slice are
+        packed (padded to the batch's longest clip), run through the encoder's and the global
+        transformer's block-causal attention at their centres' 3D positions, and each source
+        slice's latents reach the decoder by the finest cells they cover."""
+        b, t, h, w, c = video.shape
+        pt, ph, pw = self.cfg.patch
+        s, hp, wp = t // pt, h // ph, w // pw
+        grid, pixels = self.encoder.features(video)
+        candidates = self.encoder.candidates(grid)  # (B, S, N, D)
+        layout = Layout(hp, wp, self.cfg.patch_levels, video.device)
+        selected, _ = self.patch_selection(video)
+        chosen = layout.flatten(selected)  # (B, S, N)
+        index, valid = pack(chosen)  # (B, L)
+        d = candidates.shape[-1]
+        x = candidates.reshape(b, s * layout.size, d).gather(1, index[..., None].expand(-1, -1, d))
+        positions = layout.positions(s)[index]  # (B, L, 3)
+        angles = self.angles_at(positions)
+        if self.cfg.rope_width == "head":
+            angles = angles[:, None]  # (B, 1, L, hd/2): one set for every head
+        mask = packed_mask(index // layout.size, valid)
+        x = self.encoder.mix(x, angles, mask)
+        for block in self.blocks:
+            x = block(x, angles, mask)
+        latents = unpack(self.norm(x), index, valid, s * layout.size).view(b, s, -1, d)[:, :-1]
+        cover = layout.covering([sel[:, :-1] for sel in selected])  # (B, S-1, Hp*Wp)
+        fine = latents.gather(2, cover[..., None].expand(-1, -1, -1, d))  # (B, S-1, Hp*Wp, D)
+        last = video[:, pt - 1:t - pt:pt]
+        logits = self.decoder(fine, hp, wp, pixels[:, :, :t - pt], last, context=latents,
+                              context_positions=layout.centres, context_mask=chosen[:, :-1])
+        return logits.reshape(b, t - pt, h, w, c, 256)
 
     @property
     def context_frames(self) -> int:
@@ -271,6 +409,8 @@ class VBLT(FramePredictor):
                              f"{self.cfg.patch} with at least two time slices")
         if c != self.cfg.channels:
             raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
+        if self.entropy_model is not None:
+            return self._forward_dynamic(video)
         s, hp, wp = t // pt, h // ph, w // pw
         angles = self.latent_angles(s, hp, wp, video.device)
         mask = block_causal_mask(s, hp * wp, video.device)
