@@ -259,7 +259,8 @@ def train_trial(params: dict) -> None:
         checkpoint = train_job.fit(checked, run.info.run_id,
                                    callbacks=[CarryForwardReport(cost)], threads=study["threads"])
         result = train_job.finish(checked, run.info.run_id, checkpoint)
-        extras = {**cost, **generation_metrics(checked, result["model_uri"],
+        extras = {**cost, **trained_cost(checked, result["model_uri"]),
+                  **generation_metrics(checked, result["model_uri"],
                                                study["experiment"])}
         mlflow.log_metrics(extras, step=result["step"])
         final = {**result["metrics"], **extras, "step": float(result["step"])}
@@ -280,6 +281,23 @@ def cost_metrics(checked: Any) -> dict[str, float]:
         cost = model_cost(model, t, h, c)  # the renderer's frames are square
         out.update(mb=float(cost["mb"]), gflops=float(cost["gflops"]))
     return out
+
+
+def trained_cost(checked: Any, model_uri: str, sequences: int = 4) -> dict[str, float]:
+    """A frame predictor's forward GFLOPs per sequence as trained, counted on `sequences` val
+    clips: the compute of a model that spends it by content (V-BLT's dynamic patching) is known
+    only once it has learned where the content is; {} for other models."""
+    from framecast import data as fdata
+    from framecast.model_io import load_logged_model
+    from framecast.models.contract import FramePredictor
+    from framecast.models.profile import model_cost
+
+    model, _ = load_logged_model(model_uri)
+    if not isinstance(model, FramePredictor):
+        return {}
+    val = fdata.load_numpy(checked.config.data, "val")[0][:sequences]
+    t, h, w, c = val.shape[1:]
+    return {"gflops": float(model_cost(model, t, h, c, w, videos=val)["gflops"])}
 
 
 def generation_metrics(checked: Any, model_uri: str, experiment: str) -> dict[str, float]:

@@ -2,6 +2,9 @@
 static patching, save/reload and quantization."""
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from framecast.models.patching import MAX_BITS, Layout, pack, packed_mask, quadt
 from framecast.quant.apply import layer_roles, precision_counts, quantize_model
 from framecast.quant.gemm_form import linearize
 from framecast.quant.plan import PlanEntry, Precision, plan_records
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def moving_squares(batch: int = 2, frames: int = 8, size: int = 16, blank: int = 0
@@ -32,11 +37,12 @@ def moving_squares(batch: int = 2, frames: int = 8, size: int = 16, blank: int =
 
 
 def dynamic(threshold: float = 3.0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
     return create("vblt", "tiny", patch=(1, 4, 4), patching="entropy", patch_levels=3,
                   entropy_threshold=threshold, **overrides)
 
 
-def trained_entropy(model: torch.nn.Module, video: torch.Tensor, steps: int = 60
+def trained_entropy(model: torch.nn.Module, video: torch.Tensor, steps: int = 150
                     ) -> torch.nn.Module:
     """Teach the model's entropy model that the background stays black (a few seconds)."""
     torch.manual_seed(0)
@@ -106,8 +112,10 @@ def test_layout_centres_and_covering_match_the_quadtree():
 def test_a_threshold_that_splits_everything_is_static_1x4x4_patching():
     torch.manual_seed(0)
     model = dynamic(threshold=0.0).eval()
+    torch.manual_seed(0)  # the same seed gives the same weights: paired runs
     static = create("vblt", "tiny", patch=(1, 4, 4)).eval()
-    static.load_state_dict(model.state_dict(), strict=False)
+    shared = static.state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in shared.items())
     video = torch.randint(0, 256, (2, 6, 16, 16, 1), dtype=torch.uint8)
     selected, _ = model.patch_selection(video)
     assert [int(s.sum()) for s in selected] == [2 * 6 * 16, 0, 0]  # 16 tokens a slice, as 4x4
@@ -120,18 +128,18 @@ def test_predictable_background_merges_into_coarse_patches():
     model = trained_entropy(dynamic(threshold=0.0), video)
     _, entropy = model.patch_selection(video)
     corner, edge = entropy[0, 1:, 12:, 12:].amax(), entropy[0, 1:, :8, :8].amax()
-    assert edge > 2 * corner  # the square's moving edges are where the news is
+    assert edge > 3 * corner  # the square's moving edges are where the news is
     model.cfg = dataclasses.replace(model.cfg, entropy_threshold=float(corner + edge) / 2)
     selected, _ = model.patch_selection(video)
-    fine, _, top = (s[0, 1:] for s in selected)  # slice 0 has no history: all fine
-    assert sum(int(s[0, 1:].sum()) for s in selected) < 0.5 * 7 * 16
+    fine = selected[0][0, 1:]  # slice 0 has no history: all fine
+    assert sum(int(s[0, 1:].sum()) for s in selected) < 0.6 * 7 * 16
     assert fine[:, :2, :2].any(dim=(1, 2)).all()  # the square's quarter, in every slice
-    assert not fine[:, 2:, 2:].any() and not top.any()
+    assert not fine[:, 2:, 2:].any()  # the black quarter, never
 
 
 def test_patching_and_predictions_of_a_slice_ignore_every_later_frame():
     video = moving_squares(frames=8)
-    model = trained_entropy(dynamic(threshold=3.0), video)
+    model = trained_entropy(dynamic(threshold=0.5), video)
     changed = video.clone()
     cut = 5  # frames 5.. change; slices (one frame each) 0..4 keep their patching
     changed[:, cut:] = torch.randint(0, 256, changed[:, cut:].shape, dtype=torch.uint8)
@@ -139,6 +147,7 @@ def test_patching_and_predictions_of_a_slice_ignore_every_later_frame():
         (sel_a, ent_a), (sel_b, ent_b) = model.patch_selection(video), \
             model.patch_selection(changed)
         a, b = model(video), model(changed)
+    assert sum(bool(x[:, 1:cut].any()) for x in sel_a) >= 2  # slices mix patch sizes
     assert torch.equal(ent_a[:, :cut], ent_b[:, :cut])
     assert all(torch.equal(x[:, :cut], y[:, :cut]) for x, y in zip(sel_a, sel_b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(sel_a, sel_b, strict=True))
@@ -148,9 +157,8 @@ def test_patching_and_predictions_of_a_slice_ignore_every_later_frame():
 
 
 def test_a_clip_scores_the_same_alone_and_padded_in_a_batch():
-    video = moving_squares(batch=2)
-    video[1, :, 8:] = 255 - video[1, :, 8:]  # another count of tokens than clip 0
-    model = trained_entropy(dynamic(threshold=3.0), video)
+    video = moving_squares(batch=1, blank=1)  # the blank clip needs fewer tokens
+    model = trained_entropy(dynamic(threshold=0.5), video)
     counts = [sum(int(s.sum()) for s in model.patch_selection(video[i:i + 1])[0])
               for i in range(2)]
     assert counts[0] != counts[1]
@@ -174,7 +182,7 @@ def test_every_parameter_learns_and_the_entropy_model_has_its_own_loss():
 
 def test_save_reload_gives_identical_outputs(tmp_path):
     video = moving_squares()
-    model = trained_entropy(dynamic(threshold=3.0), video)
+    model = trained_entropy(dynamic(threshold=0.5), video)
     model_io.save_model(tmp_path, model, "vblt")
     again = model_io.load_model(tmp_path)
     assert again.cfg == model.cfg
@@ -185,7 +193,7 @@ def test_save_reload_gives_identical_outputs(tmp_path):
 @pytest.mark.usefixtures("int8_compute")
 def test_w8a8_quantization_runs_on_a_dynamic_model_and_stays_close(tmp_path):
     video = moving_squares()
-    model = trained_entropy(dynamic(threshold=3.0), video)
+    model = trained_entropy(dynamic(threshold=0.5), video)
     with torch.no_grad():
         reference = model(video)
     linearize(model)
@@ -218,3 +226,33 @@ def test_a_menu_that_does_not_tile_the_frames_is_refused():
     model_config("vblt", "tiny", frame_shape=(8, 32, 32, 1), **settings)  # 16x16 tiles 32
     with pytest.raises(ConfigError, match="menu 1x4x4, 1x8x8, 1x16x16.*24x24"):
         model_config("vblt", "tiny", frame_shape=(8, 24, 24, 1), **settings)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--thresholds", "9"], "entropy_threshold=9.0"),
+    (["--thresholds=-1,2"], "entropy_threshold=-1.0"),
+    (["--size", "24"], "1x16x16 (patch_levels=3) does not tile the data's 24x24"),
+    (["--thresholds", "two"], "take numbers"),
+])
+def test_the_benchmark_refuses_bad_settings_in_one_line_before_any_work(flags, message):
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dynamic_patching.py"),
+                          *flags], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].count("error:") == 1 and not run.stdout
+
+
+def test_the_benchmark_reports_the_best_dynamic_point_at_half_the_flops():
+    from benchmarks.dynamic_patching import choose_dynamic, dominated
+
+    def row(flops, psnr):
+        return {"gflops_global": flops, "psnr": psnr}
+
+    results = {"2d": {"static 1x4x4": row(1.0, 12.0), "static 1x8x8": row(0.25, 10.0),
+                      "dynamic 1": row(0.8, 12.5), "dynamic 2": row(0.5, 11.9),
+                      "dynamic 3": row(0.3, 11.0)}}
+    dynamics = ["dynamic 1", "dynamic 2", "dynamic 3"]
+    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic 2"  # best at <= half
+    assert dominated(results, "2d", ["static 1x4x4", "static 1x8x8"], dynamics) == [
+        "static 1x4x4"]
+    results["2d"]["dynamic 2"] = row(0.6, 11.9)  # none at half: the cheapest is reported
+    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic 3"

@@ -438,3 +438,56 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
         assert fp32["kernels"]["int8_gemm"] == {}  # a float model runs no int8 GEMM
     finally:
         serve.delete("framecast-test-int8")
+
+
+def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_local, served):
+    """V-BLT with entropy-driven patches (its entropy model taught that the background stays
+    black, so slices mix patch sizes), quantized to W8A8 and served: /predict answers what the
+    loaded model computes."""
+    from ray import serve
+
+    from framecast.quant.apply import layer_roles, quantize_model
+    from framecast.quant.gemm_form import linearize
+    from framecast.quant.plan import PlanEntry, Precision, plan_records
+
+    url, _, _ = served
+    torch.manual_seed(0)
+    model = create("vblt", "tiny", patch=(1, 4, 4), patching="entropy", entropy_threshold=1.0)
+    video = torch.zeros(2, 8, 16, 16, 1, dtype=torch.uint8)
+    for t in range(8):
+        video[:, t, 2:6, 2 + t // 2:6 + t // 2] = 200
+    opt = torch.optim.Adam(model.entropy_model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = model.entropy_model.loss(video)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    frames = video[0, :4].numpy()
+    selected, _ = model.patch_selection(torch.from_numpy(frames)[None])
+    assert sum(bool(s.any()) for s in selected) >= 2  # more than one patch size in use
+    linearize(model)
+    plan = [PlanEntry(n, 0.0, Precision.INT8) for n in sorted(layer_roles(model))]
+    quantize_model(model, plan)
+    name = f"{NAME}-dynamic"
+    with mlflow.start_run():
+        info = model_io.log_model(model, "vblt", registered_name=name, extra={
+            "frame_shape": FRAME_SHAPE, "preset": "tiny", "precision": "w8a8",
+            "quant_plan": plan_records(plan)})
+    mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
+                                                     info.registered_model_version)
+    loaded, _ = model_io.load_logged_model(f"models:/{name}@candidate")
+    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
+                   ingress_cpus=0.1)
+    serve.run(build_app(args), name="framecast-test-dynamic", route_prefix="/dynamic")
+    try:
+        response = requests.post(f"{url}/dynamic/v1/models/{name}/predict",
+                                 json=png_body(frames), timeout=60)
+        assert response.status_code == 200, response.text
+        got = np.stack([decode_png(f) for f in response.json()["frames"]])
+        with torch.no_grad():
+            want, _ = direct_step(loaded.eval(), frames)
+        # The replica times its own int8 kernels (another may win there): near-equal bytes.
+        assert got.shape == want.shape and np.mean(np.abs(got.astype(int) - want) <= 1) > 0.98
+    finally:
+        serve.delete("framecast-test-dynamic")

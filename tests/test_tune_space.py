@@ -63,6 +63,11 @@ def test_the_shipped_shapes_fit_the_frames_their_comments_name():
     patches = load_study(SPACES / "vblt_patch_sizes.yaml", JOBS, data="/data/2d")
     assert len(model_variants(patches)) == 10  # 5 patches x 2 widths
     check_models(patches, "vblt", "demo", (12, 16, 16, 1))
+    entropy = load_study(SPACES / "vblt_entropy_patching.yaml", JOBS, data="/data/2d")
+    [threshold] = entropy.params
+    assert threshold.model_field == "entropy_threshold" and 0.0 in threshold.values
+    assert entropy.pareto == {"gflops": "min", "val_psnr": "max"}
+    check_models(entropy, "vblt", "small", (12, 16, 16, 1))
 
 
 def test_trial_flags_merge_sampled_model_fields_into_the_base_overrides():

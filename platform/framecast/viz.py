@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -62,32 +63,61 @@ def _png(fig) -> bytes:
 
 
 def prediction_figure(truth: np.ndarray, pred: np.ndarray, entropy: np.ndarray, *,
-                      title: str = "") -> bytes:
+                      title: str = "", patches: PatchView | None = None) -> bytes:
     """PNG like V-BLT figures 7-8 for one sequence: rows ground truth, prediction, entropy map
-    (bits, shared colour scale 0..8); a column per predicted frame. Inputs (T, H, W, C)."""
+    (bits, shared colour scale 0..8); a column per predicted frame. Inputs (T, H, W, C). With
+    `patches` (dynamic patching), two more rows: the input each prediction was made from with
+    the patches its latents cover drawn over it, and the entropy that chose them."""
     plt = _pyplot()
     frames = truth.shape[0]
-    fig, axes = plt.subplots(3, frames, figsize=(1.2 * frames + 1.0, 4.0), squeeze=False)
+    rows = 5 if patches else 3
+    fig, axes = plt.subplots(rows, frames, figsize=(1.2 * frames + 1.0, 1.33 * rows),
+                             squeeze=False)
     grey = {"cmap": "gray", "vmin": 0, "vmax": 255}
+    hot = {"cmap": "inferno", "vmin": 0.0, "vmax": 8.0}
+    labels = ["truth", "prediction", "entropy"]
     image = None
     for j in range(frames):
-        for row, (img, kwargs) in enumerate((
-            (truth[j].squeeze(-1) if truth.shape[-1] == 1 else truth[j], grey),
-            (pred[j].squeeze(-1) if pred.shape[-1] == 1 else pred[j], grey),
-            (entropy[j].mean(-1), {"cmap": "inferno", "vmin": 0.0, "vmax": 8.0}),
-        )):
-            shown = axes[row, j].imshow(img, **kwargs)
+        shown = [(_channel_view(truth[j]), grey), (_channel_view(pred[j]), grey),
+                 (entropy[j].mean(-1), hot)]
+        if patches:
+            shown += [(_channel_view(patches.inputs[j]), grey), (patches.entropy[j], hot)]
+        for row, (img, kwargs) in enumerate(shown):
+            drawn = axes[row, j].imshow(img, **kwargs)
             if row == 2:
-                image = shown
+                image = drawn
             axes[row, j].set_xticks([])
             axes[row, j].set_yticks([])
+        if patches:
+            for y, x, h, w in patches.boxes[j]:
+                axes[3, j].add_patch(plt.Rectangle((x - 0.5, y - 0.5), w, h, fill=False,
+                                                   edgecolor="tab:cyan", linewidth=0.8))
         axes[0, j].set_title(f"t+{j + 1}", fontsize=8)
-    for row, label in enumerate(("truth", "prediction", "entropy")):
+    if patches:
+        labels += ["input + patches", "entropy model"]
+    for row, label in enumerate(labels):
         axes[row, 0].set_ylabel(label, fontsize=8)
-    fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, label="bits")
+    fig.colorbar(image, ax=axes[2:, :].ravel().tolist() if patches else axes[2, :].tolist(),
+                 shrink=0.9, label="bits")
     if title:
         fig.suptitle(title, fontsize=9)
     return _png(fig)
+
+
+def _channel_view(frame: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> what imshow takes: (H, W) for one channel."""
+    return frame.squeeze(-1) if frame.shape[-1] == 1 else frame
+
+
+@dataclass(frozen=True)
+class PatchView:
+    """Where a dynamically patched model spent its latents, per predicted frame: the input frame
+    shown (H, W, C), the patches (y, x, height, width) of the slice it was predicted from, and
+    the entropy (bits, (H, W)) that chose them."""
+
+    inputs: np.ndarray
+    boxes: list[list[tuple[int, int, int, int]]]
+    entropy: np.ndarray
 
 
 def plan_figure(layers: list[str], sensitivities: list[float], precisions: list[str],

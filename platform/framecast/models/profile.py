@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
@@ -66,21 +67,34 @@ def count_flops(module: nn.Module, *inputs: torch.Tensor, **kwargs: Any) -> int:
     and P V, dense, whatever the mask (a block-causal mask skips no FLOPs here). Not counted:
     bias adds, softmax, norms, activations, RoPE rotations, embedding look-ups and pooling (as
     in the papers' tables)."""
+    return flops_by_module(module, *inputs, **kwargs)["Global"]
+
+
+@torch.no_grad()
+def flops_by_module(module: nn.Module, *inputs: torch.Tensor, **kwargs: Any) -> dict[str, int]:
+    """`count_flops`, split by submodule: {"Global": all, "<Class>.<path>": that module's}, as
+    torch's counter names them (e.g. "VBLT.blocks.0" for V-BLT's first global block)."""
     counter = FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS)
     with counter:
         module(*inputs, **kwargs)
-    return int(counter.get_total_flops())
+    counts = {name: int(sum(ops.values())) for name, ops in counter.get_flop_counts().items()}
+    counts.setdefault("Global", int(counter.get_total_flops()))
+    return counts
 
 
-def model_cost(model: nn.Module, frames: int, size: int, channels: int = 1, width: int = 0
-               ) -> dict[str, float]:
+def model_cost(model: nn.Module, frames: int, size: int, channels: int = 1, width: int = 0,
+               videos: np.ndarray | None = None) -> dict[str, float]:
     """Parameters, MB of its weights (fp32: 4 bytes each; MiB) and forward GFLOPs for one
     (frames, size, width or size) uint8 sequence, counted by `count_flops` on the model's device
-    (a model built under `torch.device("meta")` is counted without weights or compute)."""
+    (a model built under `torch.device("meta")` is counted without weights or compute). A model
+    whose compute depends on the content (dynamic patching) is counted on `videos` (N, T, H, W,
+    C), one sequence at a time, and the mean reported; without them, on a black sequence."""
     params = sum(p.numel() for p in model.parameters())
     megabytes = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    video = torch.zeros(1, frames, size, width or size, channels, dtype=torch.uint8,
-                        device=device)
-    gflops = count_flops(model.eval(), video) / 1e9
-    return {"params": params, "mb": megabytes, "gflops": gflops}
+    if videos is None:
+        videos = np.zeros((1, frames, size, width or size, channels), np.uint8)
+    model.eval()
+    gflops = np.mean([count_flops(model, torch.from_numpy(np.ascontiguousarray(v[None])).to(
+        device)) for v in videos]) / 1e9
+    return {"params": params, "mb": megabytes, "gflops": float(gflops)}

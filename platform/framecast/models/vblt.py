@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +44,8 @@ from framecast.models.patching import (
     quadtree,
     unpack,
 )
+
+ENTROPY_LOSS_WEIGHT = 0.01  # of the entropy model's loss in V-BLT's (see VBLT.loss)
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,6 @@ class LocalEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
             for _ in range(cfg.encoder_layers))
-        # Dynamic patching: the patch of level l is a learned 2x2 merge of its four quarters at
-        # level l - 1 (so a coarse patch is a linear map of its pixels' states, as a bigger patch
-        # convolution would be).
-        levels = cfg.patch_levels if cfg.patching == "entropy" else 1
-        self.merges = nn.ModuleList(
-            nn.Conv3d(cfg.dim, cfg.dim, (1, 2, 2), stride=(1, 2, 2)) for _ in range(levels - 1))
 
     def features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (finest patch features (B, D, S, Hp, Wp), per-pixel states (B, conv, T, H, W))."""
@@ -160,14 +157,6 @@ class LocalEncoder(nn.Module):
         x = x.flatten(-2).permute(0, 4, 1, 2, 3)  # (B, C*e, T, H, W)
         pixels = F.gelu(self.frame_conv(x))  # (B, conv, T, H, W)
         return self.patch_conv(pixels), pixels
-
-    def candidates(self, grid: torch.Tensor) -> torch.Tensor:
-        """Finest features (B, D, S, Hp, Wp) -> every menu patch's features (B, S, N, D), in
-        `patching.Layout` order (finest level first, row-major)."""
-        levels = [grid]
-        for merge in self.merges:
-            levels.append(merge(levels[-1]))
-        return torch.cat([g.flatten(3) for g in levels], dim=-1).permute(0, 2, 3, 1)
 
     def mix(self, tokens: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
             ) -> torch.Tensor:
@@ -299,14 +288,24 @@ class VBLT(FramePredictor):
             for _ in range(cfg.global_layers))
         self.norm = nn.LayerNorm(cfg.dim)
         self.decoder = LocalDecoder(cfg)
-        self.entropy_model = (EntropyModel(cfg.channels, cfg.entropy_width)
-                              if cfg.patching == "entropy" else None)
         init_weights(self)
         if cfg.init == "scaled":
             self._scale_local_init()
         if self.decoder.copy is not None:
             with torch.no_grad():
                 self.decoder.copy.weight.copy_(torch.eye(256) * cfg.copy_prior)
+        # Dynamic patching's own modules are built last, so that a seed gives every other weight
+        # the value it gives the static model: static and dynamic runs start paired. The patch
+        # of menu level l is a learned 2x2 merge of its four quarters at level l - 1 (a linear
+        # map of its pixels' states, as a bigger patch convolution would be).
+        dynamic = cfg.patching == "entropy"
+        self.merges = nn.ModuleList(
+            nn.Conv3d(cfg.dim, cfg.dim, (1, 2, 2), stride=(1, 2, 2))
+            for _ in range(cfg.patch_levels - 1 if dynamic else 0))
+        self.entropy_model = EntropyModel(cfg.channels, cfg.entropy_width) if dynamic else None
+        if dynamic:
+            init_weights(self.merges)
+            init_weights(self.entropy_model)
 
     @torch.no_grad()
     def _scale_local_init(self) -> None:
@@ -341,12 +340,17 @@ class VBLT(FramePredictor):
     def loss(self, video: torch.Tensor, own_inputs: float = 0.0
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The frame predictor's loss; with dynamic patching plus the entropy model's own
-        cross-entropy (its inputs are bytes: the two share no gradient)."""
+        cross-entropy (its inputs are bytes: the two share no gradient), scaled by
+        ENTROPY_LOSS_WEIGHT. Adam's steps do not depend on a loss's scale, but gradient
+        clipping sees the sum: at full weight the entropy model's large early gradients took
+        most of the clipped norm and V-BLT did not learn in 80 steps where static patching
+        did (benchmarks/RESULTS.md, dynamic_patching)."""
         loss, extra = super().loss(video, own_inputs)
         if self.entropy_model is None:
             return loss, extra
         aux = self.entropy_model.loss(video)
-        return loss + aux, {**extra, "entropy_model_nll": float(aux.detach())}
+        return (loss + ENTROPY_LOSS_WEIGHT * aux,
+                {**extra, "entropy_model_nll": float(aux.detach())})
 
     def patch_selection(self, video: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Dynamic patching of every time slice: per menu level (finest first) which patches
@@ -358,6 +362,35 @@ class VBLT(FramePredictor):
         entropy = self.entropy_model.entropy(video).view(b, t // pt, pt, h, w).amax(2)
         return quadtree(entropy, (ph, pw), cfg.patch_levels, cfg.entropy_threshold), entropy
 
+    def figure(self, video: np.ndarray, title: str = "") -> bytes | None:
+        """The frame predictor's figure; with dynamic patching two more rows: each prediction's
+        source slice (its last frame) with the patches it was cut into, and the entropy that
+        cut it."""
+        if self.entropy_model is None:
+            return super().figure(video, title)
+        from framecast import viz
+        from framecast.predict import predict
+
+        pt, ph, pw = self.cfg.patch
+        k = self.context_frames
+        pred, entropy, _ = predict(self, video[None])
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            selected, slice_entropy = self.patch_selection(
+                torch.from_numpy(np.ascontiguousarray(video[None])).to(device))
+        boxes = [[(int(i) * ph << level, int(j) * pw << level, ph << level, pw << level)
+                  for level, sel in enumerate(selected)
+                  for i, j in sel[0, s].nonzero().tolist()] for s in range(len(slice_entropy[0]))]
+        sources = [f // pt - 1 for f in range(k, len(video))]  # the slice each frame came from
+        used = sum(len(boxes[s]) for s in range(len(boxes) - 1))
+        static = (len(boxes) - 1) * (video.shape[1] // ph) * (video.shape[2] // pw)
+        view = viz.PatchView(inputs=video[[(s + 1) * pt - 1 for s in sources]],
+                             boxes=[boxes[s] for s in sources],
+                             entropy=slice_entropy[0, sources].cpu().numpy())
+        title = (f"{title}  " if title else "") + (
+            f"latents {used} of {static} ({used / static:.0%} of static {pt}x{ph}x{pw})")
+        return viz.prediction_figure(video[k:], pred[0], entropy[0], title=title, patches=view)
+
     def _forward_dynamic(self, video: torch.Tensor) -> torch.Tensor:
         """forward with entropy-driven patches: the selected menu patches of every slice are
         packed (padded to the batch's longest clip), run through the encoder's and the global
@@ -367,7 +400,11 @@ class VBLT(FramePredictor):
         pt, ph, pw = self.cfg.patch
         s, hp, wp = t // pt, h // ph, w // pw
         grid, pixels = self.encoder.features(video)
-        candidates = self.encoder.candidates(grid)  # (B, S, N, D)
+        levels = [grid]  # every menu patch's features, finest first: (B, D, S, h_l, w_l)
+        for merge in self.merges:
+            levels.append(merge(levels[-1]))
+        # (B, S, N, D) in `patching.Layout` order (finest level first, row-major)
+        candidates = torch.cat([g.flatten(3) for g in levels], dim=-1).permute(0, 2, 3, 1)
         layout = Layout(hp, wp, self.cfg.patch_levels, video.device)
         selected, _ = self.patch_selection(video)
         chosen = layout.flatten(selected)  # (B, S, N)
