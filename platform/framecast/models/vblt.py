@@ -45,8 +45,6 @@ from framecast.models.patching import (
     unpack,
 )
 
-ENTROPY_LOSS_WEIGHT = 0.01  # of the entropy model's loss in V-BLT's (see VBLT.loss)
-
 
 @dataclass(frozen=True)
 class VBLTConfig:
@@ -340,17 +338,12 @@ class VBLT(FramePredictor):
     def loss(self, video: torch.Tensor, own_inputs: float = 0.0
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The frame predictor's loss; with dynamic patching plus the entropy model's own
-        cross-entropy (its inputs are bytes: the two share no gradient), scaled by
-        ENTROPY_LOSS_WEIGHT. Adam's steps do not depend on a loss's scale, but gradient
-        clipping sees the sum: at full weight the entropy model's large early gradients took
-        most of the clipped norm and V-BLT did not learn in 80 steps where static patching
-        did (benchmarks/RESULTS.md, dynamic_patching)."""
+        cross-entropy (its inputs are bytes: the two share no gradient)."""
         loss, extra = super().loss(video, own_inputs)
         if self.entropy_model is None:
             return loss, extra
         aux = self.entropy_model.loss(video)
-        return (loss + ENTROPY_LOSS_WEIGHT * aux,
-                {**extra, "entropy_model_nll": float(aux.detach())})
+        return loss + aux, {**extra, "entropy_model_nll": float(aux.detach())}
 
     def patch_selection(self, video: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Dynamic patching of every time slice: per menu level (finest first) which patches
