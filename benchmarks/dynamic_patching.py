@@ -14,11 +14,14 @@ depend on the content), training step time, rollout time per clip, and rollout P
 Every row trains with the library's loop (`framecast.train.train_loop`) in this process on the
 same data, steps, batch, lr, schedule and seeds (`benchmarks/vblt_ablation.py`'s harness); with
 several --seeds the scores are means over seeds. Dynamic rows use `vblt:patch=1x4x4,
-patching=entropy,entropy_threshold=T` with the menu 1x4x4, 1x8x8, 1x16x16.
+patching=entropy` with the menu 1x4x4, 1x8x8, 1x16x16, and either an entropy threshold
+(`entropy_threshold=T`: a region splits while some pixel has T bits or more) or a budget
+(`patch_budget=F`: at most F x 16 patches a slice, the regions holding the most entropy split
+first).
 
 The goal: dynamic points dominate the static ones on the FLOPs-PSNR plane, and one of them keeps
 rollout PSNR within 0.2 dB of static 1x4x4 at no more than half its global-transformer FLOPs.
-The benchmark names as "dynamic" the threshold with the best mean PSNR among those at <= 0.5x
+The benchmark names as "dynamic" the row with the best mean PSNR among those at <= 0.5x
 static 1x4x4's global FLOPs on every data set (else the cheapest), and draws the plane
 (benchmarks/figures/dynamic_patching.png).
 """
@@ -40,14 +43,16 @@ from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E4
 FIGURE = Path(__file__).resolve().parent / "figures" / "dynamic_patching.png"
 STATIC = {"static 1x4x4": "vblt:patch=1x4x4", "static 1x8x8": "vblt:patch=1x8x8"}
 DYNAMIC = "vblt:patch=1x4x4,patching=entropy,patch_levels=3,entropy_threshold={}"
+BUDGET = "vblt:patch=1x4x4,patching=entropy,patch_levels=3,patch_budget={}"
 REFERENCE = "static 1x4x4"
 GLOBAL_BLOCK = re.compile(r"^VBLT\.blocks\.\d+$")  # the global transformer's blocks
 PSNR_TOLERANCE_DB, FLOPS_FRACTION = 0.2, 0.5  # the issue's goal
 
 
-def rows_for(thresholds: list[float]) -> dict[str, str]:
+def rows_for(thresholds: list[float], budgets: list[float]) -> dict[str, str]:
     """Row label -> `MODEL:KEY=VALUE,...` spec, static rows first."""
-    return {**STATIC, **{f"dynamic {t:g}": DYNAMIC.format(t) for t in thresholds}}
+    return {**STATIC, **{f"dynamic {t:g} bits": DYNAMIC.format(t) for t in thresholds},
+            **{f"dynamic budget {b:g}": BUDGET.format(b) for b in budgets}}
 
 
 def cost(model, videos) -> dict[str, float]:
@@ -152,7 +157,7 @@ def plot(results: dict, kinds: list[str], copy_psnr: dict[str, float], statics: 
         xs = [res[d]["gflops_global"] for d in dynamics]
         ax.plot(xs, [res[d]["psnr"] for d in dynamics], "o-", color="tab:red", label="dynamic")
         for d in dynamics:
-            ax.annotate(d.split()[-1] + " bits", (res[d]["gflops_global"], res[d]["psnr"]),
+            ax.annotate(d.removeprefix("dynamic "), (res[d]["gflops_global"], res[d]["psnr"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
         for s in statics:
             ax.plot(res[s]["gflops_global"], res[s]["psnr"], "s", color="tab:blue")
@@ -171,9 +176,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="< 5 minutes: 2D, 80 steps, thresholds 2,4, 160 sequences")
+                        help="< 5 minutes: 2D, 80 steps, threshold 2, budget 0.5, 160 sequences")
     parser.add_argument("--thresholds", default=None,
-                        help="entropy thresholds in bits, [0, 8) (default 1,2,3,4)")
+                        help="dynamic rows by entropy threshold in bits, [0, 8) (default 1,2; "
+                             "2 with --quick)")
+    parser.add_argument("--budgets", default=None,
+                        help="dynamic rows by patch budget, a fraction of static 1x4x4's "
+                             "patches per slice in (0, 1] (default 0.25,0.5; 0.5 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="default 300 (80 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak lr of every row (5e-3)")
@@ -194,13 +203,19 @@ def parse_args() -> argparse.Namespace:
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
     try:
-        args.thresholds = [float(x) for x in comma_items(args.thresholds or (
-            "2,4" if args.quick else "1,2,3,4"))]
+        args.thresholds = [float(x) for x in comma_items(args.thresholds if args.thresholds
+                                                         is not None else (
+            "2" if args.quick else "1,2"))]
+        args.budgets = [float(x) for x in comma_items(args.budgets if args.budgets is not None
+                                                      else ("0.5" if args.quick else
+                                                            "0.25,0.5"))]
         args.seeds = [int(x) for x in comma_items(args.seeds)]
     except ValueError:
-        parser.error("--thresholds and --seeds take numbers, comma-separated")
-    if not args.thresholds or not args.seeds:
-        parser.error("give at least one threshold and one seed")
+        parser.error("--thresholds, --budgets and --seeds take numbers, comma-separated")
+    if not args.thresholds + args.budgets or not args.seeds:
+        parser.error("give at least one threshold or budget, and one seed")
+    if any(b <= 0 for b in args.budgets):
+        parser.error(f"--budgets {args.budgets}: each must be in (0, 1]")
     if args.steps < 1 or args.lr <= 0 or not 1 <= args.context < 12 or args.cost_sequences < 1:
         parser.error("--steps >= 1, --lr > 0, --context in 1..11 and --cost-sequences >= 1")
     if args.npz and not Path(args.npz).is_file():
@@ -211,7 +226,7 @@ def parse_args() -> argparse.Namespace:
 
     args.specs = {}
     try:  # every row's config against the frames, before anything renders or trains
-        for label, spec in rows_for(args.thresholds).items():
+        for label, spec in rows_for(args.thresholds, args.budgets).items():
             args.specs[label] = parse_row(spec)
             registry.model_config("vblt", "small", frame_shape=(12, args.size, args.size, 1),
                                   **args.specs[label][1])
@@ -277,7 +292,7 @@ def main() -> None:
     for kind in args.kinds:
         values[f"psnr_static_{kind}"] = results[kind][REFERENCE]["psnr"]
         values[f"psnr_dynamic_{kind}"] = results[kind][best]["psnr"]
-    values.update(threshold_dynamic=float(best.split()[-1]), goal_met=int(met),
+    values.update(dynamic=best.removeprefix("dynamic ").replace(" ", "_"), goal_met=int(met),
                   statics_dominated=sum(len(v) for v in beaten.values()),
                   statics=len(statics) * len(args.kinds), total_s=round(time.perf_counter()
                                                                          - begin))

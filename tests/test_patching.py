@@ -83,6 +83,29 @@ def test_a_region_splits_exactly_where_some_pixel_reaches_the_threshold():
     assert quadtree(entropy, (4, 4), 3, threshold=5.01)[2].all()  # below: one patch
 
 
+@pytest.mark.parametrize("budget", [1, 4, 7, 10, 16, 40])
+def test_a_budget_caps_every_slice_and_still_tiles_it_exactly_once(budget):
+    torch.manual_seed(1)
+    entropy = torch.rand(3, 5, 16, 16) * MAX_BITS * (torch.rand(3, 5, 16, 16) > 0.9)
+    selected = quadtree(entropy, (4, 4), 3, threshold=0.0, budget=budget)
+    assert torch.equal(coverage(selected), torch.ones(3, 5, 4, 4, dtype=torch.long))
+    tokens = sum(s.flatten(2).sum(-1) for s in selected)  # (B, S)
+    assert tokens.max() <= max(budget, 1)
+    assert tokens.min() == min(1 + 3 * ((budget - 1) // 3), 16)  # every split it can afford
+
+
+def test_a_budget_splits_the_regions_holding_the_most_entropy_first():
+    entropy = torch.zeros(1, 1, 16, 16)
+    entropy[0, 0, :8, 8:] = 1.0  # top right: 64 bits in all
+    entropy[0, 0, 8:, :8] = 0.5  # bottom left: 32 bits
+    entropy[0, 0, 0, 0] = 3.0  # top left: one pixel, the highest peak, 3 bits in all
+    fine, mid, top = quadtree(entropy, (4, 4), 3, threshold=0.0, budget=7)  # 2 splits
+    assert not top.any() and mid.sum() == 3 and not mid[0, 0, 0, 1]
+    assert fine[0, 0, :2, 2:].all() and fine.sum() == 4
+    fine, mid, _ = quadtree(entropy, (4, 4), 3, threshold=2.0, budget=7)  # only peaks >= 2
+    assert not mid[0, 0, 0, 0] and fine[0, 0, :2, :2].all()
+
+
 def test_packing_keeps_each_clips_tokens_in_order_and_unpacks_them():
     selected = torch.tensor([[[1, 0, 1], [0, 1, 0]], [[1, 1, 1], [1, 1, 0]]], dtype=torch.bool)
     index, valid = pack(selected)
@@ -214,6 +237,8 @@ def test_w8a8_quantization_runs_on_a_dynamic_model_and_stays_close(tmp_path):
     ({"patch_levels": 1}, "patch_levels"),
     ({"patch_levels": 7}, "patch_levels"),
     ({"entropy_width": 0}, "entropy_width"),
+    ({"patch_budget": 1.5}, "patch_budget"),
+    ({"patch_budget": -0.1}, "patch_budget"),
 ])
 def test_bad_dynamic_patching_settings_are_refused(overrides, message):
     settings = {"patch": (1, 4, 4), "patching": "entropy", **overrides}
@@ -233,6 +258,8 @@ def test_a_menu_that_does_not_tile_the_frames_is_refused():
     (["--thresholds=-1,2"], "entropy_threshold=-1.0"),
     (["--size", "24"], "1x16x16 (patch_levels=3) does not tile the data's 24x24"),
     (["--thresholds", "two"], "take numbers"),
+    (["--budgets", "0"], "must be in (0, 1]"),
+    (["--budgets", "1.5"], "patch_budget=1.5"),
 ])
 def test_the_benchmark_refuses_bad_settings_in_one_line_before_any_work(flags, message):
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "dynamic_patching.py"),
@@ -248,11 +275,11 @@ def test_the_benchmark_reports_the_best_dynamic_point_at_half_the_flops():
         return {"gflops_global": flops, "psnr": psnr}
 
     results = {"2d": {"static 1x4x4": row(1.0, 12.0), "static 1x8x8": row(0.25, 10.0),
-                      "dynamic 1": row(0.8, 12.5), "dynamic 2": row(0.5, 11.9),
-                      "dynamic 3": row(0.3, 11.0)}}
-    dynamics = ["dynamic 1", "dynamic 2", "dynamic 3"]
-    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic 2"  # best at <= half
+                      "dynamic 1 bits": row(0.8, 12.5), "dynamic budget 0.5": row(0.5, 11.9),
+                      "dynamic 3 bits": row(0.3, 11.0)}}
+    dynamics = ["dynamic 1 bits", "dynamic budget 0.5", "dynamic 3 bits"]
+    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic budget 0.5"  # best at <= half
     assert dominated(results, "2d", ["static 1x4x4", "static 1x8x8"], dynamics) == [
         "static 1x4x4"]
-    results["2d"]["dynamic 2"] = row(0.6, 11.9)  # none at half: the cheapest is reported
-    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic 3"
+    results["2d"]["dynamic budget 0.5"] = row(0.6, 11.9)  # none at half: the cheapest is reported
+    assert choose_dynamic(results, ["2d"], dynamics) == "dynamic 3 bits"

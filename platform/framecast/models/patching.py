@@ -82,25 +82,59 @@ def menu(patch: tuple[int, int, int], levels: int) -> list[tuple[int, int, int]]
     return [(pt, ph << level, pw << level) for level in range(levels)]
 
 
-def quadtree(entropy: torch.Tensor, cell: tuple[int, int], levels: int, threshold: float
-             ) -> list[torch.Tensor]:
+def quadtree(entropy: torch.Tensor, cell: tuple[int, int], levels: int, threshold: float,
+             budget: int = 0) -> list[torch.Tensor]:
     """Which patches tile each slice: per level l (finest first), a boolean (B, S, Hp >> l,
     Wp >> l) over that level's grid, True where the patch of size cell * 2^l is used. Top-down:
     a region splits while its peak entropy (B, S, H, W; bits) is >= threshold; the finest level
-    never splits. Every pixel of every slice is covered exactly once."""
+    never splits. With a `budget` (> 0), at most that many patches per slice: of the regions the
+    threshold lets split, those that hold the most entropy (the sum over their pixels: the bits
+    the region must explain) split first. A region's sum is at least each of its quarters', so
+    a quarter never splits before its region. Every pixel of every slice is covered exactly
+    once."""
     b, s, h, w = entropy.shape
     flat = entropy.reshape(b * s, 1, h, w)
+    splits: dict[int, torch.Tensor] = {}
+    for level in range(1, levels):
+        size = (cell[0] << level, cell[1] << level)
+        grid = (b, s, h // size[0], w // size[1])
+        peak = F.max_pool2d(flat, size).view(grid)
+        splits[level] = peak >= threshold
+        if budget:
+            total = F.avg_pool2d(flat, size).view(grid)  # sum / area: the same order per level
+            splits[level] = torch.where(splits[level], total * (size[0] * size[1]), -1.0)
+    if budget:
+        splits = _within_budget(splits, budget)
     selected: list[torch.Tensor] = []
     covered: torch.Tensor | None = None
     for level in reversed(range(levels)):
-        size = (cell[0] << level, cell[1] << level)
-        peak = F.max_pool2d(flat, size).view(b, s, h // size[0], w // size[1])
         if covered is None:
-            covered = torch.ones_like(peak, dtype=torch.bool)
-        split = peak >= threshold if level else torch.zeros_like(covered)
+            top = (b, s, h // (cell[0] << level), w // (cell[1] << level))
+            covered = torch.ones(top, dtype=torch.bool, device=entropy.device)
+        split = splits[level] if level else torch.zeros_like(covered)
         selected.insert(0, covered & ~split)
         covered = (covered & split).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
     return selected
+
+
+def _within_budget(scores: dict[int, torch.Tensor], budget: int) -> dict[int, torch.Tensor]:
+    """Per level, which regions split when each slice keeps at most `budget` patches: regions
+    with a score >= 0 split in descending score, coarser first among equals, as long as the
+    patches fit (each split turns one patch into four)."""
+    levels = sorted(scores, reverse=True)  # coarsest first: the stable sort keeps that order
+    flat = torch.cat([scores[level].flatten(2) for level in levels], dim=-1)  # (B, S, R)
+    top = scores[levels[0]][0, 0].numel()  # patches of the coarsest level
+    allowed = max((budget - top) // 3, 0)
+    order = flat.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(
+        flat.shape[-1], device=flat.device).expand_as(order))
+    chosen = (rank < allowed) & (flat >= 0)
+    out, start = {}, 0
+    for level in levels:
+        n = scores[level][0, 0].numel()
+        out[level] = chosen[..., start:start + n].view(scores[level].shape)
+        start += n
+    return out
 
 
 class Layout:

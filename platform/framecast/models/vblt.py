@@ -85,10 +85,13 @@ class VBLTConfig:
     # paper). "entropy": a quadtree over the menu patch * (1, 2^l, 2^l), l < patch_levels,
     # splitting a region while some pixel in it has an entropy of at least entropy_threshold
     # bits under a tiny causal entropy model entropy_width wide, trained with the model
-    # (models/patching.py): latents go where the video is hard to predict.
+    # (models/patching.py): latents go where the video is hard to predict. patch_budget > 0
+    # caps each slice at that fraction of static `patch` patches, splitting first the regions
+    # that hold the most entropy (0: no cap, the threshold alone decides).
     patching: Literal["static", "entropy"] = "static"
     patch_levels: int = 3
-    entropy_threshold: float = 4.0
+    entropy_threshold: float = 0.0
+    patch_budget: float = 0.0
     entropy_width: int = 16
 
     def __post_init__(self) -> None:
@@ -113,6 +116,9 @@ class VBLTConfig:
             if not 0.0 <= self.entropy_threshold < MAX_BITS:
                 raise ValueError(f"entropy_threshold={self.entropy_threshold} must be in [0, 8) "
                                  "bits (0 splits every region)")
+            if not 0.0 <= self.patch_budget <= 1.0:
+                raise ValueError(f"patch_budget={self.patch_budget} must be in [0, 1] (a "
+                                 "fraction of the static patches per slice; 0: no cap)")
             if self.entropy_width < 1:
                 raise ValueError(f"entropy_width={self.entropy_width} must be positive")
 
@@ -353,7 +359,9 @@ class VBLT(FramePredictor):
         b, t, h, w, _ = video.shape
         pt, ph, pw = cfg.patch
         entropy = self.entropy_model.entropy(video).view(b, t // pt, pt, h, w).amax(2)
-        return quadtree(entropy, (ph, pw), cfg.patch_levels, cfg.entropy_threshold), entropy
+        budget = max(int(cfg.patch_budget * (h // ph) * (w // pw)), 1) if cfg.patch_budget else 0
+        return quadtree(entropy, (ph, pw), cfg.patch_levels, cfg.entropy_threshold,
+                        budget), entropy
 
     def figure(self, video: np.ndarray, title: str = "") -> bytes | None:
         """The frame predictor's figure; with dynamic patching two more rows: each prediction's
