@@ -176,17 +176,19 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="< 5 minutes: 2D, 80 steps, threshold 2, budget 0.5, 160 sequences")
+                        help="< 5 minutes: 2D, 150 steps, one seed, budget 0.5, 160 sequences")
     parser.add_argument("--thresholds", default=None,
-                        help="dynamic rows by entropy threshold in bits, [0, 8) (default 1,2; "
-                             "2 with --quick)")
+                        help="dynamic rows by entropy threshold in bits, [0, 8) (default 2.5; "
+                             "none with --quick)")
     parser.add_argument("--budgets", default=None,
                         help="dynamic rows by patch budget, a fraction of static 1x4x4's "
-                             "patches per slice in (0, 1] (default 0.25,0.5; 0.5 with --quick)")
-    parser.add_argument("--steps", type=int, default=None, help="default 300 (80 with --quick)")
+                             "patches per slice in (0, 1] (default 0.5,0.7; 0.5 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="default 300 (150 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8, help="default 8")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak lr of every row (5e-3)")
-    parser.add_argument("--seeds", default="0", help="seeds, comma-separated; scores are means")
+    parser.add_argument("--seeds", default=None,
+                        help="seeds, comma-separated; scores are means (default 0,1; 0 with "
+                             "--quick)")
     parser.add_argument("--sequences", type=int, default=None,
                         help="sequences rendered per data set (default 600; 160 with --quick)")
     parser.add_argument("--size", type=int, default=16, help="frame size (default 16)")
@@ -199,17 +201,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--npz", default="", help="data from benchmarks/compare.py --export")
     parser.add_argument("--figure", default=str(FIGURE), help="where the plane is drawn")
     args = parser.parse_args()
-    args.steps = args.steps or (80 if args.quick else 300)
+    args.steps = args.steps or (150 if args.quick else 300)
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
     try:
         args.thresholds = [float(x) for x in comma_items(args.thresholds if args.thresholds
                                                          is not None else (
-            "2" if args.quick else "1,2"))]
+            "" if args.quick else "2.5"))]
         args.budgets = [float(x) for x in comma_items(args.budgets if args.budgets is not None
                                                       else ("0.5" if args.quick else
-                                                            "0.25,0.5"))]
-        args.seeds = [int(x) for x in comma_items(args.seeds)]
+                                                            "0.5,0.7"))]
+        args.seeds = [int(x) for x in comma_items(args.seeds or ("0" if args.quick else "0,1"))]
     except ValueError:
         parser.error("--thresholds, --budgets and --seeds take numbers, comma-separated")
     if not args.thresholds + args.budgets or not args.seeds:

@@ -10,6 +10,10 @@ Raw pixel bytes in, a 256-way distribution per predicted pixel byte out; no toke
 
 Causality: the encoder's convolutions never mix frames of different slices and every attention
 is block-causal, so the logits for slice s + 1 depend only on slices <= s.
+
+Beyond the paper (its future work): `patching="entropy"` cuts each slice by a quadtree over a
+menu of patch sizes where a tiny causal entropy model is uncertain (models/patching.py), so the
+global transformer runs on fewer latents where the video is predictable.
 """
 
 from __future__ import annotations
