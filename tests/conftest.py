@@ -24,6 +24,19 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture
+def job_env():
+    """The environment of a job started as a process with its own project home (and so its own
+    MLflow store): `job_env(home, **more)`. MLFLOW_TRACKING_URI is dropped: an earlier test's
+    `mlflow.set_tracking_uri` exports it, and the job would write into that store instead."""
+    def make(home: Path, **more: str) -> dict[str, str]:
+        env = {**os.environ, "FRAMECAST_HOME": str(home), **more}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        return env
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A fresh local Ray with 2 CPUs for the whole session (started once: ~5 s)."""

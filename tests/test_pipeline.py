@@ -87,12 +87,12 @@ def runs_of(home: Path, experiment: str) -> list:
 
 
 @pytest.mark.slow  # a second local Ray beside the session's: minutes on 2 cores
-def test_a_pipeline_stopped_by_sigterm_leaves_no_running_run(tmp_path):
+def test_a_pipeline_stopped_by_sigterm_leaves_no_running_run(tmp_path, job_env):
     """`ray job stop` sends SIGTERM (and SIGKILL 3 s later): the pipeline's parent run and the
     stage running then end KILLED (not RUNNING forever, as a killed process leaves them), and the
     job exits at once. Stopped while training: Ray Train's fit() waits in `ray.get`."""
     home, log = tmp_path / "home", tmp_path / "out.txt"
-    env = {**os.environ, "FRAMECAST_HOME": str(home)}
+    env = job_env(home)
     with log.open("w") as out:  # a file, not a pipe: read while the job runs
         job = subprocess.Popen(
             [sys.executable, "-m", "jobs.pipeline", "--preset", "smoke", "--workers", "1",

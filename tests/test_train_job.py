@@ -1,6 +1,5 @@
 """Ray Train on CPU with 2 workers: trains, checkpoints, logs to MLflow, resumes; evaluation."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +81,11 @@ def test_a_cpu_reservation_that_would_hang_training_is_refused(tiny_data, capsys
 
 
 @pytest.mark.slow  # a subprocess with its own Ray and a training run: 78 s of the CI budget
-def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_data, tmp_path):
+def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_data, tmp_path,
+                                                                       job_env):
     """A user's terminal shows one line per logged step (once, not once per log path) and
     the result, not Ray's progress blocks, worker prefixes or deprecation notices."""
-    env = {**os.environ, "FRAMECAST_HOME": str(tmp_path)}
+    env = job_env(tmp_path)
     env.pop("FRAMECAST_VERBOSE", None)
     out = subprocess.run(
         [sys.executable, "-m", "jobs.train", "--data", str(tiny_data), "--preset", "tiny",

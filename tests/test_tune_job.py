@@ -4,7 +4,6 @@ a finished study is not run again; a study killed after one trial resumes with t
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -112,14 +111,15 @@ def test_a_space_that_does_not_fit_the_data_stops_before_ray_and_mlflow(data, tm
 
 @pytest.mark.slow  # a second local Ray in a subprocess, then a resumed study: ~3 minutes
 def test_a_study_killed_after_one_trial_resumes_with_only_the_other(data, tmp_path,
-                                                                    monkeypatch, capsys):
+                                                                    monkeypatch, capsys,
+                                                                    job_env):
     home, log = tmp_path / "home", tmp_path / "out.txt"
     space = write_space(tmp_path, "killed", cpu=1.0,  # one trial at a time
                         base={"model": "vblt", "preset": "tiny", "steps": 16, "batch_size": 2,
                               "log_every": 2, "checkpoint_every": 4, "eval_every": 8,
                               "eval_sequences": 2, "experiment": "killed"})
     argv = ["--space", str(space), "--data", str(data), "--storage", str(tmp_path / "ray")]
-    env = {**os.environ, "FRAMECAST_HOME": str(home)}
+    env = job_env(home)
     with log.open("w") as out:
         job = subprocess.Popen([sys.executable, "-m", "jobs.tune", *argv], cwd=REPO, env=env,
                                stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -139,6 +139,7 @@ def test_a_study_killed_after_one_trial_resumes_with_only_the_other(data, tmp_pa
     first = log.read_text().split("tune: trial 1/2 ")[1].split()[0]
 
     monkeypatch.setenv("FRAMECAST_HOME", str(home))  # the killed study's MLflow store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = tune_job(parse_args(TuneJobConfig, argv))
     assert result["ran"] == 1 and result["reused"] == 1
     assert {r["status"] for r in result["rows"]} == {"finished"}

@@ -64,8 +64,8 @@ def test_the_shipped_shapes_fit_the_frames_their_comments_name():
     assert len(model_variants(patches)) == 10  # 5 patches x 2 widths
     check_models(patches, "vblt", "demo", (12, 16, 16, 1))
     entropy = load_study(SPACES / "vblt_entropy_patching.yaml", JOBS, data="/data/2d")
-    [threshold] = entropy.params
-    assert threshold.model_field == "entropy_threshold" and 0.0 in threshold.values
+    [budget] = entropy.params
+    assert budget.model_field == "patch_budget" and 1.0 in budget.values
     assert entropy.pareto == {"gflops": "min", "val_psnr": "max"}
     check_models(entropy, "vblt", "small", (12, 16, 16, 1))
 
