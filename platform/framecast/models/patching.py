@@ -26,8 +26,6 @@ distributions. Why this design:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -204,7 +202,3 @@ def unpack(x: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, total: int
     out = x.new_zeros(b, total + 1, d).scatter(1, dest[..., None].expand(-1, -1, d), x)
     return out[:, :total]
 
-
-def tokens_per_slice(patch: tuple[int, int, int], hw: tuple[int, int]) -> int:
-    """Latents one slice has under static patching at the finest menu size."""
-    return math.prod(size // p for size, p in zip(hw, patch[1:], strict=True))
