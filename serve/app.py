@@ -13,8 +13,10 @@ This module has no `from __future__ import annotations`: Serve reads the builder
 at run time.
 """
 
+import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -33,6 +36,9 @@ from serve.model_deployment import DEFAULT_BATCH, FrameModel, future_limit
 
 MiB = 2**20
 INFO_TTL_S = 10.0  # how long the ingress trusts a model's input spec before asking again
+# How long a model call is sent again after its replica died: long enough for Serve to start a
+# replacement when no other replica is left (benchmarks/RESULTS.md, fault_tolerance).
+REPLICA_RETRY_S = 60.0
 
 
 class ModelSpec(BaseModel):
@@ -246,14 +252,33 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1e3, 3)
 
 
-async def _call(response: Any) -> dict[str, Any]:
-    """Await a model call; the replica's own input checks come back as 422, a full queue as 503."""
-    try:
-        return await response
-    except ValueError as err:
-        raise RequestError(422, "rejected_by_model", str(getattr(err, "cause", err))) from None
-    except (BackPressureError, DeploymentUnavailableError) as err:
-        raise RequestError(503, "unavailable", str(err).splitlines()[0]) from None
+async def _call(send: Callable[[], Any]) -> dict[str, Any]:
+    """Send a model call (`send()` -> a DeploymentResponse) and await it; the replica's own input
+    checks come back as 422, a full queue as 503.
+
+    A replica that dies with the request in hand (SIGKILL, its node lost) fails the call with a
+    RayActorError, and Serve does not retry a request a replica had accepted
+    (ray-project/ray#52365). Every model call here is a pure function of its inputs (generation
+    included: its seed is part of the request), so the ingress sends it again, to another
+    replica or to the one that replaces the dead one, for up to REPLICA_RETRY_S: the client
+    sees a slower answer, not an error."""
+    deadline = time.monotonic() + REPLICA_RETRY_S
+    wait = 0.05
+    while True:
+        try:
+            return await send()
+        except ValueError as err:
+            raise RequestError(422, "rejected_by_model",
+                               str(getattr(err, "cause", err))) from None
+        except (BackPressureError, DeploymentUnavailableError) as err:
+            raise RequestError(503, "unavailable", str(err).splitlines()[0]) from None
+        except RayActorError as err:
+            if time.monotonic() + wait > deadline:
+                raise RequestError(503, "unavailable", "the model's replica died and no other "
+                                   f"answered within {REPLICA_RETRY_S:.0f} s: "
+                                   f"{str(err).splitlines()[0]}") from None
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, 1.0)
 
 
 def _split_model_call(model_call: float, result: dict[str, Any]) -> dict[str, float]:
@@ -294,7 +319,7 @@ class Ingress:
                                f"deployed: {', '.join(sorted(self.models))}")
         cached = self._info.get(name)
         if fresh or cached is None or time.monotonic() - cached[0] > INFO_TTL_S:
-            cached = (time.monotonic(), await self.models[name].info.remote())
+            cached = (time.monotonic(), await _call(self.models[name].info.remote))
             self._info[name] = cached
         return cached[1]
 
@@ -355,7 +380,8 @@ class Ingress:
             "seed": seed})
         timing["decode"] = _ms(mark)
         mark = time.perf_counter()
-        result = await _call(self.models[name].generate.remote(frames, **params))
+        handle = self.models[name]
+        result = await _call(lambda: handle.generate.remote(frames, **params))
         timing.update(_split_model_call(_ms(mark), result))
         mark = time.perf_counter()
         headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
@@ -398,7 +424,7 @@ class Ingress:
         timing["decode"] = _ms(mark)
         mark = time.perf_counter()
         handle = self.models[name]
-        result = await _call(handle.rollout.remote(frames, future) if future is not None
+        result = await _call(lambda: handle.rollout.remote(frames, future) if future is not None
                              else handle.predict.remote(frames))
         timing.update(_split_model_call(_ms(mark), result))
         mark = time.perf_counter()

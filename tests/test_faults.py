@@ -25,7 +25,7 @@ def test_an_interrupted_render_is_detected_and_redone(tmp_path):
     assert got["detected"] and got["sequences_ok"] == 200 and got["staging_left"] == 0
 
 
-def test_a_killed_serve_replica_is_replaced_and_requests_recover(ray_local, tmp_path):
+def test_a_killed_serve_replica_is_replaced_and_no_request_fails(ray_local, tmp_path):
     got = serve_replica_kill(tmp_path, requests=300, concurrency=8)
     print(f"\nServe replica SIGKILL after {got['killed_after']} of {got['requests']} requests: "
           f"{got['failed']} failed ({got['failure_kinds'] or 'none'}), "
@@ -33,6 +33,7 @@ def test_a_killed_serve_replica_is_replaced_and_requests_recover(ray_local, tmp_
           f"{got['replica_restart_s']:.1f} s)")
     assert got["requests"] == 300
     assert got["replica_replaced"] == 1  # a new replica process, not the killed one
-    assert got["failed_before_kill"] == 0  # the failures are the fault's, not the load's
+    # The ingress sends a call whose replica died again (serve/app.py `_call`): no request
+    # fails, those in flight at the kill only wait for the replacement.
+    assert got["failed"] == 0, got["failure_kinds"]
     assert got["recovery_s"] > 0 and got["after_recovery"] > 0  # it came back under load
-    assert got["after_recovery_failed"] == 0  # every request after recovery succeeded

@@ -491,3 +491,37 @@ def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_
         assert got.shape == want.shape and np.mean(np.abs(got.astype(int) - want) <= 1) > 0.98
     finally:
         serve.delete("framecast-test-dynamic")
+
+
+def test_a_call_whose_replica_died_is_sent_again_and_gives_up_after_its_deadline(monkeypatch):
+    """The ingress's retry (serve/app.py `_call`), without a cluster: a call that fails with
+    a RayActorError (its replica died) is sent again until it answers; past REPLICA_RETRY_S
+    it is a 503, and bad input from the replica is never retried."""
+    import asyncio
+
+    from ray.exceptions import ActorDiedError
+
+    from serve import app
+    from serve.codec import RequestError
+
+    sent = []
+
+    def send(failures: int, error: Exception):
+        async def answer():
+            sent.append(1)
+            if len(sent) <= failures:
+                raise error
+            return {"ok": True}
+        return answer
+
+    assert asyncio.run(app._call(send(2, ActorDiedError()))) == {"ok": True}
+    assert len(sent) == 3
+    sent.clear()
+    monkeypatch.setattr(app, "REPLICA_RETRY_S", 0.2)
+    with pytest.raises(RequestError) as err:
+        asyncio.run(app._call(send(10**6, ActorDiedError())))
+    assert err.value.status == 503 and "died" in str(err.value) and 2 < len(sent) < 20
+    sent.clear()
+    with pytest.raises(RequestError) as err:
+        asyncio.run(app._call(send(1, ValueError("bad frames"))))
+    assert err.value.status == 422 and len(sent) == 1
