@@ -18,7 +18,7 @@ Clips per call (--batches, default 1,8): the headline is one clip at a time, as 
 authors' evaluation scripts generate (`--batch_size 1`). With more clips per call, an NBP step
 carries 64 tokens per clip and a CPU's arithmetic, not the step count, bounds it, while an NTP
 step's cost stays mostly fixed per step: the speed-up shrinks, and the table shows by how much.
-Paper (NBP, digest section 2): 11x faster than next-token prediction, and better FVD.
+Paper (NBP, arXiv 2502.07737): 11x faster than next-token prediction, and better FVD.
 """
 
 from __future__ import annotations

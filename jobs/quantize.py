@@ -69,14 +69,19 @@ def shuffled_batches(videos: np.ndarray, batch_size: int, seed: int) -> Iterator
             yield torch.from_numpy(videos[np.sort(order[start:start + batch_size])])
 
 
+def ratio_words(ratio: float, better: str, worse: str) -> str:
+    """A ratio read the right way round: 1.15 -> '1.15x faster', 0.87 -> '1.15x slower'."""
+    return f"{ratio:.2f}x {better}" if ratio >= 1 else f"{1 / ratio:.2f}x {worse}"
+
+
 def report_table(values: dict[str, float]) -> str:
     """fp32 | quantized | change, one row per measure the model's family reports."""
-    rows = [("size (MB)", "bytes_fp32", "bytes_quant", lambda: f"{values['size_ratio']:.2f}x "
-             "smaller", 1e-6),
+    rows = [("size (MB)", "bytes_fp32", "bytes_quant",
+             lambda: ratio_words(values['size_ratio'], "smaller", "larger"), 1e-6),
             ("latency b1 (ms)", "latency_ms_fp32_b1", "latency_ms_quant_b1",
-             lambda: f"{values['speedup_b1']:.2f}x faster", 1),
+             lambda: ratio_words(values['speedup_b1'], "faster", "slower"), 1),
             ("latency b8 (ms)", "latency_ms_fp32_b8", "latency_ms_quant_b8",
-             lambda: f"{values['speedup_b8']:.2f}x faster", 1),
+             lambda: ratio_words(values['speedup_b8'], "faster", "slower"), 1),
             ("PSNR (dB)", "psnr_fp32", "psnr_quant", lambda: f"{-values['psnr_drop_db']:+.3f} dB",
              1),
             ("SSIM", "ssim_fp32", "ssim_quant", lambda: f"{-values['ssim_drop']:+.4f}", 1),

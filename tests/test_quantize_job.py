@@ -118,3 +118,14 @@ def test_a_token_generator_is_quantized_judged_by_generation_and_registered(fp32
     context = torch.randint(0, 256, (2, 1, 16, 16, 1), dtype=torch.uint8)
     assert torch.equal(model.generate(context, 3, seed=[1, 2]),
                        out["model"].generate(context, 3, seed=[1, 2]))
+
+
+def test_the_report_reads_each_ratio_the_right_way_round():
+    from jobs.quantize import ratio_words, report_table
+
+    assert ratio_words(1.15, "faster", "slower") == "1.15x faster"
+    assert ratio_words(0.87, "faster", "slower") == "1.15x slower"
+    table = report_table({"bytes_fp32": 4e6, "bytes_quant": 1e6, "size_ratio": 4.0,
+                          "latency_ms_fp32_b1": 10.0, "latency_ms_quant_b1": 12.5,
+                          "speedup_b1": 0.8})
+    assert "4.00x smaller" in table and "1.25x slower" in table and "faster" not in table

@@ -27,7 +27,7 @@ from framecast import metrics
 from framecast.models.profile import model_cost
 
 PAPER_FRAME_SHAPE = (12, 64, 64)  # (T, H, W) of the paper's sequences: table 1's unit
-# Digest section 1: table 1 (MB, GFLOPs per sequence), table 2 (MSE, SSIM, PSNR).
+# The V-BLT paper: table 1 (MB, GFLOPs per sequence), table 2 (MSE, SSIM, PSNR).
 PAPER_COST = {"vblt": (6.5, 51.2), "vivit": (6.5, 59.3), "unet3d": (24.0, 70.4)}
 PAPER_QUALITY = {
     ("2d", "vblt"): (0.039, 0.98, 32.3), ("2d", "vivit"): (0.181, 0.87, 20.7),

@@ -20,7 +20,7 @@ Every model (`Model`):
   saved, logged and loaded with it as one unit (tensors + JSON, never pickles).
 
 Families:
-- `FramePredictor` (V-BLT; ViViT and UNet-3D next): uint8 video in, a categorical distribution
+- `FramePredictor` (V-BLT, ViViT, UNet-3D): uint8 video in, a categorical distribution
   over every pixel value of the frames after the first `context_frames` out; `frames_per_step`
   frames are predicted per forward step (a rollout appends that many placeholder frames, reads
   their distributions and repeats).

@@ -1,5 +1,5 @@
 """A convolutional video autoencoder with Finite Scalar Quantization (the NBP tokenizer's
-quantizer, paper 002, digest section 2; FSQ itself: Mentzer et al. 2023, arXiv 2309.15505).
+quantizer, the NBP paper, arXiv 2502.07737; FSQ itself: Mentzer et al. 2023, arXiv 2309.15505).
 
     uint8 video (B, T, H, W, C) -> frames (B*T, C, H, W) in [-1, 1] -> encoder: conv, then per
     halving a stage of residual blocks and a stride-2 conv -> latent (B*T, D, H/f, W/f) -> FSQ:

@@ -1,4 +1,4 @@
-"""NBP: next-block prediction over a video tokenizer's token grid (paper 002, digest section 2).
+"""NBP: next-block prediction over a video tokenizer's token grid (the NBP paper, arXiv 2502.07737).
 
 A LLaMA-style decoder (RMSNorm, SwiGLU, 3D RoPE over (t, y, x)) reads the token grid of its
 tokenizer (B, T', H', W'). The first `cond_frames` time slices are the condition; the rest is

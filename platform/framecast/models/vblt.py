@@ -1,4 +1,4 @@
-"""V-BLT: the Vision Byte Latent Transformer (paper 000, digest section 1).
+"""V-BLT: the Vision Byte Latent Transformer (the V-BLT paper).
 
 Raw pixel bytes in, a 256-way distribution per predicted pixel byte out; no tokenizer.
 

@@ -1,10 +1,10 @@
 """int8 quantizers and a W8A8 linear layer that multiplies int8 on an integer kernel.
 
-W8A8 as in VQ-ViT (digest section 3): weights int8 per output channel (static), activations int8
-per token (dynamic, computed at run time), int32 accumulation on an integer kernel (`kernels`),
-then one rescale: y = (x_q @ W_q^T) * s_x * s_w + b. The layer stores int8 weights, not floats:
-this is deployment, not fake quantization. Scales, zero points and codes come from `maths`, the
-formulas the fake quantization of `learnable` uses too.
+W8A8 as in VQ-ViT (adaptive quantization of Vision Transformers): weights int8 per output channel
+(static), activations int8 per token (dynamic, computed at run time), int32 accumulation on an
+integer kernel (`kernels`), then one rescale: y = (x_q @ W_q^T) * s_x * s_w + b. The layer stores
+int8 weights, not floats: this is deployment, not fake quantization. Scales, zero points and codes
+come from `maths`, the formulas the fake quantization of `learnable` uses too.
 """
 
 from __future__ import annotations
