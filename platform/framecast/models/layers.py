@@ -26,6 +26,14 @@ def grid_positions(t: int, h: int, w: int, device: torch.device | None = None) -
     return torch.stack([tt, yy, xx], dim=-1).reshape(-1, 3).float()
 
 
+def check_rope_heads(dim: int, heads: int, name: str = "dim") -> None:
+    """Refuse (ValueError) a width that 3D RoPE cannot split: `dim / heads` must be a whole
+    per-head width that is a multiple of 6 (its pairs form three groups: t, y, x)."""
+    if heads < 1 or dim % heads or (dim // heads) % 6:
+        raise ValueError(f"{name}={dim} / heads={heads} must give a per-head width that is a "
+                         "multiple of 6 (3D RoPE splits it over t, y, x)")
+
+
 def rope_3d_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
     """Rotation angle of every complex pair, (L, dim / 2), for positions (L, 3) = (t, y, x).
 
@@ -87,9 +95,7 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int, *, dropout: float = 0.0) -> None:
         super().__init__()
-        if dim % heads or (dim // heads) % 6:
-            raise ValueError(f"dim={dim} with heads={heads}: the per-head dimension must be a "
-                             "multiple of 6 for 3D RoPE")
+        check_rope_heads(dim, heads)
         self.heads, self.head_dim = heads, dim // heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)

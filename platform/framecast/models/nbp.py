@@ -38,6 +38,7 @@ from framecast.models.contract import Metrics, TokenGenerator, Tokenizer, catego
 from framecast.models.layers import (
     apply_rope,
     block_causal_mask,
+    check_rope_heads,
     grid_positions,
     init_weights,
     rope_3d_angles,
@@ -64,9 +65,7 @@ class NBPConfig:
     rope_base: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.dim % self.heads or (self.dim // self.heads) % 6:
-            raise ValueError(f"dim={self.dim} / heads={self.heads} must give a per-head width "
-                             "that is a multiple of 6 (3D RoPE splits it over t, y, x)")
+        check_rope_heads(self.dim, self.heads)
         if len(self.block) != 3 or min(self.block) < 1:
             raise ValueError(f"block={self.block} must be three positive sizes (bt, bh, bw)")
         if self.cond_frames < 1 or self.layers < 1:

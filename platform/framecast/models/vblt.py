@@ -34,6 +34,7 @@ from framecast.models.layers import (
     Attention,
     Block,
     block_causal_mask,
+    check_rope_heads,
     grid_positions,
     init_weights,
     rope_3d_angles,
@@ -99,11 +100,8 @@ class VBLTConfig:
     entropy_width: int = 16
 
     def __post_init__(self) -> None:
-        for name, dim, heads in (("dim", self.dim, self.heads),
-                                 ("decoder_dim", self.decoder_dim, self.decoder_heads)):
-            if dim % heads or (dim // heads) % 6:
-                raise ValueError(f"{name}={dim} / heads={heads} must give a per-head width that "
-                                 "is a multiple of 6 (3D RoPE splits it over t, y, x)")
+        check_rope_heads(self.dim, self.heads)
+        check_rope_heads(self.decoder_dim, self.decoder_heads, "decoder_dim")
         if min(self.patch) < 1 or len(self.patch) != 3:
             raise ValueError(f"patch={self.patch} must be three positive sizes (pt, ph, pw)")
         if self.init not in ("gpt", "scaled") or self.rope_width not in ("head", "model"):

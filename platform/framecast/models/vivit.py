@@ -29,6 +29,7 @@ from framecast.models.layers import (
     MLP,
     Attention,
     block_causal_mask,
+    check_rope_heads,
     grid_positions,
     init_weights,
     rope_3d_angles,
@@ -50,9 +51,7 @@ class ViViTConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
-        if self.dim % self.heads or (self.dim // self.heads) % 6:
-            raise ValueError(f"dim={self.dim} / heads={self.heads} must give a per-head width "
-                             "that is a multiple of 6 (3D RoPE splits it over t, y, x)")
+        check_rope_heads(self.dim, self.heads)
         if len(self.tubelet) != 3 or min(self.tubelet) < 1:
             raise ValueError(f"tubelet={self.tubelet} must be three positive sizes (pt, ph, pw)")
         if self.layers < 1 or self.pixel_dim < 1:
