@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.lib.cli import comma_items, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
-FIGURE = Path(__file__).resolve().parent / "figures" / "dynamic_patching.png"
+ROOT = Path(__file__).resolve().parents[1]
+FIGURE = ROOT / "benchmarks" / "figures" / "dynamic_patching.png"
+QUICK_FIGURE = FIGURE.with_name("dynamic_patching_quick.png")  # never over the default run's
 STATIC = {"static 1x4x4": "vblt:patch=1x4x4", "static 1x8x8": "vblt:patch=1x8x8"}
 DYNAMIC = "vblt:patch=1x4x4,patching=entropy,patch_levels=3,entropy_threshold={}"
 BUDGET = "vblt:patch=1x4x4,patching=entropy,patch_levels=3,patch_budget={}"
@@ -154,8 +156,9 @@ def plot(results: dict, kinds: list[str], copy_psnr: dict[str, float], statics: 
                    color="tab:green", alpha=0.12, label="static 1x4x4 +-0.2 dB")
         ax.axhline(copy_psnr[kind], color="black", linestyle="--", linewidth=0.8,
                    label="copy-last")
-        xs = [res[d]["gflops_global"] for d in dynamics]
-        ax.plot(xs, [res[d]["psnr"] for d in dynamics], "o-", color="tab:red", label="dynamic")
+        ordered = sorted(dynamics, key=lambda d: res[d]["gflops_global"])
+        ax.plot([res[d]["gflops_global"] for d in ordered], [res[d]["psnr"] for d in ordered],
+                "o-", color="tab:red", label="dynamic")
         for d in dynamics:
             ax.annotate(d.removeprefix("dynamic "), (res[d]["gflops_global"], res[d]["psnr"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -166,7 +169,7 @@ def plot(results: dict, kinds: list[str], copy_psnr: dict[str, float], statics: 
         ax.set_xlabel("global transformer GFLOPs per sequence")
         ax.set_ylabel("rollout PSNR (dB)")
         ax.set_title(f"{kind}: dynamic against static patches", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -199,8 +202,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cost-sequences", type=int, default=8,
                         help="test clips whose FLOPs are counted (default 8)")
     parser.add_argument("--npz", default="", help="data from benchmarks/compare.py --export")
-    parser.add_argument("--figure", default=str(FIGURE), help="where the plane is drawn")
+    parser.add_argument("--figure", default=None,
+                        help=f"where the plane is drawn (default {FIGURE.relative_to(ROOT)}; "
+                             f"with --quick {QUICK_FIGURE.relative_to(ROOT)})")
     args = parser.parse_args()
+    args.figure = args.figure or str(QUICK_FIGURE if args.quick else FIGURE)
     args.steps = args.steps or (150 if args.quick else 300)
     args.sequences = args.sequences or (160 if args.quick else 600)
     args.kinds = parse_kinds(args.kinds or ("2d" if args.quick else "2d,3d"), parser)
