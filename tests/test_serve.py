@@ -393,6 +393,24 @@ def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
+def serve_w8a8_candidate(model, plan, name: str, app: str, prefix: str) -> None:
+    """Log a W8A8 tiny V-BLT, register it as name@candidate and serve it as `app` at `prefix`
+    beside the module's app (one replica, one torch thread)."""
+    from ray import serve
+
+    from framecast.quant.plan import plan_records
+
+    with mlflow.start_run():
+        info = model_io.log_model(model, "vblt", registered_name=name, extra={
+            "frame_shape": FRAME_SHAPE, "preset": "tiny", "precision": "w8a8",
+            "quant_plan": plan_records(plan)})
+    mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
+                                                     info.registered_model_version)
+    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
+                   ingress_cpus=0.1)
+    serve.run(build_app(args), name=app, route_prefix=prefix)
+
+
 def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_local, served,
                                                                          registered):
     """W8A8 layers choose their int8 GEMM path by timing at first use: the replica's warm-up
@@ -401,7 +419,7 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
 
     from framecast.quant.apply import quantize_model
     from framecast.quant.gemm_form import linearize
-    from framecast.quant.plan import PlanEntry, Precision, plan_records
+    from framecast.quant.plan import PlanEntry, Precision
     from framecast.quant.sensitivity import weight_sensitivity
     from framecast.train import batch_loss
 
@@ -414,15 +432,7 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
             weight_sensitivity(quant, [video], batch_loss).items()]
     quantize_model(quant, plan)
     name = f"{NAME}-int8"
-    with mlflow.start_run():
-        info = model_io.log_model(quant, "vblt", registered_name=name, extra={
-            "frame_shape": FRAME_SHAPE, "preset": "tiny", "precision": "w8a8",
-            "quant_plan": plan_records(plan)})
-    mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
-                                                     info.registered_model_version)
-    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
-                   ingress_cpus=0.1)
-    serve.run(build_app(args), name="framecast-test-int8", route_prefix="/int8")
+    serve_w8a8_candidate(quant, plan, name, "framecast-test-int8", "/int8")
     try:
         entry = requests.get(f"{url}/int8/v1/models", timeout=60).json()["models"][0]
         assert entry["precision"] == "w8a8"
@@ -448,7 +458,7 @@ def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_
 
     from framecast.quant.apply import layer_roles, quantize_model
     from framecast.quant.gemm_form import linearize
-    from framecast.quant.plan import PlanEntry, Precision, plan_records
+    from framecast.quant.plan import PlanEntry, Precision
 
     url, _, _ = served
     torch.manual_seed(0)
@@ -470,16 +480,8 @@ def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_
     plan = [PlanEntry(n, 0.0, Precision.INT8) for n in sorted(layer_roles(model))]
     quantize_model(model, plan)
     name = f"{NAME}-dynamic"
-    with mlflow.start_run():
-        info = model_io.log_model(model, "vblt", registered_name=name, extra={
-            "frame_shape": FRAME_SHAPE, "preset": "tiny", "precision": "w8a8",
-            "quant_plan": plan_records(plan)})
-    mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
-                                                     info.registered_model_version)
+    serve_w8a8_candidate(model, plan, name, "framecast-test-dynamic", "/dynamic")
     loaded, _ = model_io.load_logged_model(f"models:/{name}@candidate")
-    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
-                   ingress_cpus=0.1)
-    serve.run(build_app(args), name="framecast-test-dynamic", route_prefix="/dynamic")
     try:
         response = requests.post(f"{url}/dynamic/v1/models/{name}/predict",
                                  json=png_body(frames), timeout=60)
