@@ -46,7 +46,14 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from framecast.config import ConfigError, from_dict, project_home, to_dict
-from framecast.tune_space import Param, StudySpec, check_metrics, check_models, load_study
+from framecast.tune_space import (
+    RESERVED_FLAGS,
+    Param,
+    StudySpec,
+    check_metrics,
+    check_models,
+    load_study,
+)
 from jobs.common import run_job
 from jobs.quantize import QuantizeJobConfig
 from jobs.train import TrainJobConfig
@@ -57,9 +64,6 @@ STUDY_TAG = "framecast.tune_study"  # on the parent run: the study's name
 TRIAL_TAG = "framecast.tune_trial"  # on a child run: "<study>/<Tune trial id>"
 RESULT_TAG = "framecast.tune_result"  # on a finished child run: its final report (JSON)
 DRIVER_CPU = 0.1  # what a training trial's own process reserves; its Ray Train workers the rest
-# The study's own settings, never part of a best config: where a trial's run lives, what it
-# reserves.
-TRIAL_ONLY = ("name", "storage", "register", "cpus_per_worker")
 COST_METRICS = ("params", "mb", "gflops")
 GENERATION_METRICS = ("gen_fps", "forward_steps", "gen_psnr", "gen_ssim", "gen_mse",
                       "gen_psnr_copy_last", "gen_ssim_copy_last", "gen_mse_copy_last")
@@ -463,7 +467,7 @@ def best_config(study: Study, row: dict[str, Any]) -> dict[str, Any]:
     spec = study.spec
     flags = spec.trial_flags({p.key: row[p.key] for p in spec.params})
     values = to_dict(from_dict(JOB_CONFIGS[spec.job], flags))
-    return {k: v for k, v in values.items() if k not in TRIAL_ONLY}
+    return {k: v for k, v in values.items() if k not in RESERVED_FLAGS}
 
 
 def publish(study: Study, rows: list[dict[str, Any]], parent_run_id: str,
