@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_swagger import patch_fastapi
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError
@@ -151,7 +152,11 @@ NPZ_DOC = {codec.NPZ_TYPE: {"schema": {"type": "string", "format": "binary", "de
 app = FastAPI(title="framecast", version="1",
               description="Next-frame prediction with per-pixel uncertainty for the models in the "
                           "framecast MLflow registry. Send context frames as base64 PNGs in JSON, "
-                          "or a uint8 .npy array; the answer comes back in the same family.")
+                          "or a uint8 .npy array; the answer comes back in the same family.",
+              # FastAPI's own pages load Swagger UI and ReDoc from a CDN: blank offline.
+              docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
+# /docs: Swagger UI 5 from the fastapi-swagger package, its assets served by this app.
+patch_fastapi(app, docs_url="/docs", redirect_from_root_to_docs=False)
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:

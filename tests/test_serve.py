@@ -527,3 +527,23 @@ def test_a_call_whose_replica_died_is_sent_again_and_gives_up_after_its_deadline
     with pytest.raises(RequestError) as err:
         asyncio.run(app._call(send(1, ValueError("bad frames"))))
     assert err.value.status == 422 and len(sent) == 1
+
+
+def test_the_docs_page_works_offline_its_assets_served_by_the_app(served):
+    """/docs is Swagger UI 5 (OpenAPI 3.1) from the app itself: the page names no URL outside
+    the app, and every asset it names, and the schema, answer 200."""
+    import re
+    from urllib.parse import urljoin, urlparse
+
+    url, _, _ = served
+    page = requests.get(f"{url}/docs", timeout=30)
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    named = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    named += re.findall(r"url: '([^']+)'", page.text)  # the OpenAPI schema
+    assert any(u.endswith(".js") for u in named) and any(u.endswith(".css") for u in named)
+    here = urlparse(url).netloc
+    for target in named:
+        full = urljoin(f"{url}/docs", target)
+        assert urlparse(full).netloc == here, f"/docs loads {target} from elsewhere"
+        assert requests.get(full, timeout=30).status_code == 200, target
+    assert requests.get(f"{url}/redoc", timeout=30).status_code == 404  # it loaded a CDN too
