@@ -270,7 +270,9 @@ def test_a_ray_tune_trial_trains_through_the_same_entry_point(data, tmp_path):
 def test_the_pipeline_checks_its_model_overrides_against_the_frames_it_will_render():
     from jobs.pipeline import PipelineConfig
 
-    assert PipelineConfig(model_config="global_layers=2").model_config == "global_layers=2"
+    PipelineConfig(model_config="global_layers=2")  # a field that fits: accepted
+    with pytest.raises(ConfigError, match="has no field 'global_layerz'"):
+        PipelineConfig(model_config="global_layerz=2")
     with pytest.raises(ConfigError, match="patch 1x5x5 does not tile the data's 12x16x16"):
         PipelineConfig(model_config="patch=1x5x5")
     with pytest.raises(ConfigError, match="vblt has no field 'layers'"):
