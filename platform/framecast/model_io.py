@@ -93,12 +93,34 @@ def log_model(model: nn.Module, name: str, *, registered_name: str | None = None
     ModelInfo (`.model_uri`, `.registered_model_version`)."""
     import mlflow
 
+    signature, example = _signature((extra or {}).get("frame_shape"), model)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_model(Path(tmp) / "framecast_model", model, name, extra)
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT, loader_module="framecast.model_io", data_path=str(folder),
-            registered_model_name=registered_name, pip_requirements=["framecast", "torch"])
+            registered_model_name=registered_name, pip_requirements=["framecast", "torch"],
+            signature=signature, input_example=example)
     return info
+
+
+def _signature(frame_shape: list[int] | None, model: nn.Module) -> tuple[Any, Any]:
+    """A frame predictor's MLflow signature and input example for clips of `frame_shape`
+    (T, H, W, C): uint8 video (N, T, H, W, C) in, uint8 predicted frames (N, T - k, H, W, C)
+    out, as the pyfunc `predict` (and `mlflow models serve`'s /invocations) takes and gives;
+    (None, None) for other models or when the shape is unknown."""
+    from framecast.models.contract import FramePredictor
+
+    if frame_shape is None or not isinstance(model, FramePredictor):
+        return None, None
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    t, h, w, c = (int(n) for n in frame_shape)
+    byte = np.dtype(np.uint8)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(byte, (-1, t, h, w, c))]),  # unnamed: predict gets the array
+        outputs=Schema([TensorSpec(byte, (-1, t - model.context_frames, h, w, c))]))
+    return signature, np.zeros((1, t, h, w, c), np.uint8)
 
 
 def resolve_model_uri(ref: str) -> str:
