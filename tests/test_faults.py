@@ -9,10 +9,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_killed_train_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
-    got = train_worker_kill(tmp_path, steps=120, checkpoint_every=20, kill_after=50)
+    # 240 steps: the kill at step 50 must land while the run is still going, and on a busy
+    # machine the poller (MLflow history, Ray's state API) can lag by tens of steps.
+    got = train_worker_kill(tmp_path, steps=240, checkpoint_every=20, kill_after=50)
     print(f"\ntrain worker SIGKILL at step {got['killed_at_step']}: {got['steps_lost']} steps "
           f"recomputed, {got['recovery_s']:.1f} s to recover")
-    assert got["final_step"] == 120  # the run ends with the same number of steps
+    assert got["final_step"] == 240  # the run ends with the same number of steps
     assert got["mlflow_runs"] == 1  # one MLflow run, continued
     assert 0 <= got["steps_lost"] <= got["checkpoint_every"]  # at most one interval lost
 
