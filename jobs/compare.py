@@ -341,11 +341,15 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     from framecast import data as fdata
     from framecast.cluster import init_ray
     from jobs.common import log_prediction_figure
+    from jobs.train import check_storage
 
     stamp = f"compare-{config.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     manifests, entrants = prepare(config, stamp)  # all checks before Ray and MLflow runs
-    if any(e.plan is not None for e in entrants):
+    trained = [e.plan for e in entrants if e.plan is not None]
+    if trained:
         init_ray()
+        check_storage("compare", sorted({str(p.config.data) for p in trained}),
+                      trained[0].storage, config.experiment)
     out = Path(config.out).resolve() if config.out else project_home() / "compare" / stamp
     cost, quality, curves, horizon, teacher = [], [], [], [], []
     with tracking.job_run("compare", experiment=config.experiment, run_name=stamp,

@@ -74,9 +74,13 @@ def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
     """Run the Ray Data pipeline; shards land in `staging`. Returns seconds spent."""
     import ray.data
 
-    from framecast.cluster import init_ray, worker_cpus
+    from framecast.cluster import check_shared_paths, init_ray, worker_cpus
 
     init_ray()
+    # Ray Data's write tasks put shards into the staging folder beside --out from every node.
+    nodes = check_shared_paths({"--out's folder": staging.parent})
+    if nodes > 1:
+        print(f"render: {staging.parent} is shared by all {nodes} nodes")
     n = config.num_sequences
     # Enough blocks to keep every actor busy and show progress, few enough to keep files large.
     blocks = min(n, max(4 * config.workers, math.ceil(n / 64)))

@@ -327,6 +327,7 @@ def train(config: TrainJobConfig) -> dict:
     checked = plan(config)  # before Ray and MLflow: a bad flag leaves nothing behind
     init_ray()
     worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # before the MLflow run
+    check_storage("train", [config.data], checked.storage, config.experiment)
     resumed = tracking.find_run(config.experiment, "framecast.ray_run", checked.name)
     if resumed:
         print(f"train: resuming run {checked.name} (MLflow run {resumed})")
@@ -338,6 +339,22 @@ def train(config: TrainJobConfig) -> dict:
         with follow_run(run.info.run_id, config.steps, headline):
             checkpoint = fit(checked, run.info.run_id)
         return finish(checked, run.info.run_id, checkpoint)
+
+
+def check_storage(job: str, data: Sequence[str], storage: Path, experiment: str) -> None:
+    """On a cluster of more than one node: refuse (ConfigError) unless the data sets, the Ray
+    Train/Tune `storage` (created here) and the local MLflow store are the same folders on every
+    node, before any work starts. Workers read the data and write checkpoints and metrics from
+    any node; a path only the head sees would fail at the first checkpoint."""
+    from framecast import tracking
+    from framecast.cluster import check_shared_paths
+
+    storage.mkdir(parents=True, exist_ok=True)
+    paths = {("--data" if i == 0 else f"--data ({i + 1})"): d for i, d in enumerate(data)}
+    paths.update({"--storage": storage, **tracking.worker_folders(experiment)})
+    nodes = check_shared_paths(paths)
+    if nodes > 1:
+        print(f"{job}: {', '.join(paths)} shared by all {nodes} nodes")
 
 
 @contextlib.contextmanager

@@ -56,7 +56,7 @@ from framecast.tune_space import (
 )
 from jobs.common import run_job
 from jobs.quantize import QuantizeJobConfig
-from jobs.train import TrainJobConfig
+from jobs.train import TrainJobConfig, check_storage
 from jobs.tune_progress import PROGRESS, StudyProgress, label
 
 JOB_CONFIGS: dict[str, type] = {"train": TrainJobConfig, "quantize": QuantizeJobConfig}
@@ -551,6 +551,10 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
     if parent and mlflow.MlflowClient().get_run(parent).info.status == "FINISHED":
         return show_finished(study, parent)
     init_ray()
+    # Trials run on any node: their data, the study's storage and the MLflow store everywhere.
+    data = sorted({str(v) for p in spec.params if p.key == "data" for v in p.values}
+                  | ({str(spec.base["data"])} if spec.base.get("data") else set()))
+    check_storage("tune", data, study.storage, study.experiment)
     cpus = total_cpus()
     # A training trial's Ray Train workers leave one CPU for Ray Data's read tasks.
     room = cpus - 1.0 if spec.job == "train" else cpus

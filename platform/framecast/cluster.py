@@ -5,6 +5,7 @@ Ray is imported inside the functions: the rest of the library never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -130,3 +131,115 @@ def worker_cpus(workers: int, requested: float = 0.0, floor: float = 0.05) -> fl
                 f"{spare / workers:.3g} or 0 (auto)")
         return requested
     return round(min(1.0, max(floor, spare / workers)), 3)
+
+
+def alive_nodes() -> list[dict]:
+    """The cluster's alive nodes as `ray.nodes()` lists them (NodeID, NodeManagerAddress, ...)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def local_path(path: str | Path) -> Path | None:
+    """`path` as a local folder, or None for a URI another system serves (s3://, gs://, an
+    MLflow http server, mlflow-artifacts:): those are shared by construction. file: URIs are
+    local paths."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(str(path))
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme:
+        return None
+    return Path(path).resolve()
+
+
+def _write_marker(folders: list[str], token: str, node: str) -> dict[str, str]:
+    """On one node: a marker file in each folder; {folder: error} for those it cannot write."""
+    failed = {}
+    for folder in folders:
+        try:
+            Path(folder, f".framecast-shared-{token}-{node}").write_text(node)
+        except OSError as err:
+            failed[folder] = f"cannot write there ({type(err).__name__}: {err.strerror or err})"
+    return failed
+
+
+def _read_markers(folders: list[str], token: str, nodes: list[str]) -> dict[str, set[str]]:
+    """On one node: {folder: the nodes whose marker it sees there}."""
+    return {folder: {n for n in nodes if Path(folder, f".framecast-shared-{token}-{n}").is_file()}
+            for folder in folders}
+
+
+def _remove_marker(folders: list[str], token: str, node: str) -> None:
+    for folder in folders:
+        Path(folder, f".framecast-shared-{token}-{node}").unlink(missing_ok=True)
+
+
+def check_shared_paths(paths: dict[str, str | Path | None], timeout_s: float = 120.0) -> int:
+    """Refuse (ConfigError, one line naming the path and the node) when a folder in `paths`
+    ({what: folder}, e.g. {"--storage": "/shared/ray_results"}) is not the same folder on every
+    alive node of the Ray cluster. Returns the number of nodes checked.
+
+    One node: nothing to check, nothing runs. More: a task pinned to each node (no CPU
+    reserved) writes a marker into every folder, then a task per node looks for every node's
+    markers, then each node removes its own. URIs (s3://, an MLflow server) are skipped; None
+    and "" entries too. Folders must exist on the calling node (callers create them).
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from framecast.config import ConfigError
+
+    nodes = alive_nodes()
+    if len(nodes) <= 1:
+        return len(nodes)
+    folders: dict[str, str] = {}  # folder -> what the user called it (the first name wins)
+    for what, path in paths.items():
+        local = local_path(path) if path else None
+        if local is not None:
+            folders.setdefault(str(local), what)
+    if not folders:
+        return len(nodes)
+    ids = [n["NodeID"] for n in nodes]
+    where = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in nodes}
+    token, names = uuid.uuid4().hex[:12], list(folders)
+
+    def on_each_node(fn, args) -> list:
+        remote = ray.remote(num_cpus=0, max_retries=0)(fn)
+        return ray.get([remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=node, soft=False)).remote(names, token, *args(node)) for node in ids],
+            timeout=timeout_s)
+
+    def refuse(folder: str, node: str, why: str) -> ConfigError:
+        return ConfigError(
+            f"{folders[folder]} {folder} is not shared storage: node {node} ({where[node]}) "
+            f"{why}; a job on {len(ids)} nodes needs it on a filesystem every node mounts at "
+            "the same path (NFS), or a URI (s3://, gs://, an MLflow server)")
+
+    try:
+        written = on_each_node(_write_marker, lambda node: (node,))
+        for node, failed in zip(ids, written, strict=True):
+            for folder, why in failed.items():
+                raise refuse(folder, node, why)
+        seen = dict(zip(ids, on_each_node(_read_markers, lambda node: (ids,)), strict=True))
+        # The job's own node is the reference: a node that does not see what it sees there
+        # (or whose marker it does not see) does not share the folder with the job.
+        here = ray.get_runtime_context().get_node_id()
+        here = here if here in seen else ids[0]
+        for folder in names:
+            reference = seen[here][folder]
+            for node in ids:
+                if node not in reference:
+                    raise refuse(folder, node, "sees another folder there than this job's "
+                                 f"node {here} ({where[here]}): its marker is not there")
+                lost = reference - seen[node][folder]
+                if lost:
+                    raise refuse(folder, node, "sees another folder there: the marker node "
+                                 f"{sorted(lost)[0]} wrote is missing on it")
+    finally:
+        with contextlib.suppress(Exception):  # a cleanup failure must not hide the refusal
+            on_each_node(_remove_marker, lambda node: (node,))
+    return len(ids)

@@ -54,6 +54,23 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     return experiment_id
 
 
+def worker_folders(experiment: str = DEFAULT_EXPERIMENT) -> dict[str, str]:
+    """The local folders of the MLflow store that Ray workers write into (a Train worker logs
+    metrics, a Tune trial logs models): {what: folder}. A SQLite store's folder and a file
+    artifact location; none for an MLflow server that proxies its artifacts."""
+    import mlflow
+
+    uri = default_tracking_uri()
+    folders = {}
+    if uri.startswith("sqlite:///"):
+        folders["the MLflow store"] = str(Path(uri[len("sqlite:///"):]).parent)
+    use_experiment(experiment)
+    location = mlflow.get_experiment_by_name(experiment).artifact_location
+    if location.startswith(("file:", "/")):
+        folders["MLflow artifacts"] = location
+    return folders
+
+
 def ui_command() -> str:
     """The command a user runs to browse the default store (with this Python's mlflow), or the
     server's address when the store is an MLflow server."""
