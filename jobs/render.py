@@ -11,6 +11,7 @@ bytes do not depend on the number of workers. Shards are written to a staging fo
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -64,14 +65,45 @@ class RenderResult:
     manifest: fdata.Manifest
     seconds: float
     run_id: str | None = None
+    nodes: dict[str, int] = field(default_factory=dict)  # sequences rendered per Ray node id
 
     @property
     def seq_per_s(self) -> float:
         return self.manifest.config.num_sequences / max(self.seconds, 1e-9)
 
 
-def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
-    """Run the Ray Data pipeline; shards land in `staging`. Returns seconds spent."""
+class NodeTally:
+    """A Ray actor counting the sequences each node rendered (the job's report of where)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, node: str, sequences: int) -> None:
+        self.counts[node] = self.counts.get(node, 0) + sequences
+
+    def get(self) -> dict[str, int]:
+        return self.counts
+
+
+class TalliedRenderer(fdata.ShardRenderer):
+    """fdata.ShardRenderer that tells a NodeTally how many sequences its node rendered."""
+
+    def __init__(self, config: dict, tally: object) -> None:
+        import ray
+
+        super().__init__(config)
+        self.tally, self.node = tally, ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict) -> object:
+        table = super().__call__(batch)
+        self.tally.add.remote(self.node, table.num_rows)
+        return table
+
+
+def render_to_staging(config: RenderJobConfig, staging: Path) -> tuple[float, dict[str, int]]:
+    """Run the Ray Data pipeline; shards land in `staging`. Returns the seconds spent and the
+    sequences rendered per Ray node id."""
+    import ray
     import ray.data
 
     from framecast.cluster import check_shared_paths, init_ray, worker_cpus
@@ -84,17 +116,21 @@ def render_to_staging(config: RenderJobConfig, staging: Path) -> float:
     n = config.num_sequences
     # Enough blocks to keep every actor busy and show progress, few enough to keep files large.
     blocks = min(n, max(4 * config.workers, math.ceil(n / 64)))
+    tally = ray.remote(num_cpus=0)(NodeTally).remote()
     start = time.perf_counter()
     ds = ray.data.range(n, override_num_blocks=blocks).map_batches(
-        fdata.ShardRenderer,
-        fn_constructor_kwargs={"config": to_dict(config.data_config)},
+        TalliedRenderer,
+        fn_constructor_kwargs={"config": to_dict(config.data_config), "tally": tally},
         compute=ray.data.ActorPoolStrategy(size=config.workers),
         num_cpus=worker_cpus(config.workers, config.cpus_per_worker),
         batch_size=config.batch_size,
         batch_format="numpy",
     )
     ds.write_parquet(str(staging / fdata.SHARDS), partition_cols=["split"])
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    nodes = ray.get(tally.get.remote())
+    ray.kill(tally)
+    return seconds, nodes
 
 
 def render(config: RenderJobConfig) -> RenderResult:
@@ -118,15 +154,17 @@ def render(config: RenderJobConfig) -> RenderResult:
                       "split fractions")
         staging = fdata.staging_dir(out)
         try:
-            seconds = render_to_staging(config, staging)
+            seconds, nodes = render_to_staging(config, staging)
             manifest = fdata.build_manifest(staging, data_config, seconds)
             fdata.publish(staging, out, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    result = RenderResult(out, "replaced" if status == "replace" else "created", manifest, seconds)
+    result = RenderResult(out, "replaced" if status == "replace" else "created", manifest, seconds,
+                          nodes=nodes)
     print(f"render: wrote {manifest.counts} sequences of {data_config.frame_shape} to {out} "
           f"in {seconds:.1f} s ({result.seq_per_s:.1f} sequences/s)")
+    print(f"render: sequences per Ray node: {json.dumps(nodes, sort_keys=True)}")
     if config.mlflow:
         result.run_id = log_render(config, result)
     return result
@@ -147,6 +185,8 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
             "render_seconds": result.seconds,
             **{f"sequences_{k}": v for k, v in result.manifest.counts.items()},
         })
+        if result.nodes:
+            mlflow.set_tag("framecast.render_nodes", json.dumps(result.nodes, sort_keys=True))
         tracking.log_file_bytes(result.manifest.to_json().encode(), "dataset", fdata.MANIFEST)
         if len(videos):
             tracking.log_image(viz.contact_sheet(videos), "samples/contact_sheet.png")

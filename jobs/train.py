@@ -41,6 +41,8 @@ from framecast.train import OptimConfig
 from jobs.common import log_prediction_figure, run_job
 
 REPORT_POLL_ENV, REPORT_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement strategies
+NODE_TAG = "framecast.node.rank{}"  # the Ray node id each worker rank ran on (last attempt)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class TrainJobConfig(OptimConfig):
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker, bf16 autocast"})
     cpus_per_worker: float = field(default=0.0, metadata={
         "help": "CPUs reserved per worker; 0 = auto (leaves room for Ray Data's read tasks)"})
+    placement: str = field(default="PACK", metadata={
+        "help": "how Ray places the workers on nodes: PACK, SPREAD, STRICT_PACK or "
+                "STRICT_SPREAD (one worker per node)"})
+    worker_resources: str = field(default="", metadata={
+        "help": "custom Ray resources each worker also reserves: NAME=N[,NAME=N...] (e.g. "
+                "trainer=1 where each node offers trainer=1: one worker per node)"})
     eval_every: int = field(default=0, metadata={
         "help": "steps between val evaluations during training; 0 = once per epoch"})
     eval_sequences: int = field(default=16, metadata={
@@ -86,10 +94,31 @@ class TrainJobConfig(OptimConfig):
         registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
         if not 0 <= self.own_inputs < 1:
             raise ConfigError(f"own_inputs={self.own_inputs} must be in [0, 1)")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement={self.placement!r}: expected one of "
+                              f"{', '.join(PLACEMENTS)}")
+        _ = self.extra_resources  # checks --worker-resources
         family = registry.entry(self.model).model_class.family
         if self.own_inputs and family != "frame_predictor":
             raise ConfigError(f"--own-inputs is for frame predictors; {self.model} is a "
                               f"{family}")
+
+    @property
+    def extra_resources(self) -> dict[str, float]:
+        """--worker-resources as {name: amount}."""
+        resources = {}
+        for item in filter(None, self.worker_resources.split(",")):
+            name, _, amount = (part.strip() for part in item.partition("="))
+            try:
+                value = float(amount)
+            except ValueError:
+                value = 0.0
+            if not name or value <= 0 or name.upper() in ("CPU", "GPU"):
+                raise ConfigError(f"worker_resources: {item!r}: expected NAME=N with N > 0 and "
+                                  "a custom resource's NAME (CPUs: --cpus-per-worker, GPUs: "
+                                  "--use-gpu)")
+            resources[name] = value
+        return resources
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -153,6 +182,7 @@ def train_worker(loop_config: dict) -> None:
     import time
 
     import mlflow
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -198,7 +228,10 @@ def train_worker(loop_config: dict) -> None:
                             limit_bytes=int(job["cache_mb"] * 2**20))
 
     val = fdata.load_numpy(job["data"], "val")[0][:job["eval_sequences"]] if chief else None
-    client = mlflow.MlflowClient(loop_config["tracking_uri"]) if chief else None
+    client = mlflow.MlflowClient(loop_config["tracking_uri"])
+    # Where each rank ran, so a run on a cluster shows its placement.
+    client.set_tag(loop_config["run_id"], NODE_TAG.format(ctx.get_world_rank()),
+                   ray.get_runtime_context().get_node_id())
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         if chief:  # the driver prints progress from these (`follow_run`)
@@ -305,7 +338,9 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.workers, use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {}),
+                                  **config.extra_resources},
+            placement_strategy=config.placement),
         run_config=ray.train.RunConfig(
             name=plan.name, storage_path=str(plan.storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),

@@ -1,5 +1,6 @@
 """The rendering job on a real local Ray: determinism across workers, MLflow, reuse, bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -46,6 +47,9 @@ def test_render_logs_to_mlflow_and_a_rerun_reuses_the_dataset(ray_local, tmp_pat
     run = mlflow.get_run(first.run_id)
     assert run.data.metrics["sequences_per_s"] > 0
     assert run.data.params["num_sequences"] == "12"
+    # where the sequences were rendered: every one counted, on this one node
+    assert sum(first.nodes.values()) == 12 and len(first.nodes) == 1
+    assert json.loads(run.data.tags["framecast.render_nodes"]) == first.nodes
     names = {a.path for a in mlflow.artifacts.list_artifacts(run_id=first.run_id,
                                                               artifact_path="samples")}
     assert names == {"samples/contact_sheet.png", "samples/samples.gif"}

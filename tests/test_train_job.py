@@ -36,6 +36,9 @@ def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
     client = mlflow.MlflowClient()
     run = client.get_run(first["run_id"])
     assert run.data.params["workers"] == "2"
+    # each rank names the Ray node it ran on (one node here)
+    node = {run.data.tags["framecast.node.rank0"], run.data.tags["framecast.node.rank1"]}
+    assert len(node) == 1 and len(node.pop()) == 56  # a Ray node id: 28 bytes in hex
     assert "final_val_psnr" in run.data.metrics and "final_val_psnr_copy_last" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(first["run_id"], "figures")}
     assert artifacts == {"figures/prediction.png"}
@@ -64,6 +67,9 @@ def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
     (["--data", "/nonexistent"], "/nonexistent does not exist"),
     (["--data", "/tmp"], "not a complete framecast data set"),
     (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
+    (["--data", "x", "--placement", "ROUND"], "placement='ROUND': expected one of PACK"),
+    (["--data", "x", "--worker-resources", "CPU=1"], "worker_resources: 'CPU=1': expected"),
+    (["--data", "x", "--worker-resources", "trainer"], "worker_resources: 'trainer': expected"),
 ])
 def test_bad_train_input_exits_2_with_one_line(argv, message, capsys):
     try:
