@@ -93,6 +93,13 @@ def report_table(values: dict[str, float]) -> str:
     lines = [f"{'':22s} {'fp32':>10s} {'quantized':>10s}  change"]
     lines += [f"{name:22s} {values[a] * unit:10.4g} {values[b] * unit:10.4g}  {change()}"
               for name, a, b, change, unit in rows if a in values]
+    if "best_float" in values:
+        best = values["best_float"]
+        lines.append(f"quantized model computing in {values['quant_compute']} (its W8A8 layers "
+                     f"each in their fastest form); best float form here: {best}; against it: "
+                     + ", ".join(ratio_words(values[f"speedup_vs_best_float_b{b}"], "faster",
+                                             "slower") + f" at batch {b}" for b in (1, 8)
+                                 if f"speedup_vs_best_float_b{b}" in values))
     if "kl_fp32_quant" in values:
         lines.append(f"KL(fp32 || quantized) per byte: {values['kl_fp32_quant']:.5f} nats")
     if "token_agreement" in values:
@@ -108,7 +115,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
     from framecast import data as fdata
     from framecast import model_io, tracking, viz
     from framecast.models.contract import FramePredictor, TokenGenerator
-    from framecast.quant import compare
+    from framecast.quant import compare, compute_form
     from framecast.quant.apply import precision_counts
     from framecast.quant.plan import format_plan, plan_records
     from framecast.quant.schedule import progressive_quantize
@@ -144,12 +151,22 @@ def quantize(config: QuantizeJobConfig) -> dict:
         result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
             train, config.batch_size, config.seed), val, config)
         quant = result.model
+        bf16, forms = bf16_compute(fp32, quant, test, config)
         values = {**compare.compression(fp32, quant),
-                  **compare.speedups(fp32, quant, test, (1, 8), config.latency_repeats),
-                  **compare.quality(fp32, quant, test, config.batch_size)}
-        print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}")
+                  **compare.deployed_speedups(
+                      {f: compute_form.in_form(fp32, f) if f != "fp32" else fp32
+                       for f in compute_form.available()},
+                      forms, test, (1, 8), config.latency_repeats)}
+        deployed = forms[values["quant_compute"]]
+        values.update(bf16.pop("quality") if deployed is not quant else
+                      compare.quality(fp32, quant, test, config.batch_size))
+        bf16.pop("quality", None)
+        print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}; "
+              f"compute {values['quant_compute']} ({bf16['why']})")
         print(report_table(values))
-        mlflow.log_metrics(values)
+        mlflow.log_metrics({k: v for k, v in values.items() if not isinstance(v, str)})
+        mlflow.set_tags({"best_float": values["best_float"],
+                         "quant_compute": values["quant_compute"]})
         for i, row in enumerate(result.history):
             mlflow.log_metric("stage_psnr_drop_db", row["psnr_drop_db"], step=i)
         records = plan_records(result.plan)
@@ -167,7 +184,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
             log_generation_gif(fp32, quant, test[:4])
         extra = {k: meta[k] for k in ("preset", "data", "frame_shape", "step") if k in meta}
         extra.update({"precision": "w8a8", "quant_plan": records, "fp32_run_id": fp32_run,
-                      "fp32_model": config.model})
+                      "fp32_model": config.model, "bf16_compute": bf16})
         info = model_io.log_model(quant, meta["name"], registered_name=register, extra=extra)
         if register:
             link_version(register, info.registered_model_version, config.alias, fp32_run,
@@ -179,6 +196,29 @@ def quantize(config: QuantizeJobConfig) -> dict:
             "model": quant,
             "version": info.registered_model_version, "metrics": values, "plan": result.plan,
             "history": result.history}
+
+
+def bf16_compute(fp32, quant, test: np.ndarray, config: QuantizeJobConfig
+                 ) -> tuple[dict, dict]:
+    """Whether the quantized model may run the rest of its compute in bf16 (where a machine has
+    native bf16, `compute_form`): its bf16 form scored on the test split against fp32, allowed
+    within `tau_psnr_db`, as its W8A8 layers are. Only measured where this CPU has native bf16
+    (an emulated pass is many times slower). Returns the record kept with the model (with the
+    quality values under "quality" while the job runs) and the forms to time."""
+    from framecast.quant import compare, compute_form
+
+    if "bf16" not in compute_form.available():
+        return ({"measured": False, "allowed": False,
+                 "why": "bf16 form not scored: no native bf16 on the quantizing machine"},
+                {"fp32": quant})
+    quant_bf16 = compute_form.in_form(quant, "bf16")
+    q = compare.quality(fp32, quant_bf16, test, config.batch_size)
+    allowed = q["psnr_drop_db"] <= config.tau_psnr_db
+    record = {"measured": True, "allowed": bool(allowed),
+              "psnr_drop_db": round(float(q["psnr_drop_db"]), 4), "quality": q,
+              "why": f"bf16 form {-q['psnr_drop_db']:+.3f} dB against fp32 "
+                     f"({'within' if allowed else 'beyond'} {config.tau_psnr_db} dB)"}
+    return record, {"fp32": quant, **({"bf16": quant_bf16} if allowed else {})}
 
 
 def log_generation_gif(fp32, quant, clips: np.ndarray) -> None:

@@ -57,9 +57,12 @@ class ServeJobConfig:
     max_body_mb: float = field(default=32.0, metadata={"help": "request body limit (413 above)"})
     max_future_frames: int = field(default=32, metadata={"help": "longest rollout"})
     app_name: str = field(default="framecast", metadata={"help": "Serve application name"})
-    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
-        "help": "compute precision of float models (quantized ones run as quantized); bf16 "
-                "only on a CPU with native bf16 (AMX / avx512_bf16), refused elsewhere"})
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
+        "help": "compute precision: auto keeps the faster of fp32 and bf16 as each replica "
+                "measures them at start (bf16 only on a CPU with native bf16, AMX / "
+                "avx512_bf16; for a quantized model only once jobs.quantize found its bf16 form "
+                "within its PSNR limit); a quantized model keeps its int8 weights either way. "
+                "bf16 is refused where it is not native"})
 
     def __post_init__(self) -> None:
         if not model_specs(self.model, self.alias):
@@ -110,25 +113,16 @@ def app_args(config: ServeJobConfig, tracking_uri: str) -> dict[str, Any]:
             "max_future_frames": config.max_future_frames}
 
 
-def check_models(specs: list[tuple[str, str]], precision: str = "fp32") -> dict[str, str]:
-    """{name: registry version} for every model, before anything is deployed: a missing model,
-    or bf16 asked of a quantized one, is one line for the user, not a replica failing to start.
-    """
+def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
+    """{name: registry version} for every model, before anything is deployed: a missing model
+    is one line for the user, not a replica failing to start."""
     import mlflow
 
     from framecast.model_io import resolve_version
     from framecast.tracking import default_tracking_uri
 
     mlflow.set_tracking_uri(default_tracking_uri())
-    versions = {name: resolve_version(name, alias) for name, alias in specs}
-    if precision != "fp32":
-        client = mlflow.MlflowClient()
-        for name, version in versions.items():
-            stored = client.get_model_version(name, version).tags.get("precision", "fp32")
-            if stored != "fp32":
-                raise ConfigError(f"--precision {precision} is for float models; {name} "
-                                  f"v{version} is {stored}")
-    return versions
+    return {name: resolve_version(name, alias) for name, alias in specs}
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -217,7 +211,7 @@ def serve_job(config: ServeJobConfig) -> dict[str, Any]:
     from serve.app import build_app
 
     specs = model_specs(config.model, config.alias)
-    versions = check_models(specs, config.precision)
+    versions = check_models(specs)
     base, started = start_serve(config.host, config.port)
     if base != f"http://{config.host}:{config.port}":
         print(f"serve: Serve already runs on this cluster at {base}; using it")

@@ -56,9 +56,12 @@ class ModelSpec(BaseModel):
                                 description="dynamic batch size; 1 turns batching off")
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH["batch_wait_timeout_s"], ge=0)
     torch_threads: int = Field(0, ge=0, description="torch threads per replica (0: Ray's)")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="a float model's compute precision; bf16 only where the CPU computes "
-                            "it natively (AMX / avx512_bf16), refused elsewhere")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="compute precision: auto keeps the faster of fp32 and bf16 as "
+                            "measured at start (bf16 only where the CPU computes it natively, "
+                            "AMX / avx512_bf16; for a quantized model only once jobs.quantize "
+                            "found its bf16 form within its PSNR limit); bf16 asked where it is "
+                            "not native is refused")
 
 
 class AppArgs(BaseModel):
@@ -86,7 +89,12 @@ class ModelInfo(BaseModel):
     version: str
     family: str = Field(description="the model's family: frame_predictor, token_generator, ...")
     architecture: str = Field(description="the registry's model name, e.g. vblt")
-    precision: str
+    precision: str = Field(description="a float model's form (fp32, bf16), or what a quantized "
+                                       "one stores (w8a8)")
+    compute: str = Field(description="the form the replica computes in: fp32 or bf16")
+    precision_choice: dict[str, Any] = Field(
+        description="how the compute form was chosen: asked, candidates, ms per form and "
+                    "batch size measured at start, why")
     preset: str | None
     config: dict[str, Any] = Field(description="the model's config (a generator's block shape, "
                                                "its tokenizer reference, ...)")

@@ -6,18 +6,23 @@ share one forward pass; a rollout's steps go through the same batcher, so rollou
 other and with plain predictions. A token generator answers /generate: concurrent requests of the
 same context length and future share one block-by-block generation, each with its own sampling
 settings. Batch size and wait are a `user_config` (`max_batch_size`, `batch_wait_timeout_s`),
-changeable without restarting replicas; `max_batch_size: 1` turns batching off. A float model
-may run in bf16 (`precision`) where the CPU computes bf16 natively.
+changeable without restarting replicas; `max_batch_size: 1` turns batching off. A model
+runs in fp32 or, where the CPU computes bf16 natively, in bf16 (`precision`: auto keeps the faster
+measured form, `compute_form`; a quantized model keeps its int8 weights either way).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
+
+if TYPE_CHECKING:  # torch is imported by the replicas only, not by the ingress
+    from framecast.quant.compute_form import Choice
 
 from serve.inference import (
     GenerationRequest,
@@ -43,13 +48,13 @@ class FrameModel:
 
     def __init__(self, name: str, alias: str, tracking_uri: str, max_context_frames: int = 0,
                  max_future_frames: int = 32, torch_threads: int = 0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "auto") -> None:
         import mlflow
         import torch
 
         from framecast.model_io import load_logged_model, resolve_version
         from framecast.models.contract import FramePredictor, TokenGenerator
-        from framecast.quant import kernels
+        from framecast.quant import compute_form, kernels
 
         # Replicas run in other processes, maybe on other nodes: the store is passed explicitly.
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -65,25 +70,26 @@ class FrameModel:
             raise ValueError(f"{name} v{version} does not record the frame_shape it was trained "
                              f"on, so its input size is unknown")
         stored = meta.get("precision", "fp32")
-        check_precision(precision, stored, name)
-        if precision == "bf16":
-            from framecast.quant.apply import to_bf16
-
-            to_bf16(self.model)
+        forms = compute_form.candidates(precision, meta)  # ValueError: bf16 not native here
         t, h, w, c = meta["frame_shape"]
         if isinstance(self.model, TokenGenerator):
-            input_spec = self._generator_spec(meta["frame_shape"], max_context_frames,
-                                              max_future_frames)
+            input_spec, workload = self._generator_spec(meta["frame_shape"], max_context_frames,
+                                                        max_future_frames)
         else:
-            input_spec = self._predictor_spec(meta["frame_shape"], max_context_frames,
-                                              max_future_frames)
+            input_spec, workload = self._predictor_spec(meta["frame_shape"], max_context_frames,
+                                                        max_future_frames)
+        self.model, choice = choose_form(self.model, forms, workload)
         self.frame_shape = (t, h, w, c)
         refs = self.model.component_refs(self.model.cfg)
         self.batching = dict(DEFAULT_BATCH)
         self.meta = {
             "name": name, "alias": alias or "latest", "version": version,
             "family": self.model.family, "architecture": meta["name"],
-            "precision": precision if precision != "fp32" else stored,
+            # a float model's form, or what a quantized one stores (its compute: below)
+            "precision": choice.chosen if stored == "fp32" else stored,
+            "compute": choice.chosen,
+            "precision_choice": {"asked": precision, "candidates": list(forms),
+                                 **choice.record()},
             "config": meta.get("config", {}),
             "components": {attr: {"architecture": part["name"],
                                   "ref": refs.get(attr, "")}
@@ -101,13 +107,12 @@ class FrameModel:
         if max_context_frames > 0:
             most = max(step, max_context_frames // step * step)
         self.step, self.least, self.max_context = step, step, most
-        # Warm-up now, not on the first request: W8A8 layers compile their fused quantizer and
-        # measure their int8 GEMM paths on first use (seconds), for batch 1 and a full batch.
-        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):
-            predict_steps(self.model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
+
+        def workload(model: Any, batch: int) -> None:  # a full-length context
+            predict_steps(model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
         return {"height": h, "width": w, "channels": c, "frames_per_step": step,
                 "min_context_frames": step, "max_context_frames": most,
-                "max_future_frames": max_future_frames}
+                "max_future_frames": max_future_frames}, workload
 
     def _generator_spec(self, frame_shape: list[int], max_context_frames: int,
                         max_future_frames: int) -> dict[str, int]:
@@ -121,12 +126,13 @@ class FrameModel:
             most = max(least, least + (min(max_context_frames, most) - least) // step * step)
         self.step, self.least, self.max_context = step, least, most
         future = min(max_future_frames, t - least)
-        for batch in sorted({1, DEFAULT_BATCH["max_batch_size"]}):  # warm-up, as above
-            generate_batch(self.model, [GenerationRequest(
+
+        def workload(model: Any, batch: int) -> None:  # the longest continuation
+            generate_batch(model, [GenerationRequest(
                 np.zeros((least, h, w, c), dtype=np.uint8), future, 0.0)] * batch)
         return {"height": h, "width": w, "channels": c, "frames_per_step": step,
                 "min_context_frames": least, "max_context_frames": most,
-                "max_future_frames": future}
+                "max_future_frames": future}, workload
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's user_config (also on a live update)."""
@@ -244,17 +250,23 @@ def future_limit(spec: dict[str, int], trained_frames: int, context: int) -> int
     return min(spec["max_future_frames"], trained_frames - context)
 
 
-def check_precision(precision: str, stored: str, name: str) -> None:
-    """Refuse (ValueError, one line) a precision this model or this CPU cannot run as asked."""
-    import torch
+def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None]
+                ) -> tuple[Any, Choice]:
+    """Warm `model` up in each compute form (`forms`, from `compute_form.candidates`) for batch
+    1 and a full batch, now rather than on the first request (W8A8 layers compile their
+    quantizer and measure their kernels on first use: seconds), time the forms side by side
+    where there are several, and keep the fastest (the others are dropped)."""
+    from framecast.quant import compute_form
 
-    from framecast.quant import kernels
+    batches = sorted({1, DEFAULT_BATCH["max_batch_size"]})
+    models = {f: compute_form.in_form(model, f, copy_model=len(forms) > 1) for f in forms}
+    for candidate in models.values():
+        for batch in batches:
+            workload(candidate, batch)
 
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision {precision!r}: expected fp32 or bf16")
-    if precision == "bf16" and stored != "fp32":
-        raise ValueError(f"precision bf16 is for float models; {name} is already {stored}")
-    if precision == "bf16" and not kernels.native_16bit(torch.bfloat16):
-        raise ValueError(f"precision bf16 refused for {name}: this CPU has no native bf16 "
-                         f"(no amx_bf16 / avx512_bf16 in its flags), where it would run slower "
-                         f"than fp32; serve it as fp32")
+    def time_ms(candidate: Any, batch: int) -> float:
+        start = time.perf_counter()
+        workload(candidate, batch)
+        return (time.perf_counter() - start) * 1e3
+    choice = compute_form.fastest(models, time_ms, batches)
+    return models[choice.chosen], choice

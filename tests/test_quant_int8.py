@@ -214,14 +214,16 @@ def test_no_onednn_path_the_chooser_can_pick_runs_a_reference_kernel():
     assert not [line for line in runs if ",ref" in line], runs
 
 
-def test_a_layer_computes_in_float_from_its_int8_weights_only_where_that_is_faster():
+def test_a_layer_computes_in_float_from_its_int8_weights_only_where_that_is_faster(
+        monkeypatch):
     kernels.reset_choices()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset())  # no native bf16
     calls = []
 
     def measured(int8_ms, float_ms):
-        def measure(rows, k, n, asymmetric):
-            calls.append((rows, k, n, asymmetric))
-            return int8_ms, float_ms
+        def measure(rows, k, n, asymmetric, dtype, forms):
+            calls.append((rows, k, n, asymmetric, forms))
+            return dict(zip(forms, (int8_ms, float_ms), strict=True))
         return measure
 
     cpu = torch.device("cpu")
@@ -230,7 +232,8 @@ def test_a_layer_computes_in_float_from_its_int8_weights_only_where_that_is_fast
         assert kernels.layer_mode(300, 32, 16, True, cpu, measured(2.0, 1.0)) == kernels.FLOAT
         # one measurement per shape class (tokens within a power of two) and process
         assert kernels.layer_mode(400, 32, 16, False, cpu, measured(9.0, 0.0)) == "int8"
-        assert calls == [(512, 32, 16, False), (512, 32, 16, True)]
+        forms = ("int8", kernels.FLOAT)  # bf16 is not native here: never timed
+        assert calls == [(512, 32, 16, False, forms), (512, 32, 16, True, forms)]
         assert kernels.choices()["layer_shapes"] == {"512x32x16": "int8",
                                                      "512x32x16a": kernels.FLOAT}
     with kernels.choose(fused_quant=True, float_layers=False):
@@ -240,23 +243,68 @@ def test_a_layer_computes_in_float_from_its_int8_weights_only_where_that_is_fast
     kernels.reset_choices()
 
 
-def test_a_float_computed_layer_is_the_linear_of_its_dequantized_weights(monkeypatch):
+def test_bf16_is_a_layer_form_only_where_the_cpu_computes_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
+    assert kernels.layer_forms(torch.float32, cpu) == ("int8", kernels.FLOAT)
+    assert kernels.layer_forms(torch.bfloat16, cpu) == ("int8",)
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert kernels.layer_forms(torch.float32, cpu) == ("int8", kernels.FLOAT, kernels.BF16)
+    assert kernels.layer_forms(torch.bfloat16, cpu) == ("int8", kernels.BF16)
     kernels.reset_choices()
-    monkeypatch.setattr(int8_module, "_measure_layer", lambda *_: (2.0, 1.0))
-    torch.manual_seed(3)
-    linear = nn.Linear(40, 24)
-    layer = Int8Linear.from_float(linear)
-    x = torch.randn(2, 7, 40)
+    seen = []
+
+    def measure(rows, k, n, asymmetric, dtype, forms):
+        seen.append((dtype, forms))
+        return {"int8": 3.0, kernels.FLOAT: 2.0, kernels.BF16: 1.0}
     with kernels.choose(fused_quant=True):
-        y = layer(x)
-    assert torch.equal(y, torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias))
-    assert layer.weight_q.dtype == torch.int8  # the model keeps its int8 weights
-    assert kernels.choices()["layers"] == {kernels.FLOAT: 1}
+        assert kernels.layer_mode(64, 32, 16, False, cpu, measure) == kernels.BF16
+        # inputs of another dtype are another measurement, listed apart
+        assert kernels.layer_mode(64, 32, 16, False, cpu, measure, torch.bfloat16) == kernels.BF16
+    assert [d for d, _ in seen] == [torch.float32, torch.bfloat16]
+    assert set(kernels.choices()["layer_shapes"]) == {"64x32x16", "64x32x16@bfloat16"}
+    assert kernels.choices()["layer_ms"]["64x32x16"][kernels.BF16] == 1.0
     kernels.reset_choices()
-    monkeypatch.undo()
-    for asymmetric in (False, True):  # the real measurement: both forms run and are timed
-        int8_ms, float_ms = int8_module._measure_layer(64, 32, 16, asymmetric)
-        assert 0 < int8_ms < 1e4 and 0 < float_ms < 1e4
+
+
+@pytest.mark.parametrize("form", ["int8", kernels.FLOAT, kernels.BF16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_layer_form_computes_what_the_float_reference_computes(monkeypatch, form, dtype):
+    """int8: the W8A8 reference to float rounding; fp32: the linear of the dequantized weights
+    exactly; bf16: that linear within bf16's rounding (8 bits of mantissa: ~1% relative)."""
+    if form == kernels.FLOAT and dtype == torch.bfloat16:
+        pytest.skip("float32 compute is a form for float32 inputs only")
+    kernels.reset_choices()
+    monkeypatch.setattr(int8_module, "_measure_layer", lambda *a: {
+        f: (0.0 if f == form else 1.0) for f in a[5]})
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    torch.manual_seed(4)
+    linear = nn.Linear(64, 48)
+    layer = Int8Linear.from_float(linear)
+    x = torch.randn(3, 10, 64)
+    with kernels.choose(fused_quant=False):
+        y = layer(x.to(dtype))
+    assert y.dtype == dtype and y.shape == (3, 10, 48)
+    exact = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+    if form == "int8":
+        want = reference_w8a8(linear, x.to(dtype).float())
+        assert torch.allclose(y.float(), want, atol=2e-2 if dtype == torch.bfloat16 else 1e-4)
+    elif form == kernels.FLOAT:
+        assert torch.equal(y, exact)
+    else:
+        rel = (y.float() - exact).norm() / exact.norm()
+        assert rel < 1e-2, rel
+    assert kernels.choices()["layers"] == {form: 1}
+    assert layer.weight_q.dtype == torch.int8  # the model keeps its int8 weights
+    kernels.reset_choices()
+
+
+def test_the_real_layer_measurement_times_every_form_it_is_given():
+    kernels.reset_choices()
+    for asymmetric in (False, True):
+        forms = ("int8", kernels.FLOAT, kernels.BF16)  # bf16 timed even where emulated
+        ms = int8_module._measure_layer(64, 32, 16, asymmetric, torch.float32, forms)
+        assert set(ms) == set(forms) and all(0 < t < 1e4 for t in ms.values())
     kernels.reset_choices()
 
 

@@ -8,6 +8,7 @@ from test_data import write_dataset
 
 from framecast import model_io, tracking
 from framecast.models import create
+from framecast.quant import compute_form
 from framecast.quant.int8 import Int8Linear
 from framecast.render.spec import RenderConfig
 from jobs.quantize import QuantizeJobConfig, main, quantize
@@ -60,8 +61,21 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "quantization")}
     assert {"quantization/plan.json", "quantization/stages.json"} <= artifacts
 
+    # The deployed compute form and the best float form, measured side by side; bf16 only
+    # where native, and for the quantized model only once its bf16 form passed its PSNR check.
+    forms = compute_form.available()
+    assert values["best_float"] in forms and values["quant_compute"] in forms
+    for b in (1, 8):
+        assert np.isfinite(values[f"speedup_vs_best_float_b{b}"])
+        assert ("latency_ms_bf16_b1" in values) == ("bf16" in forms)
     model, meta = model_io.load_logged_model("qtest-2d-int8@candidate")
     assert meta["precision"] == "w8a8" and meta["frame_shape"] == [4, 16, 16, 1]
+    record = meta["bf16_compute"]
+    assert record["measured"] == ("bf16" in forms)
+    if record["measured"]:
+        assert record["allowed"] == (record["psnr_drop_db"] <= 0.3)
+    if values["quant_compute"] == "bf16":
+        assert record["allowed"]
     assert any(isinstance(m, Int8Linear) for m in model.modules())
     video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
     with torch.no_grad():

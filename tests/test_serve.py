@@ -53,7 +53,10 @@ def served(ray_local, registered):
     model, version = registered
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(models=[ModelSpec(name=NAME, alias="candidate", torch_threads=1)],
+    # fp32 pinned: the answers are compared byte for byte with the model called directly
+    # (`precision: auto` may keep bf16 where it is native and faster).
+    args = AppArgs(models=[ModelSpec(name=NAME, alias="candidate", torch_threads=1,
+                                     precision="fp32")],
                    max_body_mb=BODY_LIMIT / 2**20, max_future_frames=MAX_FUTURE,
                    ingress_cpus=0.1)
     try:
@@ -439,8 +442,11 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
         chosen = entry["kernels"]["shapes"]
         assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7", "fp32_gemm"}
         assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
-        layers = entry["kernels"]["layer_shapes"]  # int8, or float32 from the int8 weights
-        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8"}
+        layers = entry["kernels"]["layer_shapes"]  # int8, or float from the int8 weights
+        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8", "bf16_from_int8"}
+        # No bf16 quality check on record for this model: it computes in fp32 (auto).
+        assert entry["compute"] == "fp32"
+        assert entry["precision_choice"]["candidates"] == ["fp32"]
         response = requests.post(f"{url}/int8/v1/models/{name}/predict",
                                  json=png_body(context(2)), timeout=60)
         assert response.status_code == 200
@@ -547,3 +553,35 @@ def test_the_docs_page_works_offline_its_assets_served_by_the_app(served):
         assert urlparse(full).netloc == here, f"/docs loads {target} from elsewhere"
         assert requests.get(full, timeout=30).status_code == 200, target
     assert requests.get(f"{url}/redoc", timeout=30).status_code == 404  # it loaded a CDN too
+
+
+def test_auto_precision_keeps_the_faster_measured_form_and_says_why(ray_local, served):
+    """precision auto (the default): fp32, and bf16 where this CPU computes it natively, each
+    timed at batch 1 and a full batch at start; /v1/models lists the times and the choice."""
+    from ray import serve
+
+    from framecast.quant import compute_form
+
+    url, _, _ = served
+    args = AppArgs(models=[ModelSpec(name=NAME, alias="candidate", torch_threads=1)],
+                   ingress_cpus=0.1)
+    serve.run(build_app(args), name="framecast-test-auto", route_prefix="/auto")
+    try:
+        entry = requests.get(f"{url}/auto/v1/models/{NAME}", timeout=60).json()
+        choice = entry["precision_choice"]
+        assert choice["asked"] == "auto"
+        assert choice["candidates"] == list(compute_form.available())
+        assert entry["compute"] == entry["precision"] == choice["chosen"]
+        if len(choice["candidates"]) > 1:  # timed side by side, the faster kept
+            ms = choice["ms"]
+            assert set(ms) == {"fp32", "bf16"} and all(set(by) == {"1", "8"}
+                                                       for by in ms.values())
+            ratio = {f: sum(ms[f][b] / ms["fp32"][b] for b in ("1", "8")) for f in ms}
+            assert choice["chosen"] == min(ratio, key=ratio.__getitem__)
+            assert "fastest measured" in choice["why"]
+        response = requests.post(f"{url}/auto/v1/models/{NAME}/predict",
+                                 json=png_body(context(2)), timeout=60)
+        assert response.status_code == 200
+        assert response.json()["precision"] == choice["chosen"]
+    finally:
+        serve.delete("framecast-test-auto")

@@ -13,14 +13,13 @@ import torch
 
 from framecast import model_io, tracking
 from framecast.models import registry
-from framecast.quant import kernels
+from framecast.quant import compute_form, kernels
 from framecast.quant.apply import quantize_model
 from framecast.quant.plan import PlanEntry, Precision, plan_records
 from framecast.quant.sensitivity import linear_weights
 from serve.app import AppArgs, ModelSpec, build_app
 from serve.codec import decode_png, encode_png
 from serve.inference import GenerationRequest, generate_batch
-from serve.model_deployment import check_precision
 
 NAME = "t-gen"
 FRAME_SHAPE = [4, 16, 16, 1]  # fsq tiny: 4x downsampling -> a 4x4x4 token grid; 1 condition slice
@@ -66,7 +65,8 @@ def served(ray_local, generators):
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(models=[ModelSpec(name=n, alias="candidate", torch_threads=1)
+    args = AppArgs(models=[ModelSpec(name=n, alias="candidate", torch_threads=1,
+                                     precision="fp32")  # compared with direct calls
                            for n in generators], ingress_cpus=0.1)
     try:
         serve.run(build_app(args), name="framecast-test-gen", route_prefix="/")
@@ -191,19 +191,26 @@ def test_bad_npy_parameters_and_frames_are_refused_too(served):
     assert requests.get(f"{served}/healthz", timeout=30).status_code == 200
 
 
-def test_bf16_is_refused_without_native_bf16_and_for_quantized_models(monkeypatch, capsys):
+def test_bf16_is_refused_without_native_bf16_and_auto_is_fp32_there(monkeypatch, capsys):
     from jobs.serve import main
 
     monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2", "avx512_vnni"}))
     with pytest.raises(ValueError, match="no native bf16"):
-        check_precision("bf16", "fp32", NAME)
+        compute_form.candidates("bf16", {"precision": "fp32"})
     with pytest.raises(SystemExit) as stopped:
         main(["--model", NAME, "--precision", "bf16"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no native bf16" in err
+    allowed = {"precision": "w8a8", "bf16_compute": {"measured": True, "allowed": True}}
+    for meta in ({"precision": "fp32"}, allowed):  # auto without native bf16: fp32, untimed
+        assert compute_form.candidates("auto", meta) == ("fp32",)
     monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
-    check_precision("bf16", "fp32", NAME)  # native: accepted
-    with pytest.raises(ValueError, match="for float models"):
-        check_precision("bf16", "w8a8", NAME)
-    check_precision("fp32", "w8a8", NAME)  # a quantized model runs as quantized
+    assert compute_form.candidates("bf16", {"precision": "fp32"}) == ("bf16",)
+    assert compute_form.candidates("auto", {"precision": "fp32"}) == ("fp32", "bf16")
+    assert compute_form.candidates("auto", allowed) == ("fp32", "bf16")
+    # a quantized model whose bf16 form was not scored, or lost too much, stays fp32 on auto
+    for record in ({}, {"bf16_compute": {"measured": True, "allowed": False}}):
+        assert compute_form.candidates("auto", {"precision": "w8a8", **record}) == ("fp32",)
+    with pytest.raises(ValueError, match="expected one of"):
+        compute_form.candidates("fp16", {"precision": "fp32"})

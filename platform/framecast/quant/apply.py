@@ -127,12 +127,28 @@ def precision_counts(model: nn.Module) -> dict[str, int]:
 
 
 
+QUANTIZED_TYPES = (Int8Linear, HalfLinear, Int8Embedding)
+
+
 def to_bf16(model: nn.Module) -> nn.Module:
-    """The model's own weights in bf16, in place; its components (a generator's tokenizer) stay
-    as trained. For CPUs with native bf16 (or CUDA): elsewhere bf16 math is a slow emulation."""
+    """The model's float compute in bf16, in place: its float weights and buffers become bf16.
+    Quantized layers keep what they store (int8 or fp16 weights, float32 scales) and take and
+    return bf16 (each chooses its own compute form, `kernels.layer_mode`); the model's
+    components (a generator's tokenizer) stay as trained. For CPUs with native bf16 (or
+    CUDA): elsewhere bf16 math is a slow emulation."""
     import torch
 
-    model.to(torch.bfloat16)
-    for part in getattr(model, "components", dict)().values():
-        part.float()
+    parts = tuple(getattr(model, "components", dict)())
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.bfloat16) if t.is_floating_point() else t
+
+    for name, module in model.named_modules():
+        if any(name == p or name.startswith(f"{p}.") for p in parts):
+            continue
+        if isinstance(module, Int8Embedding):
+            module.compute_dtype = torch.bfloat16
+            module._wide = {}
+        elif not isinstance(module, QUANTIZED_TYPES):
+            module._apply(convert, recurse=False)
     return model

@@ -46,19 +46,40 @@ def latency_ms(model: nn.Module, video: torch.Tensor, repeats: int = 5, warmup: 
     return statistics.median(times)
 
 
-def speedups(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_sizes: tuple[int, ...],
-             repeats: int = 5) -> dict[str, float]:
-    """Latency of both models per batch size, measured alternately so drift hits both alike."""
-    out = {}
-    device = next(fp32.parameters()).device
+def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module],
+                      videos: np.ndarray, batch_sizes: tuple[int, ...], repeats: int = 5
+                      ) -> dict[str, float | str]:
+    """Latency of every float and quantized compute form (`compute_form`: fp32, and bf16 where
+    native and allowed) per batch size, timed side by side (forms alternated, two rounds, the
+    mean kept). The deployed quantized form is the fastest of `quants`, the best float form the
+    fastest of `floats` (`compute_form.fastest`'s rule); speed-ups of the deployed form against
+    fp32 (`speedup_b*`) and against the best float form (`speedup_vs_best_float_b*`)."""
+    from framecast.quant.compute_form import best
+
+    device = next(next(iter(floats.values())).parameters()).device
+    forms = {**{f"float_{f}": m for f, m in floats.items()},
+             **{f"quant_{f}": m for f, m in quants.items()}}
+    ms: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in forms}
     for b in batch_sizes:
         idx = np.arange(b) % len(videos)
         video = torch.from_numpy(np.ascontiguousarray(videos[idx])).to(device)
-        first = latency_ms(fp32, video, repeats)
-        second = latency_ms(quant, video, repeats)
-        out[f"latency_ms_fp32_b{b}"] = (first + latency_ms(fp32, video, repeats)) / 2
-        out[f"latency_ms_quant_b{b}"] = (second + latency_ms(quant, video, repeats)) / 2
-        out[f"speedup_b{b}"] = out[f"latency_ms_fp32_b{b}"] / out[f"latency_ms_quant_b{b}"]
+        for model in forms.values():
+            latency_ms(model, video, 1)  # one-off work (compiles, kernel measurements) first
+        for _ in range(2):
+            for name, model in forms.items():
+                ms[name][b].append(latency_ms(model, video, repeats, warmup=0))
+    mean = {name: {b: sum(t) / len(t) for b, t in by.items()} for name, by in ms.items()}
+    best_float = best({f: mean[f"float_{f}"] for f in floats})
+    deployed = best({f: mean[f"quant_{f}"] for f in quants})
+    out: dict[str, float | str] = {"best_float": best_float, "quant_compute": deployed}
+    for b in batch_sizes:
+        for f in floats:
+            out[f"latency_ms_{f}_b{b}"] = mean[f"float_{f}"][b]
+        for f in quants:
+            out[f"latency_ms_quant_{f}_compute_b{b}"] = mean[f"quant_{f}"][b]
+        out[f"latency_ms_quant_b{b}"] = quant_ms = mean[f"quant_{deployed}"][b]
+        out[f"speedup_b{b}"] = mean["float_fp32"][b] / quant_ms
+        out[f"speedup_vs_best_float_b{b}"] = mean[f"float_{best_float}"][b] / quant_ms
     return out
 
 

@@ -31,6 +31,26 @@ def _float_weight(proj: nn.Module, tokens: int, dtype: torch.dtype) -> torch.Ten
     return None if get is None else get(tokens, dtype)
 
 
+def _bias(proj: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
+    """`proj`'s bias in `dtype` (an int8 layer keeps its cast copy)."""
+    widened = getattr(proj, "widened_bias", None)
+    if widened is not None:
+        return widened(dtype)
+    return None if proj.bias is None else proj.bias.to(dtype)
+
+
+def _channel_bias(proj: nn.Module, bias: torch.Tensor, k: int) -> torch.Tensor | None:
+    """The transposed convolution's own bias (one per output channel) where every position of
+    a patch has the same one, as after `from_conv`: the convolution adds it in its output pass,
+    while a bias per position costs a strided 8-D add (~5% of a batch-1 `small` pass). None
+    where they differ. Kept by layers that keep widened copies."""
+    def make() -> torch.Tensor | None:
+        rows = bias.view(-1, k)
+        return rows[:, 0].contiguous() if bool((rows == rows[:, :1]).all()) else None
+    widened = getattr(proj, "widened", None)
+    return make() if widened is None else widened((bias.dtype, "channel_bias"), make)
+
+
 def _is_patch_conv(conv: nn.Module) -> bool:
     return (isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and conv.stride == conv.kernel_size
             and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
@@ -60,9 +80,10 @@ class PatchEmbed3d(nn.Module):
         b, c, t, h, w = x.shape
         pt, ph, pw = self.patch
         weight = _float_weight(self.proj, b * (t // pt) * (h // ph) * (w // pw), x.dtype)
-        if weight is not None:
-            bias = None if self.proj.bias is None else self.proj.bias.to(x.dtype)
-            return F.conv3d(x, weight.view(-1, c, pt, ph, pw), bias, stride=self.patch)
+        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
+            y = F.conv3d(x.to(weight.dtype), weight.view(-1, c, pt, ph, pw),
+                         _bias(self.proj, weight.dtype), stride=self.patch)
+            return y.to(x.dtype)
         x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t // pt, h // ph, w // pw, -1)
         return self.proj(x).permute(0, 4, 1, 2, 3)
@@ -93,16 +114,18 @@ class PatchUnembed3d(nn.Module):
         b, cin, s, hp, wp = x.shape
         pt, ph, pw = self.patch
         weight = _float_weight(self.proj, b * s * hp * wp, x.dtype)
-        if weight is not None:
+        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
             # rows (cout, pt, ph, pw) of the linear = the transposed convolution's kernel; its
             # bias (one per output position of a patch) is added as a broadcast view.
-            y = F.conv_transpose3d(x, weight.t().reshape(cin, self.out_channels, pt, ph, pw),
-                                   stride=self.patch)
-            if self.proj.bias is not None:
+            bias = _bias(self.proj, weight.dtype)
+            per_channel = None if bias is None else _channel_bias(self.proj, bias, pt * ph * pw)
+            y = F.conv_transpose3d(x.to(weight.dtype),
+                                   weight.t().reshape(cin, self.out_channels, pt, ph, pw),
+                                   per_channel, stride=self.patch)
+            if bias is not None and per_channel is None:  # a bias per position: an 8-D add
                 view = y.view(b, self.out_channels, s, pt, hp, ph, wp, pw)
-                view.add_(self.proj.bias.to(x.dtype).view(1, self.out_channels, 1, pt, 1, ph,
-                                                          1, pw))
-            return y
+                view.add_(bias.view(1, self.out_channels, 1, pt, 1, ph, 1, pw))
+            return y.to(x.dtype)
         y = self.proj(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
         y = y.reshape(b, s, hp, wp, self.out_channels, pt, ph, pw)
         return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.out_channels, s * pt, hp * ph,

@@ -62,11 +62,40 @@ _quantize_tokens_fused = kernels.fused(quantize_tokens)
 _quantize_asymmetric_fused = kernels.fused(quantize_asymmetric)
 
 
+class KeepsWidened(nn.Module):
+    """Low-precision storage with a widened copy made on first use and kept: converting on every
+    call costs more than the work itself for small token counts. The copy is dropped whenever it
+    could be stale: the module moves or changes dtype (`_apply`), loads a state dict, or is
+    pickled (Ray ships models by pickling; the copy would double what travels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wide: dict[object, torch.Tensor] = {}  # keyed by dtype (and role)
+        self.register_load_state_dict_post_hook(_forget_wide)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._wide = {}
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_wide": {}}
+
+    def widened(self, key: object, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The copy for `key` (a dtype), made by `make()` the first time."""
+        if key not in self._wide:
+            self._wide[key] = make()
+        return self._wide[key]
+
+
+def _forget_wide(module: KeepsWidened, _incompatible_keys: object) -> None:
+    module._wide = {}
+
+
 def _refresh_after_load(module: Int8Linear, _incompatible_keys: object) -> None:
     module.refresh()  # a module-level hook (not a lambda) keeps the layer picklable
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(KeepsWidened):
     """A linear layer holding int8 weights (per output channel) that quantizes its input per
     token at run time and multiplies int8 x int8 -> int32 on the integer kernel measured fastest
     for its shape (`kernels.gemm_path`).
@@ -93,13 +122,12 @@ class Int8Linear(nn.Module):
         self._delta: torch.Tensor | None = None
         self._packed: dict[str, object] = {}  # per GEMM path: its weight layout, built on use
         self._correction: torch.Tensor | None = None
-        self._float_weight: torch.Tensor | None = None  # dequantized, where float compute wins
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh(self) -> None:
         """Derive what forward needs from the buffers (after loading or setting them)."""
         self._delta = self.act_delta if float(self.act_delta) else None
-        self._packed, self._correction, self._float_weight = {}, None, None
+        self._packed, self._correction, self._wide = {}, None, {}
         if self.asymmetric:
             self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
 
@@ -107,14 +135,12 @@ class Int8Linear(nn.Module):
         # .to(device) and friends: the cached tensors belong to the old buffers.
         out = super()._apply(fn, recurse)
         self._delta = None if self._delta is None else self.act_delta
-        self._packed, self._correction, self._float_weight = {}, None, None
+        self._packed, self._correction = {}, None
         return out
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_packed"] = {}  # opaque oneDNN tensors: rebuilt, never copied or pickled
-        state["_float_weight"] = None  # derived: rebuilt on use
-        return state
+        # opaque oneDNN tensors: rebuilt, never copied or pickled
+        return {**super().__getstate__(), "_packed": {}}
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, asymmetric: bool = False) -> Int8Linear:
@@ -135,19 +161,29 @@ class Int8Linear(nn.Module):
 
     def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32
                      ) -> torch.Tensor | None:
-        """The weight this layer multiplies by for `tokens` tokens of `dtype`, or None where it
+        """The weight this layer multiplies by for `tokens` tokens of `dtype`, in the dtype it
+        computes in (float32 or bf16: the caller casts its input to it), or None where it
         computes in int8 (`kernels.layer_mode`)."""
-        if kernels.layer_mode(tokens, self.in_features, self.out_features, self.asymmetric,
-                              self.weight_q.device, _measure_layer) != kernels.FLOAT:
+        mode = kernels.layer_mode(tokens, self.in_features, self.out_features, self.asymmetric,
+                                  self.weight_q.device, _measure_layer, dtype)
+        if mode == "int8":
             return None
-        if self._float_weight is None:
-            self._float_weight = self.dequantized_weight()
-        return self._float_weight.to(dtype)
+        return self.widened_weight(kernels.FORM_DTYPES[mode])
+
+    def widened_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dequantized weight in `dtype`, made once and kept."""
+        return self.widened(dtype, lambda: self.dequantized_weight().to(dtype))
+
+    def widened_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.bias is None or dtype == self.bias.dtype:
+            return self.bias
+        return self.widened((dtype, "bias"), lambda: self.bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.float_weight(x.numel() // self.in_features, x.dtype)
         if weight is not None:
-            return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
+            y = F.linear(x.to(weight.dtype), weight, self.widened_bias(weight.dtype))
+            return y.to(x.dtype)
         return self._int8_forward(x)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,57 +221,36 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, W8A8 {kind} (int8 x int8 -> int32)"
 
 
-def _measure_layer(rows: int, k: int, n: int, asymmetric: bool) -> tuple[float, float]:
-    """ms of one (rows, k) -> n W8A8 layer in int8 and in float32 from its int8 weights, on
-    random operands: each form warmed up (the quantizer compiles on its first call in the
-    process), then alternated, the fastest of three calls each."""
+def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
+                   dtype: torch.dtype = torch.float32,
+                   forms: tuple[str, ...] = ("int8", kernels.FLOAT)) -> dict[str, float]:
+    """ms of one (rows, k) -> n W8A8 layer on `dtype` inputs in each of `forms` (int8, or a
+    float32 / bf16 product with its dequantized int8 weights, casts included), on random
+    operands: each form warmed up (the quantizer compiles on its first call in the process),
+    then alternated, the fastest of three calls each."""
     import time
 
     gen = torch.Generator().manual_seed(0)
-    linear = nn.Linear(k, n)
-    layer = Int8Linear.from_float(linear, asymmetric=asymmetric)
-    weight, bias = layer.dequantized_weight(), layer.bias
-    x = torch.randn(rows, k, generator=gen)
-    forms = {"int8": lambda: layer._int8_forward(x), "float": lambda: F.linear(x, weight, bias)}
-    times: dict[str, list[float]] = {name: [] for name in forms}
+    layer = Int8Linear.from_float(nn.Linear(k, n), asymmetric=asymmetric)
+    x = torch.randn(rows, k, generator=gen).to(dtype)
+
+    def float_form(form: str) -> Callable[[], torch.Tensor]:
+        compute = kernels.FORM_DTYPES[form]
+        weight, bias = layer.widened_weight(compute), layer.widened_bias(compute)
+        return lambda: F.linear(x.to(compute), weight, bias).to(dtype)
+
+    runs = {form: (lambda: layer._int8_forward(x)) if form == "int8" else float_form(form)
+            for form in forms}
+    times: dict[str, list[float]] = {form: [] for form in runs}
     with torch.no_grad():
-        for run in forms.values():
+        for run in runs.values():
             run()
         for _ in range(3):
-            for name, run in forms.items():
+            for form, run in runs.items():
                 start = time.perf_counter()
                 run()
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return min(times["int8"]), min(times["float"])
-
-
-class KeepsWidened(nn.Module):
-    """Low-precision storage with a widened copy made on first use and kept: converting on every
-    call costs more than the work itself for small token counts. The copy is dropped whenever it
-    could be stale: the module moves or changes dtype (`_apply`), loads a state dict, or is
-    pickled (Ray ships models by pickling; the copy would double what travels)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._wide: dict[torch.dtype, torch.Tensor] = {}
-        self.register_load_state_dict_post_hook(_forget_wide)
-
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._wide = {}
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_wide": {}}
-
-    def widened(self, dtype: torch.dtype, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The copy for `dtype`, made by `make()` the first time."""
-        if dtype not in self._wide:
-            self._wide[dtype] = make()
-        return self._wide[dtype]
-
-
-def _forget_wide(module: KeepsWidened, _incompatible_keys: object) -> None:
-    module._wide = {}
+                times[form].append((time.perf_counter() - start) * 1e3)
+    return {form: min(t) for form, t in times.items()}
 
 
 class HalfLinear(KeepsWidened):
@@ -292,11 +307,16 @@ class Int8Embedding(KeepsWidened):
         table.row_scale.copy_(scale)
         return table.to(embedding.weight.device)
 
+    # The dtype lookups return: float32, or bf16 in a model whose float compute is bf16
+    # (`apply.to_bf16`); set at deployment, not stored.
+    compute_dtype: torch.dtype = torch.float32
+
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized table (float32), widened once and kept: a lookup then costs what a
-        float table's does (the stored model stays int8)."""
-        return self.widened(torch.float32, lambda: dequantize(self.codes, self.row_scale))
+        """The dequantized table in `compute_dtype`, widened once and kept: a lookup then costs
+        what a float table's does (the stored model stays int8)."""
+        dtype = self.compute_dtype
+        return self.widened(dtype, lambda: dequantize(self.codes, self.row_scale).to(dtype))
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         return F.embedding(index, self.weight)

@@ -59,7 +59,7 @@ class KernelChoice:
     """Process-wide switches (environment variables set the defaults)."""
     fused_quant: bool = os.environ.get("FRAMECAST_FUSED_QUANT", "1") != "0"
     path: str = os.environ.get("FRAMECAST_INT8_KERNEL", "auto")  # auto or a PATHS name
-    # Whether a W8A8 layer may compute in float32 from its int8 weights where that is faster.
+    # Whether a W8A8 layer may compute in float32 or bf16 from its int8 weights where faster.
     float_layers: bool = os.environ.get("FRAMECAST_FLOAT_LAYERS", "1") != "0"
 
 
@@ -330,45 +330,64 @@ def gemm_path(tokens: int, k: int, n: int, device: torch.device) -> GemmPath:
 
 # -- the whole layer: int8 or float compute ---------------------------------------------------
 
-FLOAT = "fp32_from_int8"  # a layer's compute mode where the integer path loses
+FLOAT = "fp32_from_int8"  # a layer's compute forms where the integer path loses:
+BF16 = "bf16_from_int8"  # float32 or bf16 products with the dequantized int8 weights
+FORM_DTYPES = {FLOAT: torch.float32, BF16: torch.bfloat16}
+
+
+def layer_forms(dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
+    """The forms a W8A8 layer may compute in for inputs of `dtype`: int8 always; float32 from
+    its int8 weights for float32 inputs; bf16 from them only where the device computes bf16
+    natively (never an emulation, which is slower than float32)."""
+    forms = ["int8"]
+    if dtype == torch.float32:
+        forms.append(FLOAT)
+    if dtype in (torch.float32, torch.bfloat16) and native_16bit(torch.bfloat16, device):
+        forms.append(BF16)
+    return tuple(forms)
 
 
 @dataclass
 class LayerMeasured:
-    """One W8A8 layer shape's measurement: ms of the whole int8 layer (quantizer, GEMM on its
-    chosen path, rescale) against ms of a float32 product with the dequantized int8 weights."""
+    """One W8A8 layer shape's measurement: ms of each form for inputs of one dtype: the whole
+    int8 layer (quantizer, GEMM on its chosen path, rescale), and a float32 or bf16 product with
+    the dequantized int8 weights (casts of the input and output included)."""
     shape: tuple[int, int, int]
     asymmetric: bool
-    int8_ms: float
-    float_ms: float
+    dtype: str
+    ms: dict[str, float]
 
     @property
     def chosen(self) -> str:
-        return FLOAT if self.float_ms < self.int8_ms else "int8"
+        return min(self.ms, key=self.ms.__getitem__)
 
 
 _LAYERS: dict[tuple, LayerMeasured] = {}
+Measure = Callable[[int, int, int, bool, torch.dtype, tuple[str, ...]], dict[str, float]]
 
 
 def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.device,
-               measure: Callable[[int, int, int, bool], tuple[float, float]]) -> str:
-    """'int8', or FLOAT where a float32 product with the layer's dequantized int8 weights is
-    faster than the whole int8 layer: activation quantization and the rescale are passes over
-    the tokens that a small GEMM does not pay back (on AVX2, V-BLT's byte-level layers of K=48
-    and a 384-token global transformer at batch 1). The weights stay int8 in the model; the
-    float path only skips activation quantization, so its outputs are at least as close to
-    the float model's. Measured once per shape class and process by `measure(rows, k, n,
-    asymmetric) -> (int8 ms, float ms)`; a forced GEMM path (`choose`, FRAMECAST_INT8_KERNEL)
-    always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0."""
+               measure: Measure, dtype: torch.dtype = torch.float32) -> str:
+    """'int8', FLOAT or BF16: the fastest measured form (`layer_forms`) for the layer's shape
+    and input dtype. Activation quantization and the rescale are passes over the tokens that a
+    small GEMM does not pay back (on AVX2, V-BLT's byte-level layers of K=48 and a 384-token
+    global transformer at batch 1), and on a CPU with native bf16 its bf16 GEMM can beat the
+    int8 one. The weights stay int8 in the model; the float forms only skip activation
+    quantization. Measured once per shape class, input dtype and process by `measure(rows, k,
+    n, asymmetric, dtype, forms) -> {form: ms}`; a forced GEMM path (`choose`,
+    FRAMECAST_INT8_KERNEL) always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0."""
     if CHOICE.path != "auto" or not CHOICE.float_layers or device.type != "cpu":
         return "int8"
-    key = (shape_class(tokens, k, n), asymmetric)
+    key = (shape_class(tokens, k, n), asymmetric, dtype)
     if key not in _LAYERS:
         rows = min(key[0][0], MEASURE_ROWS)
-        m = LayerMeasured(key[0], asymmetric, *measure(rows, k, n, asymmetric))
+        forms = layer_forms(dtype, device)
+        m = LayerMeasured(key[0], asymmetric, str(dtype).removeprefix("torch."),
+                          measure(rows, k, n, asymmetric, dtype, forms))
         _LAYERS[key] = m
-        log.info("W8A8 layer %dx%dx%d%s: %s (int8 %.2f ms, float32 from int8 weights %.2f ms)",
-                 *m.shape, " asymmetric" if asymmetric else "", m.chosen, m.int8_ms, m.float_ms)
+        log.info("W8A8 layer %dx%dx%d%s, %s in: %s (%s)", *m.shape,
+                 " asymmetric" if asymmetric else "", m.dtype, m.chosen,
+                 ", ".join(f"{f} {ms:.2f} ms" for f, ms in m.ms.items()))
     return _LAYERS[key].chosen
 
 
@@ -385,8 +404,15 @@ def choices() -> dict[str, Any]:
             "float_layers": CHOICE.float_layers,
             "int8_gemm": counts, "layers": layers,
             "shapes": {"x".join(map(str, m.shape)): m.chosen for m in _CHOSEN.values()},
-            "layer_shapes": {"x".join(map(str, lm.shape)) + ("a" if lm.asymmetric else ""):
-                             lm.chosen for lm in _LAYERS.values()}}
+            "layer_shapes": {_layer_key(lm): lm.chosen for lm in _LAYERS.values()},
+            "layer_ms": {_layer_key(lm): {f: round(ms, 3) for f, ms in lm.ms.items()}
+                         for lm in _LAYERS.values()}}
+
+
+def _layer_key(lm: LayerMeasured) -> str:
+    """'512x32x16' (+ 'a' when asymmetric, + '@bfloat16' for inputs other than float32)."""
+    return ("x".join(map(str, lm.shape)) + ("a" if lm.asymmetric else "")
+            + ("" if lm.dtype == "float32" else f"@{lm.dtype}"))
 
 
 def reset_choices() -> None:

@@ -1,0 +1,104 @@
+"""The compute form a model is deployed in: float32, or bf16 where the device computes bf16
+natively, chosen by measurement.
+
+A float model in bf16 is every weight and activation 16-bit (`apply.to_bf16`). A quantized model
+in bf16 keeps what it stores (int8 and fp16 weights, float32 scales) and runs the rest of its
+compute (attention, norms, activations, the per-pixel decoder) in bf16; each W8A8 layer then
+takes bf16 inputs and picks its own fastest form (`kernels.layer_mode`). On an AVX-512 bf16 CPU
+that is what makes a W8A8 model as fast as the bf16 float model: int8 linears alone cannot
+speed up the attention and elementwise work that bf16 halves (benchmarks/RESULTS.md, quantize).
+
+`available` never offers bf16 where it would be an emulation; `candidates` adds the quality
+rule for quantized models (their bf16 form was scored by jobs.quantize: PSNR within the
+schedule's tau_psnr_db of fp32); `fastest` times the candidates side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from framecast.quant import kernels
+from framecast.quant.apply import to_bf16
+
+FORMS = ("fp32", "bf16")
+ASKED = ("auto", *FORMS)
+
+
+def available(device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """The compute forms `device` runs natively: fp32, and bf16 where it is native."""
+    return FORMS if kernels.native_16bit(torch.bfloat16, device) else FORMS[:1]
+
+
+def bf16_allowed(meta: dict) -> bool:
+    """Whether a logged model's bf16 form passed its quality check: always for float models
+    (bf16 is their own weights rounded; benchmarks/quantize.py scores it), for a quantized one
+    only where jobs.quantize measured its bf16 form within its PSNR limit."""
+    if meta.get("precision", "fp32") == "fp32":
+        return True
+    return bool(meta.get("bf16_compute", {}).get("allowed", False))
+
+
+def candidates(asked: str, meta: dict, device: torch.device | str = "cpu") -> tuple[str, ...]:
+    """The forms to consider for `asked` (auto, fp32 or bf16). Raises ValueError, one line,
+    for bf16 asked where it is not native."""
+    if asked not in ASKED:
+        raise ValueError(f"precision {asked!r}: expected one of {', '.join(ASKED)}")
+    if asked == "bf16" and "bf16" not in available(device):
+        raise ValueError("precision bf16 refused: this CPU has no native bf16 (no amx_bf16 / "
+                         "avx512_bf16 in its flags), where it would run slower than fp32")
+    if asked != "auto":
+        return (asked,)
+    return tuple(f for f in available(device) if f == "fp32" or bf16_allowed(meta))
+
+
+def in_form(model: nn.Module, form: str, copy_model: bool = True) -> nn.Module:
+    """`model` (a copy unless `copy_model=False`) computing in `form`."""
+    out = copy.deepcopy(model) if copy_model else model
+    return to_bf16(out) if form == "bf16" else out
+
+
+@dataclass
+class Choice:
+    """The form kept and why: ms per form and batch size, timed side by side."""
+    chosen: str
+    ms: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def why(self) -> str:
+        if len(self.ms) < 2:
+            return f"{self.chosen}: the only form considered"
+        parts = ", ".join(f"{f} " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in by.items())
+                          for f, by in self.ms.items())
+        return f"{self.chosen}: fastest measured ({parts})"
+
+    def record(self) -> dict:
+        return {"chosen": self.chosen, "ms": {f: {str(b): round(ms, 3) for b, ms in by.items()}
+                                              for f, by in self.ms.items()},
+                "why": self.why()}
+
+
+def best(ms: dict[str, dict[int, float]]) -> str:
+    """The form with the lowest mean ratio to the first form's time over the batch sizes."""
+    first = next(iter(ms))
+    return min(ms, key=lambda f: sum(t / ms[first][b] for b, t in ms[f].items()) / len(ms[f]))
+
+
+def fastest(models: dict[str, nn.Module], time_ms: Callable[[nn.Module, int], float],
+            batches: Iterable[int], rounds: int = 2) -> Choice:
+    """The form whose model is fastest (`best`): `time_ms(model, batch)` for every form and
+    batch size, forms alternated within each round (drift hits all alike), the fastest round
+    kept."""
+    batches = list(batches)
+    if len(models) == 1:
+        return Choice(next(iter(models)))
+    ms: dict[str, dict[int, float]] = {f: {} for f in models}
+    for _ in range(rounds):
+        for b in batches:
+            for form, model in models.items():
+                t = time_ms(model, b)
+                ms[form][b] = min(ms[form].get(b, t), t)
+    return Choice(best(ms), ms)
