@@ -11,8 +11,9 @@ with base64 PNG context frames over HTTP from a pool of client threads on the sa
 Without model references it registers, in a private store, a randomly initialised V-BLT `small`
 (frames 12x32x32) and its post-training mixed-precision W8A8 quantization (plan from S(W) on one
 random batch, as benchmarks/quantize.py does for its paper row): speed does not depend on training.
-Rows: each model with batching on; then the int8 replica reconfigured live (user_config) to
-max_batch_size 1, batching off. batching_gain = req/s on / req/s off for the int8 model. Then the
+Rows: each model with batching on, in fp32 compute and (where bf16 is native) in bf16 compute;
+then the int8 replica in its faster form reconfigured live (user_config) to max_batch_size 1,
+batching off. batching_gain = req/s on / req/s off for the int8 model. Then the
 same for a random NBP `small` generator and its W8A8 (tokenizer float) on /generate.
 """
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], dict[tuple, dict]
         context = np.random.default_rng(0).integers(
             0, 256, (args.context, *FRAME_SHAPE[1:]), dtype=np.uint8)
         bf16 = kernels.native_16bit(torch.bfloat16)
-        extra = [("fp32", "bf16")] if bf16 and "fp32" in refs else []
+        extra = [kind for kind in ("fp32", "int8") if bf16 and kind in refs]
         if not bf16:
             notes.append("bf16: not native on this CPU (no amx_bf16 / avx512_bf16), no row")
         phase(args, port, "predict", refs, context, rows, values, extra)
@@ -185,16 +186,18 @@ def run(args: argparse.Namespace) -> tuple[list[list[object]], dict[tuple, dict]
             gen_fp32, gen_int8, gen_note = register_generators()
             notes.append(gen_note)
             phase(args, port, "generate", {"int8": gen_int8, "fp32": gen_fp32},
-                  context[:1], rows, values, [])
+                  context[:1], rows, values, extra and ["fp32", "int8"])
     finally:
         serve.shutdown()
     return rows, values, notes
 
 
 def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
-          context: np.ndarray, rows: list, values: dict, extra: list[tuple[str, str]]) -> None:
-    """Deploy `refs` (+ bf16 copies in `extra`) as one app, load each with batching on, then the
-    int8 one (or fp32) reconfigured live to max batch 1."""
+          context: np.ndarray, rows: list, values: dict, bf16_kinds: list[str]) -> None:
+    """Deploy `refs` in fp32 compute as one app and load each with batching on; deploy the
+    models of `bf16_kinds` in bf16 compute (a second app, where bf16 is native) and load them;
+    then the int8 model (or fp32) in its faster compute form reconfigured live to max batch 1.
+    Results keyed (route, kind, compute, max batch)."""
     import requests
     from ray import serve
 
@@ -202,46 +205,60 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
     from serve.app import build_app
     from serve.codec import encode_png
 
-    def app(batch: int) -> object:
-        models = [{"name": ref.partition("@")[0], "alias": ref.partition("@")[2] or "latest",
+    def app(kinds: list[str], batch: int, precision: str) -> object:
+        models = [{"name": refs[k].partition("@")[0],
+                   "alias": refs[k].partition("@")[2] or "latest",
                    "max_batch_size": batch, "batch_wait_timeout_s": args.batch_wait_ms / 1e3,
-                   "num_cpus": 0.5, "torch_threads": args.torch_threads}
-                  for ref in refs.values()]
-        return build_app({"models": models, "tracking_uri": default_tracking_uri()})
+                   "num_cpus": 0.5 if precision == "fp32" else 0.25,
+                   "torch_threads": args.torch_threads, "precision": precision}
+                  for k in kinds]
+        return build_app({"models": models, "tracking_uri": default_tracking_uri(),
+                          **({} if precision == "fp32" else {"ingress_cpus": 0.0})})
 
-    # bf16 copies are served under the fp32 model's name by a second app of its own.
-    serve.run(app(args.max_batch), name="serve-load", route_prefix="/")
-    info = {m["name"]: m for m in requests.get(f"http://127.0.0.1:{port}/v1/models",
-                                               timeout=60).json()["models"]}
     body = {"frames": [encode_png(f) for f in context]}
     if route == "generate":
         body.update(future_frames=FRAME_SHAPE[0] - len(context), temperature=1.0, top_k=50)
-    plan = [(kind, args.max_batch, "/") for kind in refs]
-    plan.append(("int8" if "int8" in refs else "fp32", 1, "/"))
-    for kind, precision in extra:
-        ref = refs[kind]
-        serve.run(build_app({"models": [{
-            "name": ref.partition("@")[0], "alias": ref.partition("@")[2] or "latest",
-            "max_batch_size": args.max_batch, "num_cpus": 0.25, "precision": precision,
-            "torch_threads": args.torch_threads}], "tracking_uri": default_tracking_uri(),
-            "ingress_cpus": 0.0}), name=f"serve-load-{precision}", route_prefix=f"/{precision}")
-        plan.append((precision, args.max_batch, f"/{precision}/"))
-    for kind, batch, prefix in plan:
-        name = refs.get(kind, refs["fp32"]).partition("@")[0]
-        if batch == 1:  # reconfigure live: only user_config changes, replicas stay
-            serve.run(app(1), name="serve-load", route_prefix="/")
-        precision = kind if kind == "bf16" else info[name]["precision"]
-        print(f"serve_load: {name} ({precision}) /{route}, max batch {batch}: "
+
+    def measure(kind: str, precision: str, batch: int, prefix: str) -> None:
+        name = refs[kind].partition("@")[0]
+        info = requests.get(f"http://127.0.0.1:{port}{prefix}v1/models/{name}", timeout=60).json()
+        label = f"{info['precision']}, {info['compute']} compute"
+        print(f"serve_load: {name} ({label}) /{route}, max batch {batch}: "
               f"{args.requests} requests at {args.concurrency} concurrent")
         result = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
                       args.requests, args.concurrency)
         per_item = result["server_inference"] / max(result["batch"], 1.0)
-        rows.append([name, route, precision, batch, args.requests, args.concurrency,
+        rows.append([name, route, label, batch, args.requests, args.concurrency,
                      result["rps"], result["p50"], result["p95"], result["p99"],
                      result["errors"], result["batch"], per_item])
-        values[(route, kind, batch)] = result
-    for _, precision in extra:
-        serve.delete(f"serve-load-{precision}")
+        values[(route, kind, precision, batch)] = result
+
+    serve.run(app(list(refs), args.max_batch, "fp32"), name="serve-load", route_prefix="/")
+    for kind in refs:
+        measure(kind, "fp32", args.max_batch, "/")
+    if bf16_kinds:
+        serve.run(app(bf16_kinds, args.max_batch, "bf16"), name="serve-load-bf16",
+                  route_prefix="/bf16")
+        for kind in bf16_kinds:
+            measure(kind, "bf16", args.max_batch, "/bf16/")
+    # Batching off for the int8 model (fp32 without one) in its faster compute form: only
+    # user_config changes, the replicas stay.
+    kind = "int8" if "int8" in refs else "fp32"
+    compute = max(("fp32", "bf16"), key=lambda c: values.get((route, kind, c, args.max_batch),
+                                                             {"rps": -1.0})["rps"])
+    if compute == "bf16":
+        serve.run(app(bf16_kinds, 1, "bf16"), name="serve-load-bf16", route_prefix="/bf16")
+    else:
+        serve.run(app(list(refs), 1, "fp32"), name="serve-load", route_prefix="/")
+    measure(kind, compute, 1, "/" if compute == "fp32" else "/bf16/")
+    if bf16_kinds:
+        serve.delete("serve-load-bf16")
+
+
+def faster(values: dict[tuple, dict], route: str, kind: str, batch: int) -> dict | None:
+    """The result of `kind`'s faster compute form at `batch`: what `precision: auto` deploys."""
+    found = [v for k, v in values.items() if k[:2] == (route, kind) and k[3] == batch]
+    return max(found, key=lambda r: r["rps"]) if found else None
 
 
 def main() -> None:
@@ -267,24 +284,29 @@ def main() -> None:
             os.environ["FRAMECAST_HOME"] = tmp  # benchmark models stay out of the user's store
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         rows, values, notes = run(args)
-    table = markdown_table(["model", "route", "precision", "max batch", "requests",
+    table = markdown_table(["model", "route", "stored, compute", "max batch", "requests",
                             "concurrent", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                             "mean batch", "model ms/request"], rows)
     result: dict[str, object] = {}
     for route, suffix in (("predict", ""), ("generate", "_nbp")):
         if not any(key[0] == route for key in values):
             continue
-        on = values.get((route, "int8", args.max_batch))
-        fp32 = values.get((route, "fp32", args.max_batch))
-        gain_model = "int8" if (route, "int8", 1) in values else "fp32"
-        off, base = values.get((route, gain_model, 1)), values.get((route, gain_model,
-                                                                    args.max_batch))
+
+        on, fp32 = faster(values, route, "int8", args.max_batch), values.get(
+            (route, "fp32", "fp32", args.max_batch))
+        best_float = faster(values, route, "fp32", args.max_batch)
+        gain_model = "int8" if on else "fp32"
+        off, base = (faster(values, route, gain_model, 1),
+                     faster(values, route, gain_model, args.max_batch))
         result.update({f"rps_int8{suffix}": on["rps"] if on else "missing",
                        f"rps_fp32{suffix}": fp32["rps"] if fp32 else "missing",
+                       f"rps_best_float{suffix}": best_float["rps"] if best_float else "missing",
+                       f"rps_int8_vs_best_float{suffix}": on["rps"] / best_float["rps"]
+                       if on and best_float else "missing",
                        f"p95_ms_int8{suffix}": on["p95"] if on else "missing",
                        f"batching_gain{suffix}": base["rps"] / off["rps"]
                        if off and base and off["rps"] else "missing"})
-        bf16 = values.get((route, "bf16", args.max_batch))
+        bf16 = values.get((route, "fp32", "bf16", args.max_batch))
         if bf16:
             result[f"rps_bf16{suffix}"] = bf16["rps"]
     result["errors"] = sum(int(v["errors"]) for v in values.values())
@@ -295,10 +317,15 @@ def main() -> None:
             f"answered as PNGs. One replica per model (0.5 CPU, {args.torch_threads} torch "
             f"thread), ingress 0.25 CPU, client threads on the same {os.cpu_count()} cores; "
             f"latency is client-side, after a warm-up of {2 * args.concurrency} requests. "
+            f"Each model served in fp32 compute and, where bf16 is native, in bf16 compute "
+            f"(asked explicitly, `precision: bf16`: a quantized model keeps its int8 weights "
+            f"and runs the rest in bf16; `precision: auto` deploys the faster of the two, for "
+            f"a quantized model once jobs.quantize found its bf16 form within 0.3 dB). "
+            f"rps_int8 and rps_best_float: the faster compute form of each. "
             f"Batching gain: req/s at max batch {args.max_batch} over max batch 1 (the int8 "
-            f"replica reconfigured live). 'model ms/request': the replica's model time per "
-            f"request in its batch; when it does not fall with the batch, batching cannot raise "
-            f"throughput (compute-bound on CPU).")
+            f"replica, in its faster compute form, reconfigured live). 'model ms/request': the "
+            f"replica's model time per request in its batch; when it does not fall with the "
+            f"batch, batching cannot raise throughput (compute-bound on CPU).")
     report("serve_load", "Ray Serve HTTP load: V-BLT and NBP, W8A8 vs fp32, batching on vs off",
            table, text, f"RESULT serve_load {key_values(result)}")
 

@@ -161,6 +161,8 @@ def quantize(config: QuantizeJobConfig) -> dict:
         values.update(bf16.pop("quality") if deployed is not quant else
                       compare.quality(fp32, quant, test, config.batch_size))
         bf16.pop("quality", None)
+        if bf16["measured"]:
+            values["psnr_drop_bf16_compute_db"] = bf16["psnr_drop_db"]
         print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}; "
               f"compute {values['quant_compute']} ({bf16['why']})")
         print(report_table(values))

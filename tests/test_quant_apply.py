@@ -1,5 +1,6 @@
 """Applying a precision plan to a whole model: patch convs as GEMMs, roles, schedule, save/load."""
 
+import copy
 import itertools
 
 import pytest
@@ -11,11 +12,13 @@ from framecast import model_io
 from framecast.models import create
 from framecast.models.vblt import VBLT
 from framecast.quant.apply import (
+    QUANTIZED_TYPES,
     layer_roles,
     precision_counts,
     quantize_model,
     replace_layers,
     state_bytes,
+    to_bf16,
 )
 from framecast.quant.gemm_form import PatchEmbed3d, PatchUnembed3d, linearize
 from framecast.quant.int8 import (
@@ -108,6 +111,35 @@ def test_a_quantized_model_saves_reloads_and_gives_identical_outputs(tmp_path):
     video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(again(video), model(video))
+
+
+def test_a_quantized_model_in_bf16_keeps_what_it_stores_and_computes_close_to_fp32():
+    """to_bf16 on a W8A8 model: its float weights and buffers become bf16, its int8 / fp16
+    weights and float32 scales stay, every quantized layer takes bf16 in and gives bf16 out,
+    and its byte distributions stay close to the fp32-compute model's."""
+    torch.manual_seed(5)
+    model = create("vblt", "tiny", byte_skip=True, copy_prior=12.0).eval()
+    linearize(model)
+    plan = _plan(model, itertools.cycle([Precision.INT8, Precision.INT8_ASYM, Precision.FP16]))
+    quantize_model(model, plan)
+    quantized = tuple(f"{n}." for n, m in model.named_modules()
+                      if isinstance(m, QUANTIZED_TYPES))
+    stored = {k: (v.dtype, v.clone()) for k, v in model.state_dict().items()
+              if k.startswith(quantized)}
+    half = to_bf16(copy.deepcopy(model))
+    for key, (dtype, value) in stored.items():  # codes, scales and fp16 weights untouched
+        assert half.state_dict()[key].dtype == dtype and torch.equal(half.state_dict()[key],
+                                                                     value), key
+    floats = [k for k, v in half.state_dict().items() if v.is_floating_point()
+              and k not in stored]
+    assert floats and all(half.state_dict()[k].dtype == torch.bfloat16 for k in floats)
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        want, got = model(video), half(video)
+    assert got.dtype == torch.bfloat16
+    p, q = want.float().log_softmax(-1), got.float().log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1).mean()
+    assert kl < 0.02, kl  # nats per byte: bf16 rounding of the float work only
 
 
 def test_all_int8_small_model_is_about_four_times_smaller():

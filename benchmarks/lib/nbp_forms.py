@@ -76,8 +76,9 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
     forms = {"fp32": fp32, "w8a8": quant, "bound": free}
     if kernels.native_16bit(torch.bfloat16, device):
         forms["bf16"] = to_bf16(copy.deepcopy(fp32))
+        forms["w8a8_bf16"] = to_bf16(copy.deepcopy(quant))
     label = preset + "".join(f", {k}={v}" for k, v in (overrides or {}).items())
-    rows: list[dict[str, float | str]] = []
+    by_batch: dict[int, dict[str, float]] = {}
     for b in batches:
         video = videos[:b]
         for model in forms.values():  # warm-up: quantizer compile, kernel measurement
@@ -86,15 +87,41 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
         for _ in range(2):
             for name, model in forms.items():
                 times[name].append(compare.latency_ms(model, video, repeats, warmup=0))
-        ms = {name: sum(t) / len(t) for name, t in times.items()}
-        row: dict[str, float | str] = {
-            "model": label, "batch": b,
-            "size_ratio": compare.compression(fp32, quant)["size_ratio"],
-            "argmax_agreement": agreement["argmax"], "logit_error": agreement["logit_error"]}
-        for name in ("fp32", "bf16", "w8a8", "bound"):
+        by_batch[b] = {name: sum(t) / len(t) for name, t in times.items()}
+    return [{"model": label, "batch": b,
+             "size_ratio": compare.compression(fp32, quant)["size_ratio"],
+             "argmax_agreement": agreement["argmax"], "logit_error": agreement["logit_error"],
+             **row} for b, row in form_columns(by_batch).items()]
+
+
+FORM_NAMES = ("fp32", "bf16", "w8a8", "w8a8_bf16", "bound")
+
+
+def form_columns(by_batch: dict[int, dict[str, float]]) -> dict[int, dict[str, float | str]]:
+    """Per batch size, each form's ms and speed-up over fp32 ('not native on this CPU' for the
+    bf16 forms where they were not run), and the two forms a user gets: the best float form
+    (fp32 or bf16) and the deployed W8A8 form (its float compute in fp32 or bf16), each the
+    faster over all batch sizes by `compute_form.best` (as Serve's `precision: auto` and
+    jobs.quantize choose), with W8A8's ratio to the best float form."""
+    from framecast.quant.compute_form import best
+
+    def pick(pairs: dict[str, str]) -> str:
+        there = {form: name for form, name in pairs.items() if name in by_batch[min(by_batch)]}
+        return there[best({f: {b: ms[n] for b, ms in by_batch.items()}
+                           for f, n in there.items()})]
+    best_float = pick({"fp32": "fp32", "bf16": "bf16"})
+    deployed = pick({"fp32": "w8a8", "bf16": "w8a8_bf16"})
+    out: dict[int, dict[str, float | str]] = {}
+    for b, ms in by_batch.items():
+        row: dict[str, float | str] = {}
+        for name in FORM_NAMES:
             missing = "not native on this CPU"
             row[f"ms_{name}"] = ms.get(name, missing)
             if name != "fp32":
                 row[f"speedup_{name}"] = ms["fp32"] / ms[name] if name in ms else missing
-        rows.append(row)
-    return rows
+        row.update({"best_float": best_float, "ms_best_float": ms[best_float],
+                    "w8a8_deployed": deployed, "ms_w8a8_deployed": ms[deployed],
+                    "speedup_w8a8_deployed": ms["fp32"] / ms[deployed],
+                    "w8a8_vs_best_float": ms[best_float] / ms[deployed]})
+        out[b] = row
+    return out
