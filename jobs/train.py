@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import signal
 import sys
@@ -43,6 +44,7 @@ from jobs.common import log_prediction_figure, run_job
 REPORT_POLL_ENV, REPORT_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement strategies
 NODE_TAG = "framecast.node.rank{}"  # the Ray node id each worker rank ran on (last attempt)
+STREAM_LOG = "stream/indices_rank{}.json"  # a --stream run's generating indices, per rank
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ class TrainJobConfig(OptimConfig):
         "help": "keep each worker's train shard in memory after the first epoch when it is at "
                 "most this many MB, reshuffled every epoch (0: stream it from Ray Data every "
                 "epoch)"})
+    stream: bool = field(default=False, metadata={
+        "help": "train on sequences Ray Data renders as training reads them, each used once "
+                "(indices after the data set's, its render config; val and test stay --data's)"})
+    stream_actors: int = field(default=1, metadata={
+        "help": "render actors feeding a --stream run (they share the CPUs workers leave)"})
     max_failures: int = field(default=1, metadata={"help": "worker-failure retries"})
     name: str = field(default="", metadata={
         "help": "run name; reuse it to resume a killed run (default: model-preset-kind-time)"})
@@ -85,7 +92,8 @@ class TrainJobConfig(OptimConfig):
     def __post_init__(self) -> None:
         if not self.data:
             raise ConfigError("--data is required: a folder written by `python -m jobs.render`")
-        for name in ("steps", "batch_size", "workers", "log_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "workers", "log_every", "checkpoint_every",
+                     "stream_actors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0 or self.cache_mb < 0:
@@ -154,7 +162,7 @@ def plan(config: TrainJobConfig) -> TrainPlan:
     """Check the data folder, the split sizes and the model config against the data's frames;
     raises ConfigError/DatasetError with one line. No Ray, no MLflow."""
     manifest = fdata.read_manifest(config.data)
-    if manifest.counts["train"] < config.batch_size * config.workers:
+    if not config.stream and manifest.counts["train"] < config.batch_size * config.workers:
         raise ConfigError(f"the train split has {manifest.counts['train']} sequences, fewer than "
                           f"batch_size x workers = {config.batch_size * config.workers}")
     from framecast.model_io import load_components
@@ -217,6 +225,7 @@ def train_worker(loop_config: dict) -> None:
         print(f"train: worker {ctx.get_world_rank()} resumed at step {start}")
 
     shard = ray.train.get_dataset_shard("train")
+    streamed: list[int] = []  # the generating indices of the streamed sequences this rank read
 
     def epoch_batches(epoch: int) -> Iterator[torch.Tensor]:
         for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True,
@@ -224,8 +233,15 @@ def train_worker(loop_config: dict) -> None:
                                               local_shuffle_seed=job["seed"] + epoch):
             yield batch["frames"]
 
-    batches = cached_epochs(epoch_batches, batch_size=config.batch_size, seed=job["seed"],
-                            limit_bytes=int(job["cache_mb"] * 2**20))
+    def stream_batches() -> Iterator[torch.Tensor]:
+        for batch in shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True):
+            streamed.extend(batch["index"].tolist())
+            yield batch["frames"]
+        raise RuntimeError(f"the training stream ran dry after {len(streamed)} sequences")
+
+    batches = stream_batches() if job["stream"] else cached_epochs(
+        epoch_batches, batch_size=config.batch_size, seed=job["seed"],
+        limit_bytes=int(job["cache_mb"] * 2**20))
 
     val = fdata.load_numpy(job["data"], "val")[0][:job["eval_sequences"]] if chief else None
     client = mlflow.MlflowClient(loop_config["tracking_uri"])
@@ -250,6 +266,9 @@ def train_worker(loop_config: dict) -> None:
     train_loop(model, optimizer, batches, config, report, start_step=start, device=device,
                bf16=device.type == "cuda", is_chief=chief, evaluate=evaluate_val,
                eval_every=loop_config["eval_every"])
+    if job["stream"]:
+        client.log_text(loop_config["run_id"], json.dumps(streamed),
+                        STREAM_LOG.format(ctx.get_world_rank()))
 
 
 def _shippable(entry: registry.ModelEntry) -> registry.ModelEntry:
@@ -301,6 +320,30 @@ def ctrl_c_reaches_the_job() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def stream_dataset(plan: TrainPlan, worker_cpus: float) -> Any:
+    """A Ray Dataset that renders the training sequences as the workers read them: indices
+    num_sequences.. of the data set's render config (never its own train/val/test sequences),
+    each once, as many as `steps` batches on every worker need (one batch to spare each).
+    Ray Data's streaming executor renders ahead only as far as its buffers allow, so the
+    render actors neither run dry while the trainers wait nor fill memory ahead of them.
+    The actors share the CPUs the workers leave (no read task: the indices sit in memory)."""
+    import numpy as np
+    import ray.data
+
+    from framecast.cluster import total_cpus
+
+    config, render = plan.config, plan.manifest.config
+    first = render.num_sequences
+    count = (config.steps + 1) * config.batch_size * config.workers
+    spare = max(total_cpus() - worker_cpus * config.workers, 0.1)
+    indices = ray.data.from_numpy(np.arange(first, first + count, dtype=np.int64))
+    return indices.map_batches(
+        fdata.StreamRenderer, fn_constructor_kwargs={"config": to_dict(render)},
+        compute=ray.data.ActorPoolStrategy(size=config.stream_actors),
+        num_cpus=round(max(0.05, spare / config.stream_actors), 3),
+        batch_size=config.batch_size, batch_format="numpy")
+
+
 def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads: int = 0
         ) -> Any:
     """Train `plan` with Ray Train in the Ray the caller started or joined (no ray.init here);
@@ -345,7 +388,8 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
             name=plan.name, storage_path=str(plan.storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets={"train": fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
+        datasets={"train": stream_dataset(plan, cpus) if config.stream else
+                  fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )
     with ctrl_c_reaches_the_job():
         result = trainer.fit()

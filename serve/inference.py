@@ -42,7 +42,7 @@ def predict_steps(model: nn.Module, contexts: list[np.ndarray]) -> list[Step]:
         video = np.zeros((len(members), t + step, h, w, c), dtype=np.uint8)
         for row, i in enumerate(members):
             video[row, :t] = contexts[i]
-        logits = model(torch.from_numpy(video))[:, -step:].float()  # (B, step, H, W, C, V)
+        logits = model.next_step_logits(torch.from_numpy(video)).float()  # (B, step, H, W, C, V)
         frames = model.decode(logits).numpy()
         entropy = entropy_bits(logits).numpy().astype(np.float32)
         for row, i in enumerate(members):

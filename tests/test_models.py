@@ -234,3 +234,22 @@ def test_own_inputs_replace_predicted_frames_by_the_models_own_and_keep_the_targ
 
         assert loss.item() == pytest.approx(
             categorical_nll(model(mixed), video[:, k:].long()).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"patch": (1, 4, 4)}, {"byte_skip": True,
+                                                                   "copy_prior": 8.0}])
+def test_next_step_logits_are_the_last_step_of_the_full_forward_pass(overrides):
+    """V-BLT computes only the last step for serving and rollouts (the decoder on one source
+    slice, the last slice's placeholders never encoded): the same logits as the full pass."""
+    torch.manual_seed(0)
+    model = create("vblt", "tiny", **overrides).eval()
+    step = model.frames_per_step
+    video = torch.randint(0, 256, (2, 4 * step, 16, 16, 1), dtype=torch.uint8)
+    with torch.no_grad():
+        want = model(video)[:, -step:]
+        got = model.next_step_logits(video)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    video[:, -step:] = 255 - video[:, -step:]  # the placeholders' values never matter
+    with torch.no_grad():
+        torch.testing.assert_close(model.next_step_logits(video), got, atol=1e-4, rtol=1e-4)

@@ -1,5 +1,6 @@
 """Ray Train on CPU with 2 workers: trains, checkpoints, logs to MLflow, resumes; evaluation."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,21 @@ def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_dat
     noise = [line for line in lines if "RayTrainWorker" in line or "TrainController" in line
              or "logging_progress" in line or "DeprecationWarning" in line]
     assert not noise, noise[:5]
+
+
+def test_a_stream_run_trains_on_fresh_sequences_each_once_and_keeps_val_fixed(tiny_data,
+                                                                              tmp_path):
+    from framecast import data as fdata
+
+    before = fdata.read_manifest(tiny_data)
+    result = train(TrainJobConfig(data=str(tiny_data), preset="tiny", steps=6, batch_size=2,
+                                  checkpoint_every=3, log_every=1, stream=True,
+                                  storage=str(tmp_path / "ray"), register="none"))
+    assert result["step"] == 6
+    client = mlflow.MlflowClient()
+    path = client.download_artifacts(result["run_id"], "stream/indices_rank0.json", tmp_path)
+    indices = json.loads(Path(path).read_text())
+    assert len(indices) == 6 * 2 == len(set(indices))  # one batch a step, nothing repeated
+    assert min(indices) >= before.config.num_sequences  # none of the data set's own sequences
+    assert fdata.read_manifest(tiny_data) == before  # val and test: the rendered set, unchanged
+    assert "final_val_psnr" in client.get_run(result["run_id"]).data.metrics

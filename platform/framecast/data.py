@@ -108,6 +108,17 @@ class ShardRenderer:
         })
 
 
+class StreamRenderer(ShardRenderer):
+    """Batch UDF for a training stream: sequence indices (column `data`) in, the columns
+    training reads out ({index, frames (B, T, H, W, C) uint8}), rendered with a warm plotter
+    and never written to disk."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        indices = np.asarray(batch["data"], dtype=np.int64)
+        videos = [self.renderer.render(int(i))[0] for i in indices.tolist()]
+        return {"index": indices, "frames": np.stack(videos)}
+
+
 def software_versions() -> dict[str, str]:
     import importlib.metadata as md
 

@@ -113,7 +113,7 @@ def rollout(model: nn.Module, videos: np.ndarray, context: int, *, batch_size: i
             keep = window_length(known.shape[1], t - step, step)
             window = known[:, known.shape[1] - keep:]
             placeholders = torch.zeros_like(window[:, :1]).expand(-1, step, -1, -1, -1)
-            logits = model(torch.cat([window, placeholders], dim=1))[:, -step:].float()
+            logits = model.next_step_logits(torch.cat([window, placeholders], dim=1)).float()
             frames = model.decode(logits, decode)  # (B, step, H, W, C)
             made.append(frames.cpu())
             entropy.append(entropy_bits(logits).cpu())

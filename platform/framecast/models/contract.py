@@ -139,6 +139,12 @@ class FramePredictor(Model):
     def frames_per_step(self) -> int:
         """Frames one forward step predicts together."""
 
+    def next_step_logits(self, video: torch.Tensor) -> torch.Tensor:
+        """Logits (B, frames_per_step, H, W, C, levels) of the video's last step only, as
+        `forward(video)[:, -frames_per_step:]` gives them (its values never matter): what
+        serving and rollouts need. A model may override it to skip work on earlier steps."""
+        return self(video)[:, -self.frames_per_step:]
+
     def loss(self, video: torch.Tensor, own_inputs: float = 0.0
              ) -> tuple[torch.Tensor, Metrics]:
         """Mean cross-entropy (nats per pixel byte) of the predicted distributions of the true

@@ -236,13 +236,15 @@ class LocalDecoder(nn.Module):
     def forward(self, latents: torch.Tensor, hp: int, wp: int, pixels: torch.Tensor | None = None,
                 last: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_positions: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, padded: bool = False
+                ) -> torch.Tensor:
         """latents (B, S', P, D) of source slices on the finest patch grid (and, with byte_skip,
         their per-pixel encoder states (B, conv, S'*pt, H, W) and last frames' bytes (B, S', H,
         W, C)) -> logits (B, S', pt, H, W, C, 256). Dynamic patching paints each finest cell
         with the latent of the patch over it and gives the latents the queries attend to as
         `context` (B, S', N, D), their (y, x) centres (N, 2) in finest cells and a key-padding
-        mask (B, S', N)."""
+        mask (B, S', N). `padded`: `pixels` already start with the skip window's padding
+        (`skip_frames - pt` frames before the first source slice)."""
         b, s, p, d = latents.shape
         pt, ph, pw = self.cfg.patch
         flat = latents.reshape(b * s, p, d)
@@ -252,10 +254,11 @@ class LocalDecoder(nn.Module):
         if self.skip is not None:
             h, w, f = hp * ph, wp * pw, self.skip_frames
             # Frames before the first are its copies; window j ends at the last frame of slice j.
-            pad = pixels[:, :, :1].expand(-1, -1, f - pt, -1, -1)
-            padded = torch.cat([pad, pixels], dim=2)
+            if not padded:
+                pixels = torch.cat([pixels[:, :, :1].expand(-1, -1, f - pt, -1, -1), pixels],
+                                   dim=2)
             # Frame i of window j is padded frame j*pt + i (strided slices: exports to ONNX).
-            windows = torch.stack([padded[:, :, i:i + (s - 1) * pt + 1:pt] for i in range(f)],
+            windows = torch.stack([pixels[:, :, i:i + (s - 1) * pt + 1:pt] for i in range(f)],
                                   dim=-1)  # (B, conv, S', H, W, f)
             states = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * s, h * w, -1)
             states = self.skip(states)  # (B*S', H*W, pt*Dd)
@@ -441,14 +444,43 @@ class VBLT(FramePredictor):
         placeholder frames, reads their logits, and repeats."""
         return self.cfg.patch[0]
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        b, t, h, w, c = video.shape
+    def _check_video(self, video: torch.Tensor) -> None:
+        _, t, h, w, c = video.shape
         pt, ph, pw = self.cfg.patch
         if t % pt or h % ph or w % pw or t < 2 * pt:
             raise ValueError(f"video (T, H, W) = ({t}, {h}, {w}) must be divisible by the patch "
                              f"{self.cfg.patch} with at least two time slices")
         if c != self.cfg.channels:
             raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
+
+    def next_step_logits(self, video: torch.Tensor) -> torch.Tensor:
+        """The last time slice's logits only, as `forward(video)[:, -pt:]` computes them: the
+        encoder and global transformer run on the slices before it (block-causal: the last
+        slice changes nothing before it) and the per-pixel decoder on the one slice that
+        predicts it, not on every slice (5 of 6 decoder passes saved on a 12-frame `small`
+        clip, the decoder being the largest byte-level cost)."""
+        self._check_video(video)
+        if self.entropy_model is not None:  # patches depend on the whole clip's entropy
+            return super().next_step_logits(video)
+        b, t, h, w, c = video.shape
+        pt, ph, pw = self.cfg.patch
+        s, hp, wp = t // pt - 1, h // ph, w // pw  # the source slices
+        angles = self.latent_angles(s, hp, wp, video.device)
+        mask = block_causal_mask(s, hp * wp, video.device)
+        x, pixels = self.encoder(video[:, :t - pt], angles, mask)
+        for block in self.blocks:
+            x = block(x, angles, mask)
+        latents = self.norm(x.view(b, s, hp * wp, -1)[:, -1:])  # slice S-2 predicts S-1
+        f = self.decoder.skip_frames  # the skip window of the last source slice, padded as
+        history = torch.cat([pixels[:, :, :1].expand(-1, -1, f - pt, -1, -1), pixels], dim=2)
+        logits = self.decoder(latents, hp, wp, history[:, :, -f:], video[:, t - pt - 1:t - pt],
+                              padded=True)
+        return logits.reshape(b, pt, h, w, c, 256)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, c = video.shape
+        pt, ph, pw = self.cfg.patch
+        self._check_video(video)
         if self.entropy_model is not None:
             return self._forward_dynamic(video)
         s, hp, wp = t // pt, h // ph, w // pw
