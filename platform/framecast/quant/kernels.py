@@ -267,7 +267,8 @@ def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tup
 
 def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
     """Screen every available path on 64 rows (exactness against a float64 product, and a
-    timing that drops paths over 4x the best, such as a reference kernel, after three calls),
+    timing that drops paths over 4x the best, such as a reference kernel, fastest of five calls
+    after one: a busy machine only ever adds time),
     then time the survivors on up to MEASURE_ROWS rows of the shape class."""
     rows, _, _ = shape_class(tokens, k, n)
     m = Measured(shape_class(tokens, k, n))
@@ -279,7 +280,7 @@ def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
         try:
             packed = path.pack(wq) if path.pack else None
             path.run(xq, wq, scale, packed)  # first call: builds the kernel
-            ms, out = _run_ms(path, (xq, wq, scale), packed, 2)
+            ms, out = _run_ms(path, (xq, wq, scale), packed, 5)  # cheap: 64 rows
         except (RuntimeError, NotImplementedError) as err:
             log.info("int8 path %s unavailable here: %s", name, str(err).splitlines()[0])
             continue

@@ -1,0 +1,42 @@
+"""Choosing a model's compute form (fp32, or bf16 where native) by measurement."""
+
+import pytest
+import torch
+
+from framecast.models import create
+from framecast.quant import compute_form, kernels
+
+
+def test_the_faster_form_over_the_batch_sizes_is_kept_and_a_lone_form_is_never_timed():
+    calls = []
+    ms = {"fp32": {1: 10.0, 8: 80.0}, "bf16": {1: 11.0, 8: 40.0}}
+
+    def time_ms(model, batch):
+        calls.append((model, batch))
+        return ms[model][batch]
+    choice = compute_form.fastest({"fp32": "fp32", "bf16": "bf16"}, time_ms, (1, 8), rounds=2)
+    # mean ratio to fp32: bf16 (1.1 + 0.5) / 2 = 0.8 < 1: kept, though slower at batch 1
+    assert choice.chosen == "bf16" and choice.ms == ms and len(calls) == 8
+    assert "fastest measured" in choice.why() and choice.record()["ms"]["bf16"]["8"] == 40.0
+    calls.clear()
+    assert compute_form.fastest({"fp32": "fp32"}, time_ms, (1, 8)).chosen == "fp32"
+    assert calls == []  # one candidate: nothing to time
+
+
+def test_bf16_is_a_compute_form_only_where_native(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert compute_form.available() == ("fp32",)
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert compute_form.available() == ("fp32", "bf16")
+    assert compute_form.available("cuda") == ("fp32", "bf16")
+
+
+def test_in_form_copies_unless_told_and_converts_only_for_bf16():
+    model = create("vblt", "tiny")
+    same = compute_form.in_form(model, "fp32", copy_model=False)
+    assert same is model
+    half = compute_form.in_form(model, "bf16")
+    assert half is not model and next(half.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the original untouched
+    with pytest.raises(ValueError, match="expected one of"):
+        compute_form.candidates("int4", {})
