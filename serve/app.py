@@ -87,11 +87,13 @@ class ModelInfo(BaseModel):
     name: str
     alias: str
     version: str
-    family: str = Field(description="the model's family: frame_predictor, token_generator, ...")
+    family: Literal["frame_predictor", "token_generator"] = Field(
+        description="the model's family: a frame predictor (/predict, /rollout) or a token "
+                    "generator (/generate)")
     architecture: str = Field(description="the registry's model name, e.g. vblt")
     precision: str = Field(description="a float model's form (fp32, bf16), or what a quantized "
                                        "one stores (w8a8)")
-    compute: str = Field(description="the form the replica computes in: fp32 or bf16")
+    compute: Literal["fp32", "bf16"] = Field(description="the form the replica computes in")
     precision_choice: dict[str, Any] = Field(
         description="how the compute form was chosen: asked, candidates, ms per form and "
                     "batch size measured at start, why")
@@ -117,9 +119,9 @@ class FramesResponse(BaseModel):
     version: str
     precision: str
     context_frames: int
-    frames: list[str] = Field(description="predicted frames, base64 PNG")
-    entropy: list[str] = Field(description="per-pixel entropy maps, base64 PNG; a pixel p means "
-                                           "p * entropy_png_bits bits")
+    frames: list[codec.PngFrame] = Field(description="predicted frames, base64 PNG")
+    entropy: list[codec.PngFrame] = Field(description="per-pixel entropy maps, base64 PNG; a "
+                                                      "pixel p means p * entropy_png_bits bits")
     entropy_png_bits: float
     mean_entropy_bits: list[float] = Field(description="mean entropy of each predicted frame")
     batch_sizes: list[int] = Field(description="size of the dynamic batch of each model step")
@@ -131,18 +133,18 @@ class GenerateResponse(BaseModel):
     version: str
     precision: str
     context_frames: int
-    frames: list[str] = Field(description="generated frames, base64 PNG")
+    frames: list[codec.PngFrame] = Field(description="generated frames, base64 PNG")
     forward_steps: int = Field(description="generator forward passes (one per block)")
     batch_sizes: list[int] = Field(description="size of the dynamic batch the request rode in")
     timing_ms: dict[str, float]
 
 
 class ErrorBody(BaseModel):
-    error: str
-    detail: str
+    error: codec.ErrorCode = Field(description="what went wrong, as a stable code")
+    detail: str = Field(description="one line for a person")
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 413, 415, 422, 503)}
 
 
 def _body_doc(schema: type[BaseModel]) -> dict[str, Any]:

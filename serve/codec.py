@@ -14,6 +14,7 @@ import binascii
 import io
 import json
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
@@ -54,11 +55,25 @@ class InputSpec:
         return self.min_context_frames or self.frames_per_step
 
 
+# Every `error` code a response can carry (ErrorBody.error's enum in the OpenAPI schema; a test
+# checks each RequestError raised in serve/ is listed).
+ERROR_CODES = ("bad_json", "invalid_field", "bad_base64", "too_many_frames", "bad_frame_count",
+               "png_unsupported", "not_png", "bad_png", "wrong_frame_size", "wrong_png_mode",
+               "bad_npy", "wrong_dtype", "wrong_shape", "body_too_large",
+               "too_many_future_frames", "rejected_by_model", "unavailable", "wrong_route",
+               "unknown_model", "unsupported_media_type", "internal", "http_error")
+ErrorCode = Literal[ERROR_CODES]  # type: ignore[valid-type]
+
+# One frame as JSON carries it: the schema says so (OpenAPI 3.1: base64 PNG bytes).
+PngFrame = Annotated[StrictStr, Field(json_schema_extra={
+    "format": "byte", "contentEncoding": "base64", "contentMediaType": "image/png"})]
+
+
 class PredictRequest(BaseModel):
     """Context frames, oldest first, each a base64-encoded 8-bit PNG of the model's frame size."""
 
     model_config = ConfigDict(extra="forbid")
-    frames: list[StrictStr] = Field(min_length=1, description="base64 PNG frames, oldest first")
+    frames: list[PngFrame] = Field(min_length=1, description="base64 PNG frames, oldest first")
 
 
 class RolloutRequest(PredictRequest):

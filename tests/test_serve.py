@@ -18,6 +18,7 @@ from framecast import model_io, tracking
 from framecast.metrics import entropy_bits
 from framecast.models import create
 from framecast.predict import decode_bytes
+from serve import codec
 from serve.app import AppArgs, ModelSpec, build_app
 from serve.codec import ENTROPY_PNG_BITS, decode_png, encode_png, entropy_to_png_bytes
 
@@ -146,6 +147,33 @@ def test_openapi_docs_describe_every_route_and_both_body_formats(served):
     assert {"application/json", "application/x-npy"} <= set(body)
     assert "future_frames" in body["application/json"]["schema"]["properties"]
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+    # Constraints a client generator can use: PNG frames as base64 bytes, at least one, a
+    # positive future; every error response names its code from a closed set.
+    props = body["application/json"]["schema"]["properties"]
+    assert props["frames"]["minItems"] == 1
+    assert props["frames"]["items"]["format"] == "byte"
+    assert props["frames"]["items"]["contentMediaType"] == "image/png"
+    assert props["future_frames"]["exclusiveMinimum"] == 0
+    schemas = spec["components"]["schemas"]
+    assert schemas["ErrorBody"]["properties"]["error"]["enum"] == list(codec.ERROR_CODES)
+    predict = spec["paths"]["/v1/models/{name}/predict"]["post"]["responses"]
+    assert {"400", "404", "413", "415", "422", "503"} <= set(predict)
+    info = schemas["ModelInfo"]["properties"]
+    assert set(info["family"]["enum"]) == {"frame_predictor", "token_generator"}
+    assert set(info["compute"]["enum"]) == {"fp32", "bf16"}
+
+
+def test_every_error_code_the_service_raises_is_in_the_documented_enum():
+    import ast
+
+    raised = set()
+    for path in (REPO / "serve").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") in
+                    ("RequestError", "_error") and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant)):
+                raised.add(node.args[1].value)
+    assert raised and raised <= set(codec.ERROR_CODES), raised - set(codec.ERROR_CODES)
 
 
 def test_png_predict_equals_calling_the_model_directly(served):
