@@ -208,9 +208,7 @@ def main() -> None:
     print(f"nbp_speed: tokenizer {args.tokenizer_steps} steps in {tokenizer_s:.0f} s, test "
           f"reconstruction PSNR {recon['psnr']:.2f} dB, grid {tokenizer.grid(shape)}")
 
-    copy = metrics.copy_last_frame(
-        np.concatenate([clips[:, :cond], np.repeat(clips[:, cond - 1:cond], 12 - cond, 1)], 1),
-        cond)
+    copy = metrics.hold_last_frame(clips, cond)  # the last condition frame, held
     copy_scores = metrics.summary(metrics.frame_metrics(copy, clips[:, cond:]))
     trained = {}  # block name -> (model, final loss, train s): all trained, then all timed
     for block in blocks:

@@ -75,9 +75,7 @@ def generate_job(config: GenerateConfig) -> dict:
                                         batch_size=config.batch_size)
     truth = test[:, k:]
     ours = metrics.frame_metrics(generated, truth)
-    copy = metrics.frame_metrics(metrics.copy_last_frame(
-        np.concatenate([test[:, :k], np.repeat(test[:, k - 1:k], future, axis=1)], axis=1), k),
-        truth)
+    copy = metrics.frame_metrics(metrics.hold_last_frame(test, k), truth)
     steps = model.forward_steps(tuple(manifest.config.frame_shape), k)
     fps = len(test) * future / seconds
     summary = {f"gen_{m}": v for m, v in metrics.summary(ours).items()}
