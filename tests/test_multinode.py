@@ -6,7 +6,8 @@ The cluster is the recipe of docs/cluster.md ("Multi-node"): a head started with
 CPUs, a resource naming it (node_a, node_b) and one `trainer` slot; the second node runs in a
 mount namespace of its own with a private tmpfs over one folder, the only folder the nodes do
 not share. An MLflow server holds runs and artifacts. Then: a render whose Ray Data actors run
-on both nodes; `jobs.train --workers 2 --placement STRICT_SPREAD`, one worker per node; a Tune
+on both nodes; `jobs.train --workers 2 --placement STRICT_SPREAD`, one worker per node, from
+the rendered set and from a stream (`--stream`: every sequence fresh and read once); a Tune
 study of two trials, one per node (`worker_resources: trainer=1`); Serve with 2 replicas, one
 per node; and a job whose --storage only the head sees, refused before any work.
 """
@@ -104,6 +105,24 @@ def test_every_job_runs_on_both_nodes(two_nodes):
     placed = {run.data.tags[NODE_TAG.format(r)] for r in (0, 1)}
     assert placed == both  # one worker per node
     assert len([p for p in storage.glob("mn-train/checkpoint_*") if p.is_dir()]) == 2
+
+    # A stream: both workers read sequences rendered as they train, each sequence once.
+    begin = time.time()
+    submit(cluster, "jobs.train", "--data", str(data), "--preset", "tiny", "--steps", "4",
+           "--batch-size", "2", "--checkpoint-every", "4", "--log-every", "2", "--workers", "2",
+           "--placement", "STRICT_SPREAD", "--stream", "true", "--stream-actors", "2",
+           "--storage", str(storage), "--name", "mn-stream", "--register", "none")
+    timings["stream"] = time.time() - begin
+    (run,) = runs(cluster["tracking"], "tags.`framecast.ray_run` = 'mn-stream'")
+    client = mlflow.MlflowClient(cluster["tracking"])
+    indices = []
+    for rank in (0, 1):
+        path = client.download_artifacts(run.info.run_id, f"stream/indices_rank{rank}.json",
+                                         str(tmp))
+        indices += json.loads(Path(path).read_text())
+    assert len(indices) == 2 * 4 * 2 == len(set(indices))  # 2 workers x 4 steps x batch 2
+    assert min(indices) >= 32  # none of the data set's own (val, test) sequences
+    assert {run.data.tags[NODE_TAG.format(r)] for r in (0, 1)} == both
 
     space = tmp / "mn-study.yaml"
     space.write_text(yaml.safe_dump({
