@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)  # keep benchmark runs out of the user store
         results = {kind: run_kind(kind, args, Path(tmp)) for kind in kinds}
-    from framecast.predict import DECODES
+    from framecast.distribution import DECODES
 
     rows = [[kind, args.steps, r["seconds"], r["decode"], r["psnr"], r["psnr_copy_last"],
              r["ssim"], r["ssim_copy_last"], r["mse"], r["mse_copy_last"],

@@ -249,7 +249,7 @@ def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
 def test_compare_trains_every_model_through_ray_train_on_a_tiny_preset(ray_local, tmp_path,
                                                                         capsys, monkeypatch):
     from framecast import data as fdata
-    from framecast.predict import DECODES
+    from framecast.distribution import DECODES
 
     # the decoding choices (jobs.train's and compare's by val rollouts), made to pick argmax:
     # table 2 must read it that way

@@ -53,7 +53,7 @@ def test_shapes_are_checked():
 def test_trimmed_decoding_ignores_a_thin_tail_but_blends_real_modes():
     import torch
 
-    from framecast.predict import decode_bytes
+    from framecast.distribution import decode_bytes
 
     p = torch.full((256,), 0.03 / 255)
     p[0] = 0.97  # black, with 3% of mass spread over every other byte

@@ -126,7 +126,7 @@ def test_vblt_with_the_byte_skip_is_causal_for_every_time_patch(patch):
 def test_the_copy_prior_starts_the_demo_model_at_copy_last_frame():
     """With one frame per slice and the copy prior, the untrained model predicts each frame as
     the frame before it: training starts from the baseline instead of from noise."""
-    from framecast.predict import decode_bytes
+    from framecast.distribution import decode_bytes
 
     torch.manual_seed(0)
     model = create("vblt", "demo").eval()

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from framecast import model_io, tracking
+from framecast.distribution import decode_bytes
 from framecast.metrics import entropy_bits
 from framecast.models import create
-from framecast.predict import decode_bytes
 from serve import codec
 from serve.app import AppArgs, ModelSpec, build_app
 from serve.codec import ENTROPY_PNG_BITS, decode_png, encode_png, entropy_to_png_bytes

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from framecast import model_io
-from framecast.predict import DECODES
+from framecast.distribution import DECODES
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train

@@ -11,36 +11,8 @@ import torch
 from torch import nn
 
 from framecast import metrics
+from framecast.distribution import DECODES, categorical_nll
 from framecast.metrics import entropy_bits
-from framecast.models.contract import categorical_nll
-
-DECODES = ("trimmed", "mean", "argmax")
-TRIM = 0.03  # bytes less likely than this are left out of the trimmed mean
-
-
-def decode_bytes(logits: torch.Tensor, decode: str = "trimmed") -> torch.Tensor:
-    """One value per pixel from its distribution over the pixel values (logits (..., V)):
-
-    - 'trimmed' (default): the expected value over the bytes of probability >= 3%, rounded. The
-      plain mean minimises squared error under a calibrated distribution, but a young model
-      leaves a thin tail over all values, and 1% of mass spread that way moves a black pixel
-      by ~1-3 levels: every flat region drifts, and SSIM's luminance term near black punishes
-      that hard (benchmarks/RESULTS.md, demo). Trimming keeps the mean's blend of real modes.
-    - 'mean': the expected value over all values.
-    - 'argmax': the most likely byte.
-    """
-    if decode == "argmax":
-        return logits.argmax(-1).to(torch.uint8)
-    if decode not in DECODES:
-        raise ValueError(f"decode={decode!r} is unknown; accepted: {', '.join(DECODES)}")
-    values = torch.arange(logits.shape[-1], device=logits.device, dtype=torch.float32)
-    p = torch.softmax(logits.float(), dim=-1)
-    if decode == "trimmed":
-        # Never trim everything: the most likely byte always stays.
-        floor = p.amax(dim=-1, keepdim=True).clamp(max=TRIM)
-        p = torch.where(p >= floor, p, 0.0)
-        p = p / p.sum(dim=-1, keepdim=True)
-    return (p @ values).round().to(torch.uint8)
 
 
 def _batches_and_logits(model: nn.Module, videos: np.ndarray, batch_size: int,
@@ -59,8 +31,8 @@ def _batches_and_logits(model: nn.Module, videos: np.ndarray, batch_size: int,
 def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
             device: torch.device | None = None, decode: str | None = None
             ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Decoded byte per pixel (see `decode_bytes`; `decode` None: the model's own), its entropy
-    in bits, and the mean cross-entropy (nats) against the true frames.
+    """Decoded byte per pixel (`distribution.decode_bytes`; `decode` None: the model's own), its
+    entropy in bits, and the mean cross-entropy (nats) against the true frames.
 
     videos uint8 (N, T, H, W, C) -> predictions uint8 (N, T', H, W, C), entropy float32 (same
     shape), mean cross-entropy against the true frames; T' = T - model.context_frames.

@@ -44,11 +44,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from framecast import metrics
 from framecast.config import ConfigError
+from framecast.distribution import (  # noqa: F401 (categorical_nll: for the models)
+    DECODES,
+    DEFAULT_DECODE,
+    categorical_nll,
+    decode_bytes,
+)
 
 Metrics = dict[str, float]
 
@@ -112,13 +117,6 @@ class Model(nn.Module, abc.ABC):
         return {}
 
 
-def categorical_nll(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
-                    ) -> torch.Tensor:
-    """Cross-entropy (nats) of logits (..., V) against integer targets (...), in fp32."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                           reduction=reduction)
-
-
 class FramePredictor(Model):
     """uint8 video in; `forward` returns logits (B, T - k, H, W, C, levels) over every pixel
     value of the frames after the first k = `context_frames`, frame t's logits depending only on
@@ -169,18 +167,14 @@ class FramePredictor(Model):
         return mixed
 
     def __init__(self, cfg: Any) -> None:
-        from framecast.predict import DECODES
-
         super().__init__(cfg)
-        if getattr(cfg, "decode", "trimmed") not in DECODES:
+        if getattr(cfg, "decode", DEFAULT_DECODE) not in DECODES:
             raise ConfigError(f"decode={cfg.decode!r} is unknown; accepted: {', '.join(DECODES)}")
 
     def decode(self, logits: torch.Tensor, how: str | None = None) -> torch.Tensor:
-        """One uint8 value per pixel from its distribution (see `predict.decode_bytes`); `how`
+        """One uint8 value per pixel from its distribution (`distribution.decode_bytes`); `how`
         defaults to the model's own `cfg.decode` (chosen on val by jobs.train)."""
-        from framecast.predict import decode_bytes
-
-        return decode_bytes(logits, how or getattr(self.cfg, "decode", "trimmed"))
+        return decode_bytes(logits, how or getattr(self.cfg, "decode", DEFAULT_DECODE))
 
     def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> Metrics:
         from framecast.predict import evaluate, flat_summary

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framecast.distribution import DEFAULT_DECODE
 from framecast.models.contract import FramePredictor
 from framecast.models.layers import init_weights
 from framecast.models.registry import register_model
@@ -30,7 +31,7 @@ from framecast.models.registry import register_model
 @dataclass(frozen=True)
 class UNet3DConfig:
     channels: int = 1
-    decode: str = "trimmed"  # a pixel distribution -> byte (predict.DECODES); chosen on val
+    decode: str = DEFAULT_DECODE  # pixel distribution -> byte (distribution.DECODES); set on val
     width: int = 32  # channels of the first level; each level down doubles it
     depth: int = 3  # spatial 2x down-samplings (levels below the first)
     kernel_t: int = 3  # temporal kernel: each convolution looks back kernel_t - 1 frames

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast.config import ConfigError
+from framecast.distribution import DEFAULT_DECODE
 from framecast.models.contract import FramePredictor
 from framecast.models.layers import (
     MLP,
@@ -55,7 +56,7 @@ from framecast.models.patching import (
 class VBLTConfig:
     patch: tuple[int, int, int] = (4, 4, 4)  # (pt, ph, pw): a static spatio-temporal patch
     channels: int = 1
-    decode: str = "trimmed"  # a pixel distribution -> byte (predict.DECODES); chosen on val
+    decode: str = DEFAULT_DECODE  # pixel distribution -> byte (distribution.DECODES); set on val
     byte_dim: int = 16  # embedding width of one byte
     conv_dim: int = 64  # local encoder's per-frame convolution width
     dim: int = 384  # latent width (paper: 384)

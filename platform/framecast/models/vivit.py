@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from framecast.config import ConfigError
+from framecast.distribution import DEFAULT_DECODE
 from framecast.models.contract import FramePredictor
 from framecast.models.layers import (
     MLP,
@@ -41,7 +42,7 @@ from framecast.models.registry import register_model
 class ViViTConfig:
     tubelet: tuple[int, int, int] = (2, 4, 4)  # (pt, ph, pw): ViViT's tubelet embedding
     channels: int = 1
-    decode: str = "trimmed"  # a pixel distribution -> byte (predict.DECODES); chosen on val
+    decode: str = DEFAULT_DECODE  # pixel distribution -> byte (distribution.DECODES); set on val
     dim: int = 192
     heads: int = 4  # per-head width dim / heads must be a multiple of 6 (3D RoPE)
     layers: int = 4
