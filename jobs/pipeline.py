@@ -289,7 +289,8 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
         if nbp_row is not None:
             table += "\n" + generator_table(nbp_row)
         tracking.log_file_bytes(table.encode(), "summary", "summary.txt")
-    models = ",".join([r.int8.split()[0] for r in rows] + (["nbp-2d-int8"] if config.nbp else []))
+    # The names registered above ("<name> v<version>"), the generator's included.
+    models = ",".join(r.int8.split()[0] for r in [*rows, *([nbp_row] if nbp_row else [])])
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")
