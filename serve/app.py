@@ -316,6 +316,27 @@ def _server_timing(timing: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_', '-')};dur={v}" for k, v in timing.items())
 
 
+def _respond(name: str, kind: str, start: float, timing: dict[str, float], result: dict,
+             response: type[BaseModel], fields: Callable[[], dict[str, Any]]) -> Response:
+    """A model route's answer: the result's arrays as one .npz for a .npy request (frames, and
+    entropy where there is some), else JSON of `response` with the `fields()` it encodes; the
+    headers name the model, version and precision, and time every stage."""
+    mark = time.perf_counter()
+    headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
+               "X-Framecast-Precision": result["precision"]}
+    if kind == "npy":
+        content = codec.encode_npz(**{k: result[k] for k in ("frames", "entropy") if k in result})
+        timing.update(encode=_ms(mark), total=_ms(start))
+        headers["Server-Timing"] = _server_timing(timing)
+        return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
+    body = fields()
+    timing.update(encode=_ms(mark), total=_ms(start))
+    headers["Server-Timing"] = _server_timing(timing)
+    answer = response(model=name, version=result["version"], precision=result["precision"],
+                      batch_sizes=result["batch_sizes"], timing_ms=timing, **body)
+    return JSONResponse(answer.model_dump(), headers=headers)
+
+
 # Everything the routes use is defined above them: serve.ingress freezes the FastAPI app
 # (cloudpickle) when the class is decorated.
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.25})
@@ -398,22 +419,9 @@ class Ingress:
         handle = self.models[name]
         result = await _call(lambda: handle.generate.remote(frames, **params))
         timing.update(_split_model_call(_ms(mark), result))
-        mark = time.perf_counter()
-        headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
-                   "X-Framecast-Precision": result["precision"]}
-        if kind == "npy":
-            content = codec.encode_npz(frames=result["frames"])
-            timing.update(encode=_ms(mark), total=_ms(start))
-            headers["Server-Timing"] = _server_timing(timing)
-            return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
-        pngs = codec.encode_png_frames(result["frames"])
-        timing.update(encode=_ms(mark), total=_ms(start))
-        headers["Server-Timing"] = _server_timing(timing)
-        answer = GenerateResponse(
-            model=name, version=result["version"], precision=result["precision"],
-            context_frames=len(frames), frames=pngs, forward_steps=result["forward_steps"],
-            batch_sizes=result["batch_sizes"], timing_ms=timing)
-        return JSONResponse(answer.model_dump(), headers=headers)
+        return _respond(name, kind, start, timing, result, GenerateResponse, lambda: {
+            "context_frames": len(frames), "frames": codec.encode_png_frames(result["frames"]),
+            "forward_steps": result["forward_steps"]})
 
     async def _read(self, name: str, request: Request, family: str, route: str
                     ) -> tuple[dict[str, Any], codec.InputSpec, str, bytes, dict[str, float]]:
@@ -442,26 +450,12 @@ class Ingress:
         result = await _call(lambda: handle.rollout.remote(frames, future) if future is not None
                              else handle.predict.remote(frames))
         timing.update(_split_model_call(_ms(mark), result))
-        mark = time.perf_counter()
-        headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
-                   "X-Framecast-Precision": result["precision"]}
-        if kind == "npy":
-            content = codec.encode_npz(frames=result["frames"], entropy=result["entropy"])
-            timing.update(encode=_ms(mark), total=_ms(start))
-            headers["Server-Timing"] = _server_timing(timing)
-            return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
         entropy = result["entropy"]
-        pngs = codec.encode_png_frames(result["frames"])
-        entropy_pngs = codec.encode_png_frames(codec.entropy_to_png_bytes(entropy))
-        timing.update(encode=_ms(mark), total=_ms(start))
-        headers["Server-Timing"] = _server_timing(timing)
-        answer = FramesResponse(
-            model=name, version=result["version"], precision=result["precision"],
-            context_frames=len(frames), frames=pngs, entropy=entropy_pngs,
-            entropy_png_bits=codec.ENTROPY_PNG_BITS,
-            mean_entropy_bits=[float(e.mean()) for e in entropy],
-            batch_sizes=result["batch_sizes"], timing_ms=timing)
-        return JSONResponse(answer.model_dump(), headers=headers)
+        return _respond(name, kind, start, timing, result, FramesResponse, lambda: {
+            "context_frames": len(frames), "frames": codec.encode_png_frames(result["frames"]),
+            "entropy": codec.encode_png_frames(codec.entropy_to_png_bytes(entropy)),
+            "entropy_png_bits": codec.ENTROPY_PNG_BITS,
+            "mean_entropy_bits": [float(e.mean()) for e in entropy]})
 
 
 def build_app(args: AppArgs) -> serve.Application:
