@@ -207,11 +207,14 @@ def test_patch_layers_on_float_weights_run_as_convolutions_equal_to_their_gemm_f
         with torch.no_grad():
             layer.proj.bias.normal_()  # per-position biases: not one per channel
         x = torch.randn(*shape)
-        conv = layer(x)
+        # channels-last input too: the convolution then writes channels-last output, which
+        # the per-position bias must be added to as well (a tile in the output's layout)
+        conv = [layer(x), layer(x.contiguous(memory_format=torch.channels_last_3d))]
         gemm_proj = GemmOnly(layer.proj.in_features, layer.proj.out_features)
         gemm_proj.load_state_dict(layer.proj.state_dict())
         layer.proj = gemm_proj
-        assert torch.allclose(conv, layer(x), atol=1e-5), kind.__name__
+        for got in conv:
+            assert torch.allclose(got, layer(x), atol=1e-5), kind.__name__
 
 
 def test_int8_embedding_rows_stay_within_half_a_scale_and_are_near_four_times_smaller():
