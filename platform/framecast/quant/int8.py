@@ -227,7 +227,7 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
     """ms of one (rows, k) -> n W8A8 layer on `dtype` inputs in each of `forms` (int8, or a
     float32 / bf16 product with its dequantized int8 weights, casts included), on random
     operands: each form warmed up (the quantizer compiles on its first call in the process),
-    then alternated, the fastest of three calls each."""
+    then alternated, the fastest of five calls each."""
     import time
 
     gen = torch.Generator().manual_seed(0)
@@ -245,7 +245,7 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
     with torch.no_grad():
         for run in runs.values():
             run()
-        for _ in range(3):
+        for _ in range(5):  # min of five: replicas warming up side by side add noise
             for form, run in runs.items():
                 start = time.perf_counter()
                 run()
