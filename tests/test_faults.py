@@ -1,11 +1,38 @@
 """Faults injected into real jobs (slow: run with `make test-slow`). Each test prints the figure
-it measured; benchmarks/fault_tolerance.py runs the same scenarios and records them."""
+it measured; benchmarks/fault_tolerance.py runs the same scenarios and records them.
+
+The node scenarios start a Ray cluster of their own (a head and worker nodes on this machine),
+so they run in a fresh Python: this session's Ray (`ray_local`) would stand in their way."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks.fault_tolerance import render_interrupt, serve_replica_kill, train_worker_kill
+from benchmarks.fault_tolerance import (
+    render_interrupt,
+    serve_replica_kill,
+    serve_two_replicas_kill,
+    train_worker_kill,
+)
 
 pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def in_fresh_python(scenario: str, root: Path, timeout: float = 900, **kwargs: object) -> dict:
+    """benchmarks.fault_tolerance.<scenario>(root, **kwargs) run by a fresh Python; its dict."""
+    code = ("import json, sys; from pathlib import Path; import benchmarks.fault_tolerance as f; "
+            f"got = f.{scenario}(Path(sys.argv[1]), **json.loads(sys.argv[2])); "
+            "print('SCENARIO ' + json.dumps(got))")
+    proc = subprocess.run([sys.executable, "-c", code, str(root), json.dumps(kwargs)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("SCENARIO ")][-1]
+    return json.loads(line.removeprefix("SCENARIO "))
 
 
 def test_a_killed_train_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
@@ -39,3 +66,42 @@ def test_a_killed_serve_replica_is_replaced_and_no_request_fails(ray_local, tmp_
     # fails, those in flight at the kill only wait for the replacement.
     assert got["failed"] == 0, got["failure_kinds"]
     assert got["recovery_s"] > 0 and got["after_recovery"] > 0  # it came back under load
+
+
+def _latencies(got: dict) -> str:
+    return "; ".join(f"{phase} p50 {got[f'p50_ms_{phase}']:.0f} p99 {got[f'p99_ms_{phase}']:.0f}"
+                     f" ms ({got[f'n_{phase}']} sent)" for phase in ("before", "during", "after"))
+
+
+def test_one_of_two_replicas_killed_under_load_fails_no_request(ray_local, tmp_path):
+    got = serve_two_replicas_kill(tmp_path, threads=4, before_s=10, after_s=10)
+    print(f"\n1 of 2 replicas SIGKILL: {got['failed']} of {got['requests']} failed "
+          f"({got['failure_kinds'] or 'none'}); replacement serving after "
+          f"{got['replica_serving_s']:.1f} s; {_latencies(got)}")
+    # The survivor takes the load, the calls the dead one held are sent again (`_call`).
+    assert got["failed"] == 0, got["failure_kinds"]
+    assert got["replica_replaced"] == 1 and got["replica_serving_s"] > 0  # a new replica serves
+    assert min(got["n_before"], got["n_during"], got["n_after"]) > 0  # load in every phase
+
+
+def test_a_node_killed_under_serve_load_fails_no_request(tmp_path):
+    got = in_fresh_python("serve_node_kill", tmp_path, threads=4, before_s=10, after_s=10)
+    print(f"\nnode SIGKILL under Serve load: {got['failed']} of {got['requests']} failed "
+          f"({got['failure_kinds'] or 'none'}); node marked dead after "
+          f"{got['node_dead_s']:.1f} s; {_latencies(got)}")
+    assert got["failed"] == 0, got["failure_kinds"]
+    assert got["survivor_on_head"] == 1  # the head's replica answered the rest
+    assert min(got["n_before"], got["n_during"], got["n_after"]) > 0
+
+
+def test_a_node_killed_under_training_costs_at_most_one_checkpoint_interval(tmp_path):
+    got = in_fresh_python("train_node_kill", tmp_path, steps=60, checkpoint_every=10,
+                          kill_after=25)
+    print(f"\nnode SIGKILL at step {got['killed_at_step']} of a 2-worker run: "
+          f"{got['steps_lost']} steps recomputed; node dead after {got['node_dead_s']:.1f} s, "
+          f"replacement joined at {got['replacement_s']:.1f} s, training resumed at "
+          f"{got['resumed_s']:.1f} s")
+    assert got["workers_on_killed_node"] == 1  # one worker per node: one of them died
+    assert got["final_step"] == 60 and got["mlflow_runs"] == 1
+    assert 0 <= got["steps_lost"] <= got["checkpoint_every"]
+    assert got["workers_on_replacement"] == 1  # restarted with a worker on the new node
