@@ -267,13 +267,12 @@ def test_bf16_is_a_layer_form_only_where_the_cpu_computes_it_natively(monkeypatc
     kernels.reset_choices()
 
 
-@pytest.mark.parametrize("form", ["int8", kernels.FLOAT, kernels.BF16])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("form, dtype", [  # float32 compute: a form for float32 inputs only
+    ("int8", torch.float32), ("int8", torch.bfloat16), (kernels.FLOAT, torch.float32),
+    (kernels.BF16, torch.float32), (kernels.BF16, torch.bfloat16)])
 def test_each_layer_form_computes_what_the_float_reference_computes(monkeypatch, form, dtype):
     """int8: the W8A8 reference to float rounding; fp32: the linear of the dequantized weights
     exactly; bf16: that linear within bf16's rounding (8 bits of mantissa: ~1% relative)."""
-    if form == kernels.FLOAT and dtype == torch.bfloat16:
-        pytest.skip("float32 compute is a form for float32 inputs only")
     kernels.reset_choices()
     monkeypatch.setattr(int8_module, "_measure_layer", lambda *a: {
         f: (0.0 if f == form else 1.0) for f in a[5]})
