@@ -1,7 +1,7 @@
 """Fault tolerance, measured: kill a Ray Train worker, interrupt a render, kill a Serve replica,
-kill a Ray node under Serve load and under a 2-worker training run.
+kill a Ray node under Serve load, under a 2-worker training run and under a Tune study.
 
-    python benchmarks/fault_tolerance.py --quick    # < 5 minutes on 2 cores
+    python benchmarks/fault_tolerance.py --quick    # 451 s on 2 cores (no tune_node)
     python benchmarks/fault_tolerance.py            # the same scenarios, larger
 
 Each scenario injects a real fault (SIGKILL of a real process, or every process of a Ray node)
@@ -641,6 +641,91 @@ def train_node_kill(root: Path, steps: int = 120, checkpoint_every: int = 20,
             "workers_on_replacement": workers_on_replacement, "mlflow_runs": len(runs)}
 
 
+def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> dict[str, float]:
+    """A Tune study of 3 training trials (lr grid) on a 2-node cluster, one `trainer` slot per
+    node (so 2 trials train at once, one per node); once a trial has finished and another one's
+    Ray Train worker runs on the worker node, kill that node (every process, SIGKILL). No node
+    replaces it: the rest of the study runs on the head. The trial that lost its worker is
+    retried by Ray Train from its checkpoint (--max-failures 1) or, when its trial process died
+    with the node, marked failed by the study (Tune's max_failures=0). Reports the study's
+    outcome per trial and whether a trial that had finished before the kill ran again."""
+    import mlflow
+    import yaml
+
+    from jobs.train import NODE_TAG
+    from jobs.tune import TRIAL_TAG, TuneJobConfig, tune_job
+
+    resources = {"num_cpus": 2, "resources": {"trainer": 1}}
+    with ray_cluster(**resources) as cluster:
+        worker = cluster.add_node(**resources)
+        data = _tiny_data(root)
+        name = f"fault-tune-{int(time.time())}"
+        space = root / f"{name}.yaml"
+        space.write_text(yaml.safe_dump({
+            "name": name, "job": "train",
+            "base": {"model": "vblt", "preset": "tiny", "steps": steps, "batch_size": 2,
+                     "log_every": 1, "checkpoint_every": checkpoint_every, "eval_every": steps,
+                     "eval_sequences": 2, "worker_resources": "trainer=1"},
+            "params": {"lr": {"grid": [0.001, 0.002, 0.003]}}, "metric": "val_psnr",
+            "mode": "max", "scheduler": "fifo", "trial_resources": {"cpu": 1}}))
+        outcome: dict = {}
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.update(tune_job(TuneJobConfig(space=str(space), data=str(data),
+                                                      storage=str(root / "ray"), name=name)))
+            except BaseException as err:  # reported below
+                errors.append(err)
+
+        def children() -> list:
+            return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                      filter_string=f"tags.`{TRIAL_TAG}` LIKE '{name}/%'")
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        kill_wall, finished_before, hit = None, {}, []
+        deadline = time.time() + 900
+        while thread.is_alive() and time.time() < deadline and kill_wall is None:
+            runs = children()
+            done = {r.data.tags[TRIAL_TAG]: r for r in runs if r.info.status == "FINISHED"}
+            # A running trial whose worker trains there: its rank 0 tag names the node.
+            there = [r.data.tags[TRIAL_TAG] for r in runs if r.info.status == "RUNNING"
+                     and r.data.tags.get(NODE_TAG.format(0)) == worker.node_id]
+            if done and there and _train_workers_on(worker.node_id):
+                _, kill_wall = _kill_node(cluster, worker)
+                finished_before = {k: r.info.end_time for k, r in done.items()}
+                hit = there
+            time.sleep(0.5)
+        thread.join(timeout=max(1.0, deadline - time.time()))
+    if errors or kill_wall is None or "rows" not in outcome:
+        raise RuntimeError(f"the scenario did not run through: killed={kill_wall is not None}, "
+                           f"outcome={sorted(outcome)}, errors={errors!r}")
+    runs = children()
+    per_trial: dict[str, list] = {}
+    for r in runs:
+        per_trial.setdefault(r.data.tags[TRIAL_TAG], []).append(r)
+    client = mlflow.MlflowClient()
+
+    def reran(key: str) -> bool:
+        """More than one child run, a later end, or a step logged twice."""
+        mine = per_trial.get(key, [])
+        if len(mine) != 1 or mine[0].info.end_time != finished_before[key]:
+            return True
+        steps_seen = [m.step for m in client.get_metric_history(mine[0].info.run_id, "loss")]
+        return len(steps_seen) != len(set(steps_seen))
+
+    status = {f"{name}/{row['trial']}": row["status"] for row in outcome["rows"]}
+    hit_status = [status.get(k, "?") for k in hit]
+    return {"trials": len(outcome["rows"]),
+            "finished": sum(s == "finished" for s in status.values()),
+            "failed": sum(s == "failed" for s in status.values()),
+            "finished_before_kill": len(finished_before),
+            "finished_trials_rerun": sum(reran(k) for k in finished_before),
+            "hit_trials": len(hit), "hit_retried": sum(s == "finished" for s in hit_status),
+            "hit_marked_failed": sum(s == "failed" for s in hit_status)}
+
+
 def _train_workers_on(node_id: str) -> list[int]:
     """PIDs of the ALIVE Ray Train workers on node `node_id`."""
     import ray
@@ -660,7 +745,8 @@ def _node_tags(client, run_id: str, node_id: str) -> int:
     return sum(tags.get(NODE_TAG.format(rank)) == node_id for rank in range(8))
 
 
-SCENARIOS = ("train", "render", "serve", "serve2", "serve_node", "train_node")
+SCENARIOS = ("train", "render", "serve", "serve2", "serve_node", "train_node", "tune_node")
+QUICK_SKIPS = ("tune_node",)  # --quick runs it only when --only names it (~2.5 min more)
 
 
 def _ms(phases: dict, phase: str) -> str:
@@ -722,6 +808,15 @@ def _rows(got: dict[str, dict]) -> list[list[str]]:
                      f"kill to the first step of the restarted workers "
                      f"({tn['workers_on_replacement']:.0f} on the new node), final step "
                      f"{tn['final_step']:.0f}, {tn['mlflow_runs']:.0f} MLflow run"])
+    if "tune_node" in got:
+        tu = got["tune_node"]
+        rows.append(["Ray node killed under a Tune study (3 training trials, one per node at a "
+                     "time)", f"{tu['finished_before_kill']:.0f} trial(s) finished, one training "
+                     "on the lost node; no node replaces it",
+                     f"the study ended: {tu['finished']:.0f} of {tu['trials']:.0f} trials "
+                     f"finished, {tu['failed']:.0f} failed; the hit trial retried "
+                     f"{tu['hit_retried']:.0f}, marked failed {tu['hit_marked_failed']:.0f}; "
+                     f"{tu['finished_trials_rerun']:.0f} finished trials ran again"])
     return rows
 
 
@@ -746,7 +841,9 @@ def _values(got: dict[str, dict]) -> dict[str, float | int | str]:
             "train_node": {"node_kill_steps_lost": "steps_lost",
                            "node_kill_mlflow_runs": "mlflow_runs",
                            "node_kill_final_step": "final_step",
-                           "node_kill_resumed_s": "resumed_s"}}
+                           "node_kill_resumed_s": "resumed_s"},
+            "tune_node": {"tune_node_finished": "finished", "tune_node_failed": "failed",
+                          "tune_node_finished_rerun": "finished_trials_rerun"}}
     values: dict[str, float | int | str] = {}
     for scenario, names in keys.items():
         for key, name in names.items():
@@ -759,12 +856,16 @@ def _values(got: dict[str, dict]) -> dict[str, float | int | str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller scenarios: < 5 minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller scenarios (451 s on 2 cores; tune_node only when --only "
+                             "names it)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default: all of "
                              f"{', '.join(SCENARIOS)})")
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
+    if args.quick and args.only == parser.get_default("only"):
+        only = [s for s in only if s not in QUICK_SKIPS]
     if unknown := set(only) - set(SCENARIOS):
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     quick = args.quick
@@ -794,6 +895,8 @@ def main() -> None:
             got["train_node"] = train_node_kill(root, steps=60 if quick else 200,
                                                 checkpoint_every=10 if quick else 20,
                                                 kill_after=25 if quick else 50)
+        if "tune_node" in only:
+            got["tune_node"] = tune_node_kill(root, steps=20 if quick else 40)
     table = markdown_table(["fault", "state at the fault", "cost"], _rows(got))
     notes = (f"{'quick' if quick else 'full'} scenarios ({', '.join(got)}) on "
              f"{os.cpu_count()} CPU cores; tiny V-BLT (log every step), 200-800 sequence "

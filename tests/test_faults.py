@@ -105,3 +105,14 @@ def test_a_node_killed_under_training_costs_at_most_one_checkpoint_interval(tmp_
     assert got["final_step"] == 60 and got["mlflow_runs"] == 1
     assert 0 <= got["steps_lost"] <= got["checkpoint_every"]
     assert got["workers_on_replacement"] == 1  # restarted with a worker on the new node
+
+
+def test_a_node_killed_under_a_tune_study_reruns_no_finished_trial(tmp_path):
+    got = in_fresh_python("tune_node_kill", tmp_path, steps=20, checkpoint_every=5)
+    print(f"\nnode SIGKILL under a Tune study: {got['finished']} of {got['trials']} trials "
+          f"finished, {got['failed']} failed; the hit trial retried {got['hit_retried']}, "
+          f"marked failed {got['hit_marked_failed']}; {got['finished_before_kill']} finished "
+          f"before the kill, {got['finished_trials_rerun']} of them ran again")
+    assert got["trials"] == 3 and got["finished"] + got["failed"] == 3  # the study ended
+    assert got["finished_before_kill"] >= 1 and got["finished_trials_rerun"] == 0
+    assert got["hit_trials"] == 1 and got["hit_retried"] + got["hit_marked_failed"] == 1
