@@ -252,16 +252,22 @@ def future_limit(spec: dict[str, int], trained_frames: int, context: int) -> int
 
 def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None]
                 ) -> tuple[Any, Choice]:
-    """Warm `model` up in each compute form (`forms`, from `compute_form.candidates`) for batch
-    1 and a full batch, now rather than on the first request (W8A8 layers compile their
-    quantizer and measure their kernels on first use: seconds), time the forms side by side
-    where there are several, and keep the fastest (the others are dropped)."""
+    """Warm `model` up in each compute form (`forms`, from `compute_form.candidates`) for every
+    power-of-two batch up to a full one, now rather than on requests (W8A8 layers compile their
+    quantizer and measure their kernels on first use: seconds), time the forms side by side at
+    batch 1 and a full batch where there are several, and keep the fastest (the others are
+    dropped)."""
     from framecast.quant import compute_form
 
-    batches = sorted({1, DEFAULT_BATCH["max_batch_size"]})
-    models = {f: compute_form.in_form(model, f, copy_model=len(forms) > 1) for f in forms}
+    most = DEFAULT_BATCH["max_batch_size"]
+    batches = sorted({1, most})
+    # bf16 converts in place: a copy where the float32 original is a candidate too
+    models = {f: compute_form.in_form(model, f, copy_model=f != "fp32" and "fp32" in forms)
+              for f in forms}
+    # Every power of two up to a full batch: a batch of any size then lands in a measured shape
+    # class (tokens within a power of two), never measuring kernels while requests wait.
     for candidate in models.values():
-        for batch in batches:
+        for batch in sorted({*(2 ** i for i in range(most.bit_length())), most}):
             workload(candidate, batch)
 
     def time_ms(candidate: Any, batch: int) -> float:
