@@ -41,9 +41,8 @@ def _bias(proj: nn.Module, dtype: torch.dtype) -> torch.Tensor | None:
 
 def _channel_bias(proj: nn.Module, bias: torch.Tensor, k: int) -> torch.Tensor | None:
     """The transposed convolution's own bias (one per output channel) where every position of
-    a patch has the same one, as after `from_conv`: the convolution adds it in its output pass,
-    while a bias per position costs a strided 8-D add (~5% of a batch-1 `small` pass). None
-    where they differ. Kept by layers that keep widened copies."""
+    a patch has the same one, as after `from_conv`: the convolution adds it in its output pass
+    for free. None where they differ (`_bias_tile`). Kept by layers that keep widened copies."""
     def make() -> torch.Tensor | None:
         rows = bias.view(-1, k)
         return rows[:, 0].contiguous() if bool((rows == rows[:, :1]).all()) else None
@@ -55,10 +54,9 @@ def _bias_tile(proj: nn.Module, bias: torch.Tensor, channels: int, patch: tuple[
                grid: tuple[int, int, int], contiguous: bool) -> torch.Tensor:
     """A per-position bias (channels, pt, ph, pw) tiled over a (s, hp, wp) patch grid as
     (1, channels, s*pt, H, W), in the output's memory layout (channels-last where the
-    convolution wrote it so): a strided 8-D broadcast add, or one across layouts, costs 15-30x
-    more (measured in bf16: 7-14 ms against 0.4 for a batch-8 `small` decoder, ~10% of the pass
-    once fine-tuning has given each position its own bias). Kept by layers that keep widened
-    copies."""
+    convolution wrote it so): a strided 8-D broadcast add, or one across layouts, costs over an
+    order of magnitude more, a tenth of a fine-tuned `small` pass (benchmarks/RESULTS.md, issue
+    31 note). Kept by layers that keep widened copies."""
     pt, ph, pw = patch
     s, hp, wp = grid
 
