@@ -40,3 +40,27 @@ def test_in_form_copies_unless_told_and_converts_only_for_bf16():
     assert next(model.parameters()).dtype == torch.float32  # the original untouched
     with pytest.raises(ValueError, match="expected one of"):
         compute_form.candidates("int4", {})
+
+
+@pytest.mark.parametrize("name", ["vblt", "vivit", "unet3d"])
+def test_every_frame_predictor_runs_in_bf16_float_and_quantized(name):
+    """The bf16 form of each frame predictor, float and W8A8: bytes become bf16 inside the
+    model (not float32), so every layer gets inputs of its own dtype."""
+    from framecast.quant.apply import layer_roles, quantize_model
+    from framecast.quant.gemm_form import linearize
+    from framecast.quant.plan import PlanEntry, Precision
+
+    torch.manual_seed(0)
+    model = create(name, "tiny").eval()
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    quant = create(name, "tiny").eval()
+    quant.load_state_dict(model.state_dict())
+    linearize(quant)
+    quantize_model(quant, [PlanEntry(n, 0.0, Precision.INT8) for n in layer_roles(quant)])
+    with torch.no_grad():
+        want = model(video).float().log_softmax(-1)
+        for form in (compute_form.in_form(model, "bf16"), compute_form.in_form(quant, "bf16")):
+            got = form(video)
+            assert got.dtype == torch.bfloat16 and got.shape == want.shape
+            kl = (want.exp() * (want - got.float().log_softmax(-1))).sum(-1).mean()
+            assert kl < 0.05, (name, float(kl))

@@ -70,6 +70,14 @@ class Model(nn.Module, abc.ABC):
         super().__init__()
         self.cfg = cfg
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the model's float work: its first float parameter's (bf16 after
+        `quant.apply.to_bf16`). A model that turns bytes into floats itself converts to this,
+        not to float32, so every layer after gets inputs of its own dtype."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()),
+                    torch.float32)
+
     @abc.abstractmethod
     def loss(self, video: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """The training objective on a uint8 batch (B, T, H, W, C): a scalar to minimise and

@@ -136,7 +136,7 @@ class UNet3D(FramePredictor):
         if t < 2:
             raise ValueError(f"video has {t} frames; predicting needs at least 2")
         unit = 2 ** self.cfg.depth
-        x = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, C, T, H, W) in [-1, 1]
+        x = video.permute(0, 4, 1, 2, 3).to(self.compute_dtype) / 127.5 - 1.0  # in [-1, 1]
         x = F.pad(x, (0, -w % unit, 0, -h % unit))  # H, W up to multiples of 2^depth
         skips = []
         for block in self.down:

@@ -137,7 +137,7 @@ class ViViT(FramePredictor):
         time_angles = rope_3d_angles(grid_positions(s, 1, 1, video.device), head_dim,
                                      self.cfg.rope_base)  # (S, hd/2)
         time_mask = block_causal_mask(s, 1, video.device)  # (S, S) lower triangular
-        x = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, C, T, H, W) in [-1, 1]
+        x = video.permute(0, 4, 1, 2, 3).to(self.compute_dtype) / 127.5 - 1.0  # in [-1, 1]
         x = self.embed(x)  # (B, D, S, Hp, Wp)
         x = x.flatten(3).permute(0, 2, 3, 1)  # (B, S, P, D)
         for block in self.blocks:
