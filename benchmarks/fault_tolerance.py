@@ -1,7 +1,7 @@
 """Fault tolerance, measured: kill a Ray Train worker, interrupt a render, kill a Serve replica,
 kill a Ray node under Serve load, under a 2-worker training run and under a Tune study.
 
-    python benchmarks/fault_tolerance.py --quick    # 451 s on 2 cores (no tune_node)
+    python benchmarks/fault_tolerance.py --quick    # 303 s on 2 quiet cores (no tune_node)
     python benchmarks/fault_tolerance.py            # the same scenarios, larger
 
 Each scenario injects a real fault (SIGKILL of a real process, or every process of a Ray node)
@@ -857,7 +857,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="smaller scenarios (451 s on 2 cores; tune_node only when --only "
+                        help="smaller scenarios (303 s on 2 cores; tune_node only when --only "
                              "names it)")
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios to run (default: all of "
@@ -873,16 +873,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)
         root = Path(tmp)
-        # --quick: 80 steps (a report per step costs Ray Train ~0.5 s on 2 cores), kill at 30.
+        # --quick: 60 steps (a report per step costs Ray Train ~0.5 s on 2 cores), kill at 25.
         if "train" in only:
-            got["train"] = train_worker_kill(root, steps=80 if quick else 400,
-                                             kill_after=30 if quick else 50)
+            got["train"] = train_worker_kill(root, steps=60 if quick else 400,
+                                             kill_after=25 if quick else 50)
         if "render" in only:
-            got["render"] = render_interrupt(root, sequences=200 if quick else 800)
+            got["render"] = render_interrupt(root, sequences=100 if quick else 800)
         if "serve" in only:
-            got["serve"] = serve_replica_kill(root, requests=150 if quick else 600,
+            got["serve"] = serve_replica_kill(root, requests=100 if quick else 600,
                                               concurrency=8 if quick else 16)
-        window = {"before_s": 8.0, "after_s": 8.0} if quick else {"before_s": 20.0,
+        window = {"before_s": 4.0, "after_s": 4.0} if quick else {"before_s": 20.0,
                                                                    "after_s": 20.0}
         if "serve2" in only:
             got["serve2"] = serve_two_replicas_kill(root, **window)
@@ -892,14 +892,14 @@ def main() -> None:
         if "serve_node" in only:
             got["serve_node"] = serve_node_kill(root, **window)
         if "train_node" in only:
-            got["train_node"] = train_node_kill(root, steps=60 if quick else 200,
+            got["train_node"] = train_node_kill(root, steps=40 if quick else 200,
                                                 checkpoint_every=10 if quick else 20,
-                                                kill_after=25 if quick else 50)
+                                                kill_after=15 if quick else 50)
         if "tune_node" in only:
             got["tune_node"] = tune_node_kill(root, steps=20 if quick else 40)
     table = markdown_table(["fault", "state at the fault", "cost"], _rows(got))
     notes = (f"{'quick' if quick else 'full'} scenarios ({', '.join(got)}) on "
-             f"{os.cpu_count()} CPU cores; tiny V-BLT (log every step), 200-800 sequence "
+             f"{os.cpu_count()} CPU cores; tiny V-BLT (log every step), 100-800 sequence "
              "renders; Serve: the app of serve/app.py with a random tiny V-BLT (0.5 CPU per "
              "replica, 0.8 on the 2-node cluster), 4 context frames of 16x16 as PNGs in JSON per "
              "request, client threads on the same cores; latency is client-side, of the "
