@@ -6,34 +6,20 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ray_nodes import free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv's bin: ray, mlflow, python
-
-
-def free_port() -> int:
-    """A free port outside both the kernel's ephemeral range and Ray's worker ports (10002-
-    19999), where other Ray processes pick theirs: a port handed out here stays ours."""
-    while True:
-        port = random.randint(20000, 29999)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def wait_for(check, what: str, timeout: float = 120.0) -> None:
