@@ -63,15 +63,13 @@ def bf16_quality(model_ref: str, data: str) -> dict[str, float]:
     """PSNR/SSIM of a bf16 copy of the fp32 model on the same test split: what the fast 16-bit
     alternative costs in quality. (Where bf16 is emulated this forward pass is many times
     slower than fp32, so --quick skips it there.)"""
-    import copy
-
     from framecast import data as fdata
-    from framecast.quant import compare
+    from framecast.quant import compare, compute_form
     from jobs.common import load_logged_model
 
     fp32, _ = load_logged_model(model_ref)
     test, _ = fdata.load_numpy(data, "test")
-    q = compare.quality(fp32.eval(), copy.deepcopy(fp32).to(torch.bfloat16), test)
+    q = compare.quality(fp32.eval(), compute_form.in_form(fp32, "bf16"), test)
     return {"psnr_bf16": q["psnr_quant"], "ssim_bf16": q["ssim_quant"],
             "psnr_drop_bf16_db": q["psnr_drop_db"], "kl_fp32_bf16": q["kl_fp32_quant"]}
 
@@ -87,8 +85,8 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
     import copy
 
     from framecast.models import create
-    from framecast.quant import compare
-    from framecast.quant.apply import layer_roles, quantize_model, replace_layers, to_bf16
+    from framecast.quant import compare, compute_form
+    from framecast.quant.apply import layer_roles, quantize_model, replace_layers
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import precision_plan
     from framecast.quant.schedule import QuantConfig, thresholds
@@ -121,8 +119,8 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
     forms = {"fp32": torch_form(fp32), "w8a8": torch_form(quant),
              "w8a8_int_mm": torch_form(quant, False, "int_mm"), "bound": torch_form(free)}
     if kernels.native_16bit(torch.bfloat16):
-        forms["bf16"] = torch_form(to_bf16(copy.deepcopy(fp32)))
-        forms["w8a8_bf16"] = torch_form(to_bf16(copy.deepcopy(quant)))
+        forms["bf16"] = torch_form(compute_form.in_form(fp32, "bf16"))
+        forms["w8a8_bf16"] = torch_form(compute_form.in_form(quant, "bf16"))
         warm.add("w8a8_bf16")  # its layers measure their forms for bf16 inputs
     if with_ort and ort.available():
         pair = ort.OrtPair(fp32, videos[:1])

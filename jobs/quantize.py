@@ -151,16 +151,13 @@ def quantize(config: QuantizeJobConfig) -> dict:
         result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
             train, config.batch_size, config.seed), val, config)
         quant = result.model
-        bf16, forms = bf16_compute(fp32, quant, test, config)
+        bf16, bf16_quality, forms = bf16_compute(fp32, quant, test, config)
         values = {**compare.compression(fp32, quant),
                   **compare.deployed_speedups(
-                      {f: compute_form.in_form(fp32, f) if f != "fp32" else fp32
-                       for f in compute_form.available()},
+                      compute_form.in_forms(fp32, compute_form.available()),
                       forms, test, (1, 8), config.latency_repeats)}
-        deployed = forms[values["quant_compute"]]
-        values.update(bf16.pop("quality") if deployed is not quant else
+        values.update(bf16_quality if values["quant_compute"] == "bf16" else
                       compare.quality(fp32, quant, test, config.batch_size))
-        bf16.pop("quality", None)
         if bf16["measured"]:
             values["psnr_drop_bf16_compute_db"] = bf16["psnr_drop_db"]
         print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}; "
@@ -201,26 +198,26 @@ def quantize(config: QuantizeJobConfig) -> dict:
 
 
 def bf16_compute(fp32, quant, test: np.ndarray, config: QuantizeJobConfig
-                 ) -> tuple[dict, dict]:
+                 ) -> tuple[dict, dict, dict]:
     """Whether the quantized model may run the rest of its compute in bf16 (where a machine has
     native bf16, `compute_form`): its bf16 form scored on the test split against fp32, allowed
     within `tau_psnr_db`, as its W8A8 layers are. Only measured where this CPU has native bf16
-    (an emulated pass is many times slower). Returns the record kept with the model (with the
-    quality values under "quality" while the job runs) and the forms to time."""
+    (an emulated pass is many times slower). Returns the record kept with the model, the bf16
+    form's quality values ({} where not measured) and the forms to time."""
     from framecast.quant import compare, compute_form
 
     if "bf16" not in compute_form.available():
         return ({"measured": False, "allowed": False,
                  "why": "bf16 form not scored: no native bf16 on the quantizing machine"},
-                {"fp32": quant})
-    quant_bf16 = compute_form.in_form(quant, "bf16")
-    q = compare.quality(fp32, quant_bf16, test, config.batch_size)
+                {}, {"fp32": quant})
+    forms = compute_form.in_forms(quant, ("fp32", "bf16"))
+    q = compare.quality(fp32, forms["bf16"], test, config.batch_size)
     allowed = q["psnr_drop_db"] <= config.tau_psnr_db
     record = {"measured": True, "allowed": bool(allowed),
-              "psnr_drop_db": round(float(q["psnr_drop_db"]), 4), "quality": q,
+              "psnr_drop_db": round(float(q["psnr_drop_db"]), 4),
               "why": f"bf16 form {-q['psnr_drop_db']:+.3f} dB against fp32 "
                      f"({'within' if allowed else 'beyond'} {config.tau_psnr_db} dB)"}
-    return record, {"fp32": quant, **({"bf16": quant_bf16} if allowed else {})}
+    return record, q, forms if allowed else {"fp32": quant}
 
 
 def log_generation_gif(fp32, quant, clips: np.ndarray) -> None:

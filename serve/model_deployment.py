@@ -261,9 +261,7 @@ def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int
 
     most = DEFAULT_BATCH["max_batch_size"]
     batches = sorted({1, most})
-    # bf16 converts in place: a copy where the float32 original is a candidate too
-    models = {f: compute_form.in_form(model, f, copy_model=f != "fp32" and "fp32" in forms)
-              for f in forms}
+    models = compute_form.in_forms(model, forms)
     # Every power of two up to a full batch: a batch of any size then lands in a measured shape
     # class (tokens within a power of two), never measuring kernels while requests wait.
     for candidate in models.values():

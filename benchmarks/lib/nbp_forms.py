@@ -45,8 +45,8 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
     token, so its frames measure nothing). Weights are drawn larger than at init so that greedy
     choices are not near-ties."""
     from framecast.models import registry
-    from framecast.quant import compare
-    from framecast.quant.apply import quantize_model, replace_layers, to_bf16
+    from framecast.quant import compare, compute_form
+    from framecast.quant.apply import quantize_model, replace_layers
     from framecast.quant.plan import precision_plan
     from framecast.quant.schedule import QuantConfig, thresholds
     from framecast.quant.sensitivity import linear_weights, weight_sensitivity
@@ -75,8 +75,8 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
                  "logit_error": float((got - want).norm() / want.norm())}
     forms = {"fp32": fp32, "w8a8": quant, "bound": free}
     if kernels.native_16bit(torch.bfloat16, device):
-        forms["bf16"] = to_bf16(copy.deepcopy(fp32))
-        forms["w8a8_bf16"] = to_bf16(copy.deepcopy(quant))
+        forms["bf16"] = compute_form.in_form(fp32, "bf16")
+        forms["w8a8_bf16"] = compute_form.in_form(quant, "bf16")
     label = preset + "".join(f", {k}={v}" for k, v in (overrides or {}).items())
     by_batch: dict[int, dict[str, float]] = {}
     for b in batches:

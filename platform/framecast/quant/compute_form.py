@@ -62,6 +62,14 @@ def in_form(model: nn.Module, form: str, copy_model: bool = True) -> nn.Module:
     return to_bf16(out) if form == "bf16" else out
 
 
+def in_forms(model: nn.Module, forms: Iterable[str]) -> dict[str, nn.Module]:
+    """`model` in each of `forms`: the model itself for fp32, a bf16 copy where fp32 is a form
+    too (else `model` converted in place)."""
+    forms = tuple(forms)
+    return {f: in_form(model, f, copy_model="fp32" in forms) if f != "fp32" else model
+            for f in forms}
+
+
 @dataclass
 class Choice:
     """The form kept and why: ms per form and batch size, timed side by side."""
