@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from serve import codec
 from serve.codec import RequestError
-from serve.model_deployment import DEFAULT_BATCH, FrameModel, future_limit
+from serve.model_deployment import DEFAULT_BATCH, ModelReplica, future_limit
 
 MiB = 2**20
 INFO_TTL_S = 10.0  # how long the ingress trusts a model's input spec before asking again
@@ -459,7 +459,7 @@ class Ingress:
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    """The application: one `FrameModel` deployment per listed model (named after it) and the
+    """The application: one `ModelReplica` deployment per listed model (named after it) and the
     ingress. Deployment options here are defaults; a config file's `deployments:` overrides them.
     """
     from framecast.tracking import default_tracking_uri
@@ -472,7 +472,7 @@ def build_app(args: AppArgs) -> serve.Application:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     handles = {}
     for m in args.models:
-        deployment = FrameModel.options(
+        deployment = ModelReplica.options(
             name=m.name, ray_actor_options={"num_cpus": m.num_cpus},
             max_ongoing_requests=max(32, 4 * m.max_batch_size),
             autoscaling_config={"min_replicas": m.min_replicas, "initial_replicas": m.min_replicas,

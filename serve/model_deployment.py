@@ -43,8 +43,9 @@ def default_max_context(frame_shape: list[int], step: int) -> int:
 
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5},
                   user_config=DEFAULT_BATCH, max_constructor_retry_count=2)
-class FrameModel:
-    """A registered model of the common interface, behind a dynamic batcher."""
+class ModelReplica:
+    """A replica of one registered model, frame predictor or token generator, behind a dynamic
+    batcher. Its deployment is named after the model (`build_app`), not after this class."""
 
     def __init__(self, name: str, alias: str, tracking_uri: str, max_context_frames: int = 0,
                  max_future_frames: int = 32, torch_threads: int = 0,
