@@ -25,31 +25,21 @@ from framecast.models import registry
 from jobs.common import run_job
 from jobs.evaluate import EvaluateConfig, evaluate_job
 from jobs.pipeline_nbp import GeneratorRow, generator_table, log_served_generation, nbp_stages
-from jobs.quantize import QuantizeJobConfig, quantize
+from jobs.pipeline_stages import (
+    FRAME_MODEL,
+    GENERATOR,
+    GENERATOR_DATA,
+    PRESETS,
+    quantize_stage,
+    reuse_or_run,
+    shown,
+    train_stage,
+    with_summary_as_metrics,
+)
+from jobs.quantize import QuantizeJobConfig
 from jobs.render import RenderJobConfig, render
 from jobs.serve import smoke_many
-from jobs.train import TrainJobConfig, train
-
-# Scale per preset. demo: 16x16 frames, where 240 CPU steps of the `demo` model beat
-# copy-last-frame on 2D (at 32x32, 120 steps did not: benchmarks/RESULTS.md, demo).
-# paper: 12 frames of 64x64 and the paper's model (its data set size is not given; 10k is ours).
-# smoke: seconds per stage, to check the wiring (tests, a new cluster).
-MODEL = "vblt"  # the pipeline demonstrates V-BLT end to end
-PRESETS = {
-    "smoke": {"render": {"num_sequences": 24, "frames": 4, "size": 16},
-              "train": {"preset": "tiny", "steps": 4, "batch_size": 4, "checkpoint_every": 4,
-                        "log_every": 2, "eval_sequences": 4},
-              "quantize": {"stage_steps": 1, "final_steps": 1, "batch_size": 4,
-                           "eval_sequences": 4, "calib_batches": 1, "latency_repeats": 1}},
-    "demo": {"render": {"num_sequences": 240, "frames": 12, "size": 16},
-             "train": {"preset": "demo", "steps": 240, "batch_size": 8, "checkpoint_every": 120,
-                       "log_every": 30, "eval_every": 120, "lr": 5e-3},
-             "quantize": {"stage_steps": 5, "final_steps": 10}},
-    "paper": {"render": {"num_sequences": 10_000, "frames": 12, "size": 64},
-              "train": {"preset": "paper", "steps": 20_000, "batch_size": 16,
-                        "checkpoint_every": 1000, "lr": 1e-3},
-              "quantize": {"stage_steps": 100, "final_steps": 300, "batch_size": 16}},
-}
+from jobs.train import TrainJobConfig
 
 
 @dataclass(frozen=True)
@@ -77,9 +67,9 @@ class PipelineConfig:
             raise ConfigError("workers and train_workers must be positive, train_steps >= 0")
         # The model against the frames this preset renders: refused before anything starts.
         scale = PRESETS[self.preset]["render"]
-        registry.model_config(MODEL, PRESETS[self.preset]["train"]["preset"],
+        registry.model_config(FRAME_MODEL, PRESETS[self.preset]["train"]["preset"],
                               frame_shape=(scale["frames"], scale["size"], scale["size"], 1),
-                              **registry.parse_overrides(MODEL, self.model_config))
+                              **registry.parse_overrides(FRAME_MODEL, self.model_config))
 
 
 def render_configs(config: PipelineConfig) -> list[RenderJobConfig]:
@@ -100,10 +90,10 @@ def train_config(config: PipelineConfig, data: Path, parent_run_id: str) -> Trai
     if config.train_steps:
         preset["steps"] = config.train_steps
     return TrainJobConfig(
-        data=str(data), model=MODEL, workers=config.train_workers, seed=config.seed,
+        data=str(data), model=FRAME_MODEL, workers=config.train_workers, seed=config.seed,
         model_config=config.model_config,
         use_gpu=ray.cluster_resources().get("GPU", 0) > 0, experiment=config.experiment,
-        name=f"{MODEL}-{data.name}-{parent_run_id[:8]}", **preset)
+        name=f"{FRAME_MODEL}-{data.name}-{parent_run_id[:8]}", **preset)
 
 
 @dataclass(frozen=True)
@@ -150,78 +140,54 @@ def summary_table(rows: list[SummaryRow]) -> str:
     return "\n".join(out)
 
 
-def run_stages(config: PipelineConfig, kind_result, parent_run_id: str,
-               done: dict[str, str]) -> SummaryRow:
-    """Train, evaluate and quantize on one data set; each stage is reused when a FINISHED run
-    with the same inputs exists. Returns the row of the closing summary (its Serve latency
-    still to come: `serve_all`)."""
+def frame_model_stages(config: PipelineConfig, kind_result, parent_run_id: str,
+                       done: dict[str, str]) -> SummaryRow:
+    """Train, evaluate and quantize the frame model on one data set, each stage reused when
+    finished (`reuse_or_run`). Returns the row of the closing summary (its Serve latency still to
+    come: `serve_all`)."""
     import mlflow
 
     from framecast import tracking
-    from framecast.config import to_dict
 
     kind, data = kind_result.manifest.config.kind, str(kind_result.out)
     checksums = kind_result.manifest.checksums
     exp = config.experiment
 
-    train_cfg = train_config(config, kind_result.out, parent_run_id)
-    key = tracking.stage_key("train", config={k: v for k, v in to_dict(train_cfg).items()
-                                              if k not in ("name", "experiment")},
-                             data=checksums)
-    if run := tracking.finished_stage(key, exp):
-        model_uri = run.data.tags["framecast.model_uri"]
-        fp32 = run.data.tags.get("framecast.registered", "")
-        done[f"train-{kind}"] = f"reused {run.info.run_id}"
-        print(f"pipeline: train-{kind}: reusing finished run {run.info.run_id}")
-    else:
-        trained = train(train_cfg)
-        model_uri = trained["model_uri"]
-        fp32 = f"{trained['registered']}:{trained['version']}"
-        tracking.mark_stage(trained["run_id"], key, **{"framecast.model_uri": model_uri,
-                                                       "framecast.registered": fp32})
-        done[f"train-{kind}"] = trained["run_id"]
+    # The frame model's keys are taken under the bare stage name (the data's checksums tell the
+    # kinds apart), so that a rerun finds the runs already marked with them.
+    trained = train_stage(f"train-{kind}", train_config(config, kind_result.out, parent_run_id),
+                          checksums, done, key_name="train")
+    model_uri = trained["model_uri"]
 
     key = tracking.stage_key("evaluate", model=model_uri, data=checksums, split="test")
-    if run := tracking.finished_stage(key, exp):
-        summary, evaluate_run = run.data.metrics, run.info.run_id
-        done[f"evaluate-{kind}"] = f"reused {run.info.run_id}"
-        print(f"pipeline: evaluate-{kind}: reusing finished run {run.info.run_id}")
-    else:
-        evaluated = evaluate_job(EvaluateConfig(model=model_uri, data=data, split="test",
-                                                experiment=exp))
-        summary, evaluate_run = evaluated["summary"], evaluated["run_id"]
-        tracking.mark_stage(evaluated["run_id"], key)
-        done[f"evaluate-{kind}"] = evaluated["run_id"]
+    evaluated = reuse_or_run(
+        f"evaluate-{kind}", key, exp, done, lambda: with_summary_as_metrics(evaluate_job(
+            EvaluateConfig(model=model_uri, data=data, split="test", experiment=exp))))
+    summary = evaluated["metrics"]
     mlflow.log_metrics({f"{kind}_test_psnr": summary["test_psnr"],
                         f"{kind}_test_psnr_copy_last": summary["test_psnr_copy_last"]})
 
-    quant_cfg = QuantizeJobConfig(model=model_uri, data=data, seed=config.seed, experiment=exp,
-                                  **PRESETS[config.preset]["quantize"])
-    key = tracking.stage_key("quantize", config={k: v for k, v in to_dict(quant_cfg).items()
-                                                 if k != "experiment"}, data=checksums)
-    if run := tracking.finished_stage(key, exp):
-        registered, version = run.data.tags["framecast.registered"].rsplit(":", 1)
-        values = run.data.metrics
-        done[f"quantize-{kind}"] = f"reused {run.info.run_id} -> {registered} v{version}"
-        print(f"pipeline: quantize-{kind}: reusing finished run {run.info.run_id}")
-    else:
-        quantized = quantize(quant_cfg)
-        registered, version, values = (quantized["registered"], quantized["version"],
-                                       quantized["metrics"])
-        tracking.mark_stage(quantized["run_id"], key,
-                            **{"framecast.registered": f"{registered}:{version}"})
-        done[f"quantize-{kind}"] = f"{quantized['run_id']} -> {registered} v{version}"
+    quantized = quantize_stage(
+        f"quantize-{kind}", QuantizeJobConfig(model=model_uri, data=data, seed=config.seed,
+                                              experiment=exp, **PRESETS[config.preset]["quantize"]),
+        checksums, done, key_name="quantize")
+    values = quantized["metrics"]
     mlflow.log_metrics({f"{kind}_{k}": values[k]
                         for k in ("size_ratio", "speedup_b1", "speedup_b8", "psnr_drop_db")})
 
     return SummaryRow(
         kind=kind, data=data, counts=dict(kind_result.manifest.counts),
-        model=fp32.replace(":", " v") or model_uri, int8=f"{registered} v{version}",
+        model=shown(trained) if trained.get("registered") else model_uri, int8=shown(quantized),
         psnr=summary["test_psnr"], psnr_copy=summary["test_psnr_copy_last"],
         ssim=summary["test_ssim"], ssim_copy=summary["test_ssim_copy_last"],
         size_ratio=values["size_ratio"], speedup_b1=values["speedup_b1"],
         psnr_drop_db=values["psnr_drop_db"], serve_ms=float("nan"),
-        figure=tracking.artifact_path(evaluate_run, "figures/prediction.png"))
+        figure=tracking.artifact_path(evaluated["run_id"], "figures/prediction.png"))
+
+
+def registered_name(model: str) -> str:
+    """The registered name in a row's model, as `shown` writes it."""
+    return model.split()[0]
 
 
 def serve_all(rows: list[SummaryRow], nbp_row: GeneratorRow | None, nbp_data: str,
@@ -235,19 +201,19 @@ def serve_all(rows: list[SummaryRow], nbp_row: GeneratorRow | None, nbp_data: st
 
     from framecast import data as fdata
 
-    stages = [f"serve-{r.kind}" for r in rows]
-    items = [(r.int8.split()[0], "candidate", fdata.load_numpy(r.data, "test")[0][0])
-             for r in rows]
+    # (stage, model as the rows show it, data set of the clip it is asked about)
+    asked = [(f"serve-{r.kind}", r.int8, r.data) for r in rows]
     if nbp_row is not None:
-        stages.append("serve-nbp")
-        items.append((nbp_row.int8.split()[0], "candidate",
-                      fdata.load_numpy(nbp_data, "test")[0][0]))
+        asked.append((f"serve-{GENERATOR}", nbp_row.int8, nbp_data))
+    stages = [stage for stage, _, _ in asked]
+    items = [(registered_name(model), "candidate", fdata.load_numpy(data, "test")[0][0])
+             for _, model, data in asked]
     print(f"pipeline: serve: {', '.join(i[0] for i in items)} in one app, one request each")
     served = smoke_many(items)
     for stage, out in zip(stages, served, strict=True):
         done[stage] = (f"{out['url']} answered in {out['request_ms']:.0f} ms "
                        f"(v{out['version']}, {out['precision']}; app removed)")
-        key = stage.replace("-", "_").replace("serve_", "") + "_serve"
+        key = stage.removeprefix("serve-") + "_serve"
         mlflow.log_metrics({f"{key}_request_ms": out["request_ms"],
                             f"{key}_deploy_s": out["deploy_s"]})
     rows = [dataclasses.replace(r, serve_ms=out["request_ms"])
@@ -278,8 +244,8 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             result = render(render_config)
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
             mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
-            rows.append(run_stages(config, result, parent.info.run_id, done))
-            if config.nbp and kind == "2d":
+            rows.append(frame_model_stages(config, result, parent.info.run_id, done))
+            if config.nbp and kind == GENERATOR_DATA:
                 nbp_data = str(result.out)
                 nbp_row = nbp_stages(config.preset, nbp_data, result.manifest.checksums,
                                      config.seed, config.experiment, parent.info.run_id, done,
@@ -289,8 +255,8 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
         if nbp_row is not None:
             table += "\n" + generator_table(nbp_row)
         tracking.log_file_bytes(table.encode(), "summary", "summary.txt")
-    # The names registered above ("<name> v<version>"), the generator's included.
-    models = ",".join(r.int8.split()[0] for r in [*rows, *([nbp_row] if nbp_row else [])])
+    # The names registered above, the generator's included.
+    models = ",".join(registered_name(r.int8) for r in [*rows, *([nbp_row] if nbp_row else [])])
     print("\npipeline: done")
     for stage, what in done.items():
         print(f"  {stage:12s} {what}")

@@ -49,6 +49,39 @@ def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys)
     assert ratios.notna().all() and ratios.min() > 1  # both parent runs logged it
 
 
+def test_a_finished_stage_is_reused_with_the_outputs_it_made():
+    """`reuse_or_run`, which every stage goes through: a second call with the same key runs
+    nothing and gives back the first run's outputs; a run marked with the frame model's former
+    tags ("name:version" in one) is read the same way."""
+    from framecast import tracking
+    from jobs.pipeline_stages import reuse_or_run
+
+    calls = []
+
+    def fake_stage() -> dict:
+        with tracking.job_run("train", experiment="test-reuse") as run:
+            mlflow.log_metric("val_psnr", 21.5)
+        calls.append(run.info.run_id)
+        return {"run_id": run.info.run_id, "model_uri": f"runs:/{run.info.run_id}/model",
+                "registered": "nbp-2d", "version": 3, "metrics": {"val_psnr": 21.5}}
+
+    done: dict[str, str] = {}
+    first = reuse_or_run("train-nbp", "key-1", "test-reuse", done, fake_stage)
+    assert done == {"train-nbp": first["run_id"]}
+    second = reuse_or_run("train-nbp", "key-1", "test-reuse", done, fake_stage)
+    assert calls == [first["run_id"]] and done["train-nbp"] == f"reused {first['run_id']}"
+    assert {k: second[k] for k in ("run_id", "model_uri", "registered", "version", "metrics")} == {
+        **{k: first[k] for k in ("run_id", "model_uri", "registered", "metrics")}, "version": "3"}
+
+    with tracking.job_run("train", experiment="test-reuse") as old:
+        pass
+    tracking.mark_stage(old.info.run_id, "key-old", **{"framecast.model_uri": "runs:/x/model",
+                                                       "framecast.registered": "vblt-2d:2"})
+    reused = reuse_or_run("train-2d", "key-old", "test-reuse", done, fake_stage)
+    assert len(calls) == 1 and (reused["model_uri"], reused["registered"], reused["version"]) == (
+        "runs:/x/model", "vblt-2d", "2")
+
+
 def test_the_summary_says_which_model_is_under_copy_last():
     def row(kind: str, psnr: float, ssim: float) -> SummaryRow:
         return SummaryRow(kind=kind, data=f"/d/{kind}", counts={"train": 8, "val": 1, "test": 1},
