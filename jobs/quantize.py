@@ -29,6 +29,8 @@ from framecast.config import ConfigError, flat_params
 from framecast.quant.schedule import QuantConfig
 from jobs.common import load_logged_model, log_prediction_figure, run_job
 
+LATENCY_BATCH_SIZES = (1, 8)  # one clip (a user waiting) and a batch (a server's throughput)
+
 
 @dataclass(frozen=True)
 class QuantizeJobConfig(QuantConfig):
@@ -98,7 +100,8 @@ def report_table(values: dict[str, float]) -> str:
         lines.append(f"quantized model computing in {values['quant_compute']} (its W8A8 layers "
                      f"each in their fastest form); best float form here: {best}; against it: "
                      + ", ".join(ratio_words(values[f"speedup_vs_best_float_b{b}"], "faster",
-                                             "slower") + f" at batch {b}" for b in (1, 8)
+                                             "slower") + f" at batch {b}"
+                                 for b in LATENCY_BATCH_SIZES
                                  if f"speedup_vs_best_float_b{b}" in values))
     if "kl_fp32_quant" in values:
         lines.append(f"KL(fp32 || quantized) per byte: {values['kl_fp32_quant']:.5f} nats")
@@ -107,6 +110,16 @@ def report_table(values: dict[str, float]) -> str:
                      f"frames at {values['psnr_quant_vs_fp32']:.2f} dB PSNR against fp32's "
                      "(PSNR/SSIM/MSE above: continuations against the truth)")
     return "\n".join(lines)
+
+
+def reported_metrics(generator: bool) -> frozenset[str]:
+    """The numeric metrics `quantize` can report for a token generator (or a frame predictor),
+    whichever compute forms the machine it runs on offers."""
+    from framecast.quant import compare, compute_form
+
+    forms = compute_form.FORMS
+    return compare.reported_keys(generator, forms, forms, LATENCY_BATCH_SIZES) | {
+        "psnr_drop_bf16_compute_db"}
 
 
 def quantize(config: QuantizeJobConfig) -> dict:
@@ -155,7 +168,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
         values = {**compare.compression(fp32, quant),
                   **compare.deployed_speedups(
                       compute_form.in_forms(fp32, compute_form.available()),
-                      forms, test, (1, 8), config.latency_repeats)}
+                      forms, test, LATENCY_BATCH_SIZES, config.latency_repeats)}
         values.update(bf16_quality if values["quant_compute"] == "bf16" else
                       compare.quality(fp32, quant, test, config.batch_size))
         if bf16["measured"]:
@@ -168,10 +181,14 @@ def quantize(config: QuantizeJobConfig) -> dict:
                          "quant_compute": values["quant_compute"]})
         for i, row in enumerate(result.history):
             mlflow.log_metric("stage_psnr_drop_db", row["psnr_drop_db"], step=i)
+        # The artifacts show the compute form each layer chose here; the model's metadata
+        # keeps the plan alone (another machine measures its own forms).
+        chosen = compute_form.layer_forms(forms[values["quant_compute"]])
+        tracking.log_file_bytes(json.dumps(plan_records(result.plan, chosen), indent=1).encode(),
+                                "quantization", "plan.json")
+        tracking.log_file_bytes(format_plan(result.plan, chosen).encode(), "quantization",
+                                "plan.txt")
         records = plan_records(result.plan)
-        tracking.log_file_bytes(json.dumps(records, indent=1).encode(), "quantization",
-                                "plan.json")
-        tracking.log_file_bytes(format_plan(result.plan).encode(), "quantization", "plan.txt")
         tracking.log_file_bytes(json.dumps(result.history, indent=1).encode(), "quantization",
                                 "stages.json")
         tracking.log_file_bytes(viz.plan_figure(

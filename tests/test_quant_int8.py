@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from framecast.quant import compute_form as compute_form_module
 from framecast.quant import int8 as int8_module
 from framecast.quant import kernels
 from framecast.quant.int8 import (
@@ -376,3 +377,51 @@ def test_int8_linear_on_every_path_stays_within_its_codes_quantization_error(pat
     step = x.abs().amax(dim=1, keepdim=True) * 2 / (2 ** bits - 2)
     bound = step / 2 * linear.weight.abs().sum(dim=1) + 0.05
     assert ((y - linear(x)).abs() <= bound).all()
+
+
+def test_a_layer_keeps_the_form_it_chose_shows_it_and_forgets_it_when_told(monkeypatch):
+    """The choice is a step whose result lives on the layer: later measurements do not change
+    it, a forced int8 block bypasses it, and reset_choices, a move or a copy forget it."""
+    kernels.reset_choices()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(int8_module, "_measure_layer",
+                        lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+    layer = Int8Linear.from_float(nn.Linear(32, 16))
+    x = torch.randn(2, 100, 32)
+    with kernels.choose(fused_quant=False):
+        layer(x)
+        assert layer.chosen_forms() == {"256@float32": kernels.FLOAT}
+        assert "computes 256@float32: fp32_from_int8" in repr(layer)
+        kernels._LAYERS.clear()  # measured differently later: this layer keeps its form
+        monkeypatch.setattr(int8_module, "_measure_layer",
+                            lambda *a: {"int8": 1.0, kernels.FLOAT: 2.0})
+        assert layer.compute_form(200, torch.float32) == kernels.FLOAT
+        assert layer.compute_form(16, torch.float32) == "int8"  # a new token class: measured
+        with kernels.choose(fused_quant=False, float_layers=False):
+            assert layer.compute_form(200, torch.float32) == "int8"
+        assert layer.chosen_forms()["256@float32"] == kernels.FLOAT  # the block left it
+        assert copy.deepcopy(layer).forms == {}
+        kernels.reset_choices()
+        assert layer.compute_form(200, torch.float32) == "int8"  # forgotten: measured again
+        assert compute_form_module.layer_forms(nn.Sequential(layer)) == {
+            "0": {"256@float32": "int8"}}
+        assert layer.to(torch.float32).forms == {}
+    kernels.reset_choices()
+
+
+def test_runs_are_timed_side_by_side_alternated_and_the_fastest_call_kept(monkeypatch):
+    now, order = [0.0], []
+
+    def run(name, costs):
+        costs = iter(costs)
+
+        def call():
+            order.append(name)
+            now[0] += next(costs) / 1e3
+            return now[0]
+        return call
+    monkeypatch.setattr(kernels.time, "perf_counter", lambda: now[0])
+    ms, outs = kernels.time_side_by_side({"a": run("a", [5, 1, 3]), "b": run("b", [2, 4, 9])}, 3)
+    assert order == ["a", "b"] * 3
+    assert ms == {"a": pytest.approx(1.0), "b": pytest.approx(2.0)}
+    assert outs["b"] == now[0] and outs["a"] < outs["b"]

@@ -8,6 +8,8 @@ from framecast.quant.plan import (
     Precision,
     format_plan,
     plan_from_json,
+    plan_from_records,
+    plan_records,
     plan_to_json,
     precision_for,
     precision_plan,
@@ -65,6 +67,17 @@ def test_plan_is_sorted_readable_and_round_trips():
         ("b", Precision.FP16), ("c", Precision.INT8_ASYM), ("a", Precision.INT8)]
     assert plan_from_json(plan_to_json(plan)) == plan
     assert "int8_asym" in format_plan(plan)
+
+
+def test_the_saved_plan_shows_each_layers_chosen_forms_and_still_loads():
+    plan = precision_plan({"a": 0.5, "b": 5.0}, 1.0, 3.0)
+    forms = {"a": {"16@float32": "int8", "512@bfloat16": "bf16_from_int8"}}
+    records = plan_records(plan, forms)
+    assert records[1]["forms"] == forms["a"] and "forms" not in records[0]  # b: fp16
+    assert plan_from_records(records) == plan
+    table = format_plan(plan, forms).splitlines()
+    assert table[0].endswith("computes")
+    assert table[2].endswith("16@float32 int8, 512@bfloat16 bf16_from_int8")
 
 
 def test_inverted_thresholds_are_refused():

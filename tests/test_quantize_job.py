@@ -1,5 +1,8 @@
 """The quantize job end to end on a tiny model: MLflow run, registry version, alias, reload."""
 
+import json
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ from test_data import write_dataset
 
 from framecast import model_io, tracking
 from framecast.models import create
-from framecast.quant import compute_form
+from framecast.quant import compute_form, kernels
 from framecast.quant.int8 import Int8Linear
 from framecast.render.spec import RenderConfig
 from jobs.quantize import QuantizeJobConfig, main, quantize
@@ -60,6 +63,13 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
     assert run.data.metrics["size_ratio"] == pytest.approx(values["size_ratio"])
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "quantization")}
     assert {"quantization/plan.json", "quantization/stages.json"} <= artifacts
+    # plan.json shows the compute form each W8A8 layer chose here, per token class
+    saved = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=out["run_id"], artifact_path="quantization/plan.json")).read_text())
+    int8_rows = [r for r in saved if r["precision"] != "fp16"]
+    assert int8_rows and all(r["forms"] for r in int8_rows)
+    assert all(f in ("int8", *kernels.FORM_DTYPES) for r in int8_rows
+               for f in r["forms"].values())
 
     # The deployed compute form and the best float form, measured side by side; bf16 only
     # where native, and for the quantized model only once its bf16 form passed its PSNR check.

@@ -24,6 +24,7 @@ from torch import nn
 
 from framecast.quant import kernels
 from framecast.quant.apply import to_bf16
+from framecast.quant.int8 import Int8Linear
 
 FORMS = ("fp32", "bf16")
 ASKED = ("auto", *FORMS)
@@ -54,6 +55,25 @@ def candidates(asked: str, meta: dict, device: torch.device | str = "cpu") -> tu
     if asked != "auto":
         return (asked,)
     return tuple(f for f in available(device) if f == "fp32" or bf16_allowed(meta))
+
+
+def layer_forms(model: nn.Module) -> dict[str, dict[str, str]]:
+    """{W8A8 layer name: {'<token class>@<input dtype>': form}}: what each layer chose on this
+    machine for the token counts it has met. A layer chooses the first time it meets a token
+    class (`Int8Linear.compute_form`), so run the workload first (`choose_layer_forms`)."""
+    return {name: m.chosen_forms() for name, m in model.named_modules()
+            if isinstance(m, Int8Linear) and m.forms}
+
+
+def choose_layer_forms(model: nn.Module, workload: Callable[[nn.Module, int], object],
+                       batches: Iterable[int]) -> dict[str, dict[str, str]]:
+    """The explicit step that fixes every W8A8 layer's compute form: `workload(model, batch)`
+    at each batch size makes each layer measure and keep its form for the token classes it
+    will meet (warm-up before serving or timing). Returns `layer_forms(model)`."""
+    with torch.inference_mode():
+        for batch in batches:
+            workload(model, batch)
+    return layer_forms(model)
 
 
 def in_form(model: nn.Module, form: str, copy_model: bool = True) -> nn.Module:

@@ -121,6 +121,10 @@ class Int8Linear(KeepsWidened):
             self.register_buffer("weight_colsum", torch.zeros(out_features, dtype=torch.int32))
         self._delta: torch.Tensor | None = None
         self._packed: dict[str, object] = {}  # per GEMM path: its weight layout, built on use
+        # The compute form chosen on this machine per token class and input dtype
+        # (`compute_form`); not saved or pickled: another machine measures its own.
+        self.forms: dict[tuple[int, torch.dtype], str] = {}
+        self._forms_epoch = kernels.epoch()
         self._correction: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
@@ -135,12 +139,12 @@ class Int8Linear(KeepsWidened):
         # .to(device) and friends: the cached tensors belong to the old buffers.
         out = super()._apply(fn, recurse)
         self._delta = None if self._delta is None else self.act_delta
-        self._packed, self._correction = {}, None
+        self._packed, self._correction, self.forms = {}, None, {}
         return out
 
     def __getstate__(self) -> dict:
-        # opaque oneDNN tensors: rebuilt, never copied or pickled
-        return {**super().__getstate__(), "_packed": {}}
+        # opaque oneDNN tensors: rebuilt, never copied or pickled; forms: measured per machine
+        return {**super().__getstate__(), "_packed": {}, "forms": {}}
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, asymmetric: bool = False) -> Int8Linear:
@@ -163,12 +167,25 @@ class Int8Linear(KeepsWidened):
                      ) -> torch.Tensor | None:
         """The weight this layer multiplies by for `tokens` tokens of `dtype`, in the dtype it
         computes in (float32 or bf16: the caller casts its input to it), or None where it
-        computes in int8 (`kernels.layer_mode`)."""
-        mode = kernels.layer_mode(tokens, self.in_features, self.out_features, self.asymmetric,
-                                  self.weight_q.device, _measure_layer, dtype)
-        if mode == "int8":
-            return None
-        return self.widened_weight(kernels.FORM_DTYPES[mode])
+        computes in int8 (`compute_form`)."""
+        form = self.compute_form(tokens, dtype)
+        return None if form == "int8" else self.widened_weight(kernels.FORM_DTYPES[form])
+
+    def compute_form(self, tokens: int, dtype: torch.dtype) -> str:
+        """'int8', `kernels.FLOAT` or `kernels.BF16` for `tokens` tokens of `dtype`: the form
+        this layer chose for their token class, measured the first time it meets it
+        (`kernels.layer_mode`) and kept in `forms` (shown by repr and in jobs.quantize's plan);
+        int8 while `kernels.choose` or the environment force int8 compute."""
+        device = self.weight_q.device
+        if kernels.int8_forced(device):
+            return "int8"
+        if self._forms_epoch != kernels.epoch():  # the measurements were forgotten
+            self.forms, self._forms_epoch = {}, kernels.epoch()
+        key = kernels.form_key(tokens, dtype)
+        if key not in self.forms:
+            self.forms[key] = kernels.layer_mode(tokens, self.in_features, self.out_features,
+                                                 self.asymmetric, device, _measure_layer, dtype)
+        return self.forms[key]
 
     def widened_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The dequantized weight in `dtype`, made once and kept."""
@@ -216,9 +233,15 @@ class Int8Linear(KeepsWidened):
             q = q - self.weight_zero[:, None]
         return q * self.weight_scale[:, None]
 
+    def chosen_forms(self) -> dict[str, str]:
+        """{'<token class>@<input dtype>': form} chosen so far on this machine."""
+        return {kernels.form_name(key): form for key, form in self.forms.items()}
+
     def extra_repr(self) -> str:
         kind = "asymmetric" if self.asymmetric else "symmetric"
-        return f"in={self.in_features}, out={self.out_features}, W8A8 {kind} (int8 x int8 -> int32)"
+        forms = ", ".join(f"{name}: {form}" for name, form in self.chosen_forms().items())
+        return (f"in={self.in_features}, out={self.out_features}, W8A8 {kind}"
+                f"{f', computes {forms}' if forms else ''}")
 
 
 def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
@@ -228,8 +251,6 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
     float32 / bf16 product with its dequantized int8 weights, casts included), on random
     operands: each form warmed up (the quantizer compiles on its first call in the process),
     then alternated, the fastest of five calls each."""
-    import time
-
     gen = torch.Generator().manual_seed(0)
     layer = Int8Linear.from_float(nn.Linear(k, n), asymmetric=asymmetric)
     x = torch.randn(rows, k, generator=gen).to(dtype)
@@ -241,16 +262,11 @@ def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
 
     runs = {form: (lambda: layer._int8_forward(x)) if form == "int8" else float_form(form)
             for form in forms}
-    times: dict[str, list[float]] = {form: [] for form in runs}
     with torch.no_grad():
         for run in runs.values():
             run()
-        for _ in range(5):  # min of five: replicas warming up side by side add noise
-            for form, run in runs.items():
-                start = time.perf_counter()
-                run()
-                times[form].append((time.perf_counter() - start) * 1e3)
-    return {form: min(t) for form, t in times.items()}
+        # min of five: replicas warming up side by side add noise
+        return kernels.time_side_by_side(runs, 5)[0]
 
 
 class HalfLinear(KeepsWidened):

@@ -46,6 +46,7 @@ import torch
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable)
+T = TypeVar("T")
 _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 _16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
 SLOWER_8BIT_LIMIT = 1.25  # a 7-bit path wins only when the best 8-bit one is this much slower
@@ -240,16 +241,19 @@ def shape_class(tokens: int, k: int, n: int) -> tuple[int, int, int]:
     return 2 ** max(4, math.ceil(math.log2(max(tokens, 1)))), k, n
 
 
-def _run_ms(path: GemmPath, operands: tuple, packed: Any, calls: int) -> tuple[float, Any]:
-    """Fastest of `calls` runs in ms (after none: the caller warms up) and the last output.
-    The minimum, not the median: on a busy machine noise only ever adds time, and one
-    descheduled call must not knock the fast path out of the screen."""
-    times, out = [], None
+def time_side_by_side(runs: dict[str, Callable[[], T]], calls: int
+                      ) -> tuple[dict[str, float], dict[str, T]]:
+    """ms of each of `runs` and its last output: the runs alternated `calls` times (drift on a
+    busy machine hits all alike), the fastest call of each kept: noise only ever adds time, and
+    one descheduled call must not knock the fast one out. The caller warms up."""
+    ms = {name: math.inf for name in runs}
+    outs: dict[str, T] = {}
     for _ in range(calls):
-        start = time.perf_counter()
-        out = path.run(*operands, packed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return min(times), out
+        for name, run in runs.items():
+            start = time.perf_counter()
+            outs[name] = run()
+            ms[name] = min(ms[name], (time.perf_counter() - start) * 1e3)
+    return ms, outs
 
 
 def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tuple:
@@ -267,40 +271,42 @@ def _operands(rows: int, k: int, n: int, bits: int, device: torch.device) -> tup
 
 def _measure(tokens: int, k: int, n: int, device: torch.device) -> Measured:
     """Screen every available path on 64 rows (exactness against a float64 product, and a
-    timing that drops paths over 4x the best, such as a reference kernel, fastest of five calls
-    after one: a busy machine only ever adds time),
-    then time the survivors on up to MEASURE_ROWS rows of the shape class."""
+    timing that drops paths over 4x the best, such as a reference kernel), then time the
+    survivors on up to MEASURE_ROWS rows of the shape class (`time_side_by_side`)."""
     rows, _, _ = shape_class(tokens, k, n)
     m = Measured(shape_class(tokens, k, n))
-    screened: dict[str, tuple[float, Any]] = {}
+    operands, packed, runs = {}, {}, {}
     for name, path in PATHS.items():
         if not path.usable(k, device):
             continue
         xq, wq, scale = _operands(64, k, n, path.act_bits, device)
         try:
-            packed = path.pack(wq) if path.pack else None
-            path.run(xq, wq, scale, packed)  # first call: builds the kernel
-            ms, out = _run_ms(path, (xq, wq, scale), packed, 5)  # cheap: 64 rows
+            packed[name] = path.pack(wq) if path.pack else None
+            path.run(xq, wq, scale, packed[name])  # first call: builds the kernel
         except (RuntimeError, NotImplementedError) as err:
             log.info("int8 path %s unavailable here: %s", name, str(err).splitlines()[0])
             continue
+        operands[name] = (xq, wq, scale)
+        runs[name] = functools.partial(path.run, xq, wq, scale, packed[name])
+    ms, outs = time_side_by_side(runs, 5)  # cheap: 64 rows
+    for name, (xq, wq, scale) in operands.items():
         exact = (xq.double() @ wq.double().t()) * scale.double()
-        m.ms[name] = ms if torch.allclose(out.double(), exact, rtol=1e-6, atol=0) else math.inf
-        screened[name] = (ms, packed)
+        m.ms[name] = (ms[name] if torch.allclose(outs[name].double(), exact, rtol=1e-6, atol=0)
+                      else math.inf)
     best, full = min(m.ms.values()), min(rows, MEASURE_ROWS)
-    for name, ms in m.ms.items():
-        if math.isinf(ms):
+    survivors = {}
+    for name, t in m.ms.items():
+        if math.isinf(t):
             continue
-        if ms > 4 * best:
+        if t > 4 * best:
             m.screened.add(name)
-            m.ms[name] = ms * max(full, 64) / 64  # screened out: an estimate, never the fastest
-            continue
-        if full <= 64:
-            continue
-        path = PATHS[name]
-        operands = _operands(full, k, n, path.act_bits, device)
-        path.run(*operands, screened[name][1])
-        m.ms[name], _ = _run_ms(path, operands, screened[name][1], 3)
+            m.ms[name] = t * max(full, 64) / 64  # screened out: an estimate, never the fastest
+        elif full > 64:
+            path = PATHS[name]
+            big = _operands(full, k, n, path.act_bits, device)
+            path.run(*big, packed[name])
+            survivors[name] = functools.partial(path.run, *big, packed[name])
+    m.ms.update(time_side_by_side(survivors, 3)[0])
     fastest = min(m.ms, key=m.ms.__getitem__)
     eight = [p for p in m.ms if PATHS[p].act_bits == 8]
     fastest8 = min(eight, key=m.ms.__getitem__)
@@ -364,6 +370,28 @@ class LayerMeasured:
 
 
 _LAYERS: dict[tuple, LayerMeasured] = {}
+_EPOCH = [0]  # bumped by reset_choices: layers then forget the forms they chose
+
+
+def int8_forced(device: torch.device) -> bool:
+    """Whether W8A8 layers compute in int8 whatever is faster: a forced GEMM path (`choose`,
+    FRAMECAST_INT8_KERNEL), FRAMECAST_FLOAT_LAYERS=0, or a device other than a CPU."""
+    return CHOICE.path != "auto" or not CHOICE.float_layers or device.type != "cpu"
+
+
+def form_key(tokens: int, dtype: torch.dtype) -> tuple[int, torch.dtype]:
+    """How a layer files the form it chose: (token class, input dtype); `form_name` spells it."""
+    return shape_class(tokens, 1, 1)[0], dtype
+
+
+def form_name(key: tuple[int, torch.dtype]) -> str:
+    """'512@float32' for (512, torch.float32)."""
+    return f"{key[0]}@{str(key[1]).removeprefix('torch.')}"
+
+
+def epoch() -> int:
+    """Changes whenever the measurements are forgotten (`reset_choices`)."""
+    return _EPOCH[0]
 Measure = Callable[[int, int, int, bool, torch.dtype, tuple[str, ...]], dict[str, float]]
 
 
@@ -377,7 +405,7 @@ def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.devi
     quantization. Measured once per shape class, input dtype and process by `measure(rows, k,
     n, asymmetric, dtype, forms) -> {form: ms}`; a forced GEMM path (`choose`,
     FRAMECAST_INT8_KERNEL) always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0."""
-    if CHOICE.path != "auto" or not CHOICE.float_layers or device.type != "cpu":
+    if int8_forced(device):
         return "int8"
     key = (shape_class(tokens, k, n), asymmetric, dtype)
     if key not in _LAYERS:
@@ -420,3 +448,4 @@ def reset_choices() -> None:
     """Forget every measurement (tests; a benchmark that changes threads)."""
     _CHOSEN.clear()
     _LAYERS.clear()
+    _EPOCH[0] += 1

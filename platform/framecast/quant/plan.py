@@ -43,9 +43,14 @@ def precision_plan(sensitivities: dict[str, float], tau_low: float, tau_high: fl
     return sorted(entries, key=lambda e: -e.sensitivity)
 
 
-def plan_records(plan: list[PlanEntry]) -> list[dict]:
-    """JSON-ready rows {layer, sensitivity, precision}."""
-    return [{**asdict(e), "precision": e.precision.value} for e in plan]
+def plan_records(plan: list[PlanEntry], forms: dict[str, dict[str, str]] | None = None
+                 ) -> list[dict]:
+    """JSON-ready rows {layer, sensitivity, precision}, with `forms` where given: the compute
+    forms each W8A8 layer chose on the machine that ran it ({'<tokens>@<dtype>': form},
+    `compute_form.layer_forms`)."""
+    forms = forms or {}
+    return [{**asdict(e), "precision": e.precision.value,
+             **({"forms": forms[e.layer]} if e.layer in forms else {})} for e in plan]
 
 
 def plan_from_records(records: list[dict]) -> list[PlanEntry]:
@@ -61,8 +66,13 @@ def plan_from_json(text: str) -> list[PlanEntry]:
     return plan_from_records(json.loads(text))
 
 
-def format_plan(plan: list[PlanEntry]) -> str:
+def format_plan(plan: list[PlanEntry], forms: dict[str, dict[str, str]] | None = None) -> str:
+    """The plan as a table; with `forms`, a column of each layer's chosen compute forms."""
+    forms = forms or {}
     width = max((len(e.layer) for e in plan), default=5)
-    lines = [f"{'layer':<{width}}  {'S':>10}  precision"]
-    lines += [f"{e.layer:<{width}}  {e.sensitivity:10.4g}  {e.precision.value}" for e in plan]
+    head = f"{'layer':<{width}}  {'S':>10}  {'precision':<9}"
+    lines = [head + ("  computes" if forms else "")]
+    lines += [(f"{e.layer:<{width}}  {e.sensitivity:10.4g}  {e.precision.value:<9}"
+               + ("  " + ", ".join(f"{k} {v}" for k, v in forms.get(e.layer, {}).items())
+                  if forms else "")).rstrip() for e in plan]
     return "\n".join(lines)
