@@ -190,3 +190,36 @@ def test_the_plot_numbers_points_whose_labels_would_overlap():
     rows = [{"x": x, "y": y} for x, y in ((1.0, 2.0), (1.01, 2.01), (3.0, 1.0))]
     png = tune_report.study_plot(rows, "x", "y", labels=["a", "b", "c"], front=[True, False, True])
     assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("family", ["frame predictor", "token generator"])
+def test_a_quantize_trial_may_report_exactly_what_the_quantize_comparison_reports(family):
+    """The metrics a quantize study may name are read from the comparison's own key names:
+    every number it reports is among them, and nothing else is but the timings of the other
+    compute form (bf16) and jobs.quantize's drop in that form."""
+    import numpy as np
+    import torch
+    import toy_models  # noqa: F401  (registers the toy tokenizer)
+
+    from framecast.quant import compare
+    from jobs.quantize import LATENCY_BATCH_SIZES, reported_metrics
+
+    torch.manual_seed(0)
+    if family == "token generator":
+        config = registry.model_config("nbp", "small", dim=24, heads=1, layers=2,
+                                       mlp_hidden=48, block=(1, 2, 2))
+        model = registry.build("nbp", config, tokenizer=registry.create("toy-patches", "fine"))
+        tokens = torch.randint(0, model.tokenizer.codebook_size, (2, 4, 8, 8))
+        videos = model.tokenizer.decode(tokens).numpy()  # (2, 4, 16, 16, 1) uint8
+    else:
+        model = registry.create("vblt", "tiny", frame_shape=(4, 16, 16, 1))
+        videos = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 1), dtype=np.uint8)
+    model, other = model.eval(), copy.deepcopy(model).eval()
+    values = {**compare.compression(model, other),
+              **compare.deployed_speedups({"fp32": model}, {"fp32": other}, videos,
+                                          LATENCY_BATCH_SIZES, repeats=1),
+              **compare.quality(model, other, videos, batch_size=2)}
+    numbers = {k for k, v in values.items() if not isinstance(v, str)}
+    named = reported_metrics(generator=family == "token generator")
+    assert numbers <= named
+    assert {k for k in named - numbers if "bf16" not in k} == set()

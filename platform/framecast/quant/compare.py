@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -92,6 +92,28 @@ def compression(fp32: nn.Module, quant: nn.Module) -> dict[str, float]:
            "bytes_total_quant": float(state_bytes(quant))}
     out["size_ratio"] = out["bytes_fp32"] / out["bytes_quant"]
     return out
+
+
+def reported_keys(generator: bool, floats: Iterable[str], quants: Iterable[str],
+                  batch_sizes: Iterable[int]) -> frozenset[str]:
+    """The numeric keys `compression`, `deployed_speedups` (for these float and quantized
+    compute forms and batch sizes) and `quality` (of token generators if `generator`, else of
+    frame predictors) return, named before anything is measured; `deployed_speedups` also
+    returns its choices as text (best_float, quant_compute)."""
+    blank = np.zeros((1, 1, 8, 8, 1), np.uint8)
+    scored = tuple(metrics.frame_metrics(blank, blank))  # the names `quality` summarises
+    keys = {"bytes_fp32", "bytes_quant", "bytes_total_fp32", "bytes_total_quant", "size_ratio",
+            *(f"{m}_{name}" for m in (*scored, "cross_entropy") for name in ("fp32", "quant")),
+            "psnr_drop_db", "ssim_drop", "mse_increase", "cross_entropy_increase"}
+    if generator:
+        keys |= {"accuracy_fp32", "accuracy_quant", "psnr_quant_vs_fp32", "token_agreement"}
+    else:
+        keys.add("kl_fp32_quant")
+    for b in batch_sizes:
+        keys |= {f"latency_ms_{f}_b{b}" for f in floats}
+        keys |= {f"latency_ms_quant_{f}_compute_b{b}" for f in quants}
+        keys |= {f"latency_ms_quant_b{b}", f"speedup_b{b}", f"speedup_vs_best_float_b{b}"}
+    return frozenset(keys)
 
 
 def quality(fp32: nn.Module, quant: nn.Module, videos: np.ndarray, batch_size: int = 8
