@@ -57,8 +57,8 @@ def cached_epochs(epoch_batches: Callable[[int], Iterable[torch.Tensor]], *, bat
     The first epoch streams `epoch_batches(0)` and keeps the batches it yields; when they stay
     within `limit_bytes`, every later epoch reshuffles the kept rows in memory (a permutation
     seeded by `seed + epoch`) and cuts them into batches of `batch_size`, dropping the last
-    partial one. A streaming source re-reads its data every epoch: with Ray Data on 2 cores
-    that cost 0.2 s per batch of 8 small clips, 60% of a CPU step. A larger data set streams
+    partial one. A streaming source would re-read its data every epoch, which on a CPU can
+    cost more than the training step itself. A larger data set streams
     `epoch_batches(epoch)` every epoch, as before. Every epoch yields as many batches as the
     first, so data-parallel workers stay in step."""
     kept: list[torch.Tensor] | None = []

@@ -280,9 +280,8 @@ class FSQTokenizer(Tokenizer):
 FSQ_PRESETS = {
     # The target: 12 frames of 64x64 -> 12 x 8 x 8 = 768 tokens of 1000 (GPU).
     "paper": {},
-    # 32x32 frames -> 8x8 tokens on 2 CPU cores (one torch thread): 2D test split PSNR 23.9 /
-    # 28.0 / 29.9 / 31.0 dB after 100 / 300 / 400 / 600 steps of 4 sequences (lr 2e-3, cosine),
-    # 29 min wall on a heavily shared machine (1.3-5 s a step), 73% of the codes used.
+    # 32x32 frames -> 8x8 tokens: sized to train on 2 CPU cores (its PSNR per step count is in
+    # benchmarks/RESULTS.md).
     "small": {"downsample": 4, "width": 16, "max_width": 64, "res_blocks": 1, "latent_dim": 64},
     # Seconds: for tests.
     "tiny": {"downsample": 4, "width": 8, "max_width": 16, "res_blocks": 1, "latent_dim": 16},

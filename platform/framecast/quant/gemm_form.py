@@ -10,7 +10,7 @@ equivalents built on nn.Linear; the float model's outputs do not change.
 Where the linear computes in float (not yet quantized, fp16 weights, or an int8 layer that the
 kernel chooser runs in float32 because int8 is slower for its shape), the forward pass runs
 the convolution itself on that float weight: the GEMM form's layout copies cost more than the
-product at V-BLT's byte level (measured: ~45 ms of a 475 ms batch-8 pass of `small`).
+product at V-BLT's byte level.
 """
 
 from __future__ import annotations

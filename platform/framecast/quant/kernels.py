@@ -18,8 +18,8 @@ one is kept, and the choice is logged once. Paths:
   1.25x slower than it; the layer then quantizes its activations to 7 bits.
 - `fp32_gemm`: the same int8 codes multiplied on the float32 GEMM. Exact while every integer sum
   stays below 2^24 (K <= 1024), so it gives the int8 paths' outputs bit for bit; it wins where
-  the integer kernels lose to the float one (measured on AVX2: oneDNN's u8 kernel is 2-3x slower
-  than float32 for the byte-level layers of K=48 over 10k tokens). It keeps a float copy of the
+  the integer kernels lose to the float one (on AVX2, oneDNN's u8 kernel for the byte-level
+  layers of small K over many tokens). It keeps a float copy of the
   codes in memory at run time; the saved model stays int8.
 
 `FRAMECAST_INT8_KERNEL=<path>` forces a path, `FRAMECAST_FUSED_QUANT=0` the eager quantizer,
@@ -51,7 +51,7 @@ _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 _16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
 SLOWER_8BIT_LIMIT = 1.25  # a 7-bit path wins only when the best 8-bit one is this much slower
 # Rows a shape class is timed on: per-row cost is not flat (cache sizes, page faults of the
-# output), measured: oneDNN u8 at K=48 costs 1.5x per row at 10k rows what it costs at 1k.
+# output), so a small timing would misjudge the large token counts of the byte-level layers.
 MEASURE_ROWS = 16384
 
 

@@ -111,10 +111,10 @@ class RenderConfig:
 
 
 # Named data sets beside the defaults (`jobs.render --preset NAME`; explicit flags win).
-# "hard": the V-BLT comparison's data (issue 17). With the defaults, 3D copy-last-frame scores
-# above the paper's V-BLT (27.6 vs 23.4 dB: small cubes turning slowly), which makes beating the
-# paper's numbers meaningless; every object filling the frame and faster spins bring copy-last
-# well below the paper's V-BLT on both kinds (benchmarks/RESULTS.md, compare).
+# "hard": the V-BLT comparison's data. With the defaults, 3D copy-last-frame scores above the
+# paper's V-BLT (small cubes turning slowly), which makes beating the paper's numbers
+# meaningless; every object filling the frame and faster spins bring copy-last well below it
+# on both kinds (benchmarks/RESULTS.md, compare).
 DATA_PRESETS: dict[str, dict[str, object]] = {
     "hard": {"fill_frame": True, "spin_range_2d": (10.0, 25.0), "spin_range_3d": (5.0, 12.0)},
 }
