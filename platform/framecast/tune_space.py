@@ -112,17 +112,6 @@ class StudySpec:
             flags["model_config"] = ",".join(f"{k}={v}" for k, v in model.items())
         return flags
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (for Ray Tune's param space and the MLflow params)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> StudySpec:
-        return cls(**{**values, "params": tuple(Param(p["key"], p["kind"], tuple(p["values"]))
-                                                for p in values["params"]),
-                      "scheduler": Scheduler(**values["scheduler"]),
-                      "report": tuple(values["report"])})
-
 
 def _split_model_config(text: str) -> dict[str, str]:
     out = {}
