@@ -74,6 +74,18 @@ def start(cmd: list[str], *, private_tmpfs: Path | None = None) -> subprocess.Po
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def mlflow_server(store: Path, port: int) -> subprocess.Popen:
+    """An MLflow tracking server on 127.0.0.1:`port` over a SQLite store and an artifact folder
+    in `store` (created), in its own process group (`stop` stops it)."""
+    store.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+         "--artifacts-destination", str(store / "artifacts")],
+        env={**node_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def stop(*procs: subprocess.Popen) -> None:
     """SIGTERM each node's process group, SIGKILL what is left after 60 s."""
     for proc in procs:

@@ -7,13 +7,13 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import ray_nodes
 from ray_nodes import free_port
 
 pytestmark = pytest.mark.slow
@@ -47,27 +47,14 @@ def cluster(tmp_path):
 
     `ray start --block` in its own process group, so that stopping it stops this head only
     (`ray stop` would stop every Ray on the machine)."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = ray_nodes.node_env()
     dashboard, gcs, mlflow_port = free_port(), free_port(), free_port()
     temp_dir = Path("/tmp") / f"ray-fc-{os.getpid()}"  # Ray needs a short socket path
-    # Ports of our own for the job agent (default 52365) and the client server (10001): a local
-    # Ray someone else runs on this machine holds the defaults, and the head then takes no job.
-    head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port",
-         str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port",
-         str(free_port()), "--num-cpus", "2", "--temp-dir", str(temp_dir),
-         "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    store = tmp_path / "mlflow"
-    store.mkdir()
-    server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--artifacts-destination", str(store / "artifacts")],
-        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+    # Every port our own (ray_nodes.ray_start): a local Ray someone else runs on this machine
+    # holds the defaults (job agent 52365, client server 10001), and the head then takes no job.
+    head = ray_nodes.start(ray_nodes.ray_start(cpus=2, resources={}, head_port=gcs,
+                                               dashboard_port=dashboard, temp_dir=temp_dir))
+    server = ray_nodes.mlflow_server(tmp_path / "mlflow", mlflow_port)
     try:
         address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
         # 85 s for the dashboard measured on a busy 2-core machine
@@ -75,13 +62,7 @@ def cluster(tmp_path):
         wait_for(lambda: http_ok(f"{tracking}/health"), "mlflow server", 300)
         yield {"address": address, "tracking": tracking, "env": env}
     finally:
-        for proc in (server, head):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (server, head):
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        ray_nodes.stop(server, head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -43,15 +43,8 @@ def two_nodes(tmp_path_factory):
     head = ray_nodes.start(ray_nodes.ray_start(
         cpus=2, resources={"node_a": 1, "trainer": 1}, head_port=gcs, dashboard_port=dashboard,
         temp_dir=temp_dir))
-    store = tmp / "mlflow"
-    store.mkdir()
     env = ray_nodes.node_env()
-    server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--artifacts-destination", str(store / "artifacts")],
-        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True)
+    server = ray_nodes.mlflow_server(tmp / "mlflow", mlflow_port)
     procs = [server, head]
     try:
         address, tracking = f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{mlflow_port}"
