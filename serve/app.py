@@ -14,7 +14,6 @@ at run time.
 """
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -33,7 +32,7 @@ from starlette.exceptions import HTTPException
 
 from serve import codec
 from serve.codec import RequestError
-from serve.model_deployment import DEFAULT_BATCH, ModelReplica, future_limit
+from serve.model_deployment import DEFAULT_BATCH, ModelReplica, future_limit, wrong_route
 
 MiB = 2**20
 INFO_TTL_S = 10.0  # how long the ingress trusts a model's input spec before asking again
@@ -254,7 +253,7 @@ def parse_generation(kind: str, body: bytes, spec: codec.InputSpec, trained_fram
         params = {"temperature": 1.0, "seed": 0,
                   **{k: v for k, v in query.items() if v is not None}}
     params["top_k"] = params.get("top_k") or 0  # absent: all tokens
-    most = future_limit(dataclasses.asdict(spec), trained_frames, len(frames))
+    most = future_limit(spec, trained_frames, len(frames))
     if params["future_frames"] > most:
         raise RequestError(422, "too_many_future_frames",
                            f"future_frames={params['future_frames']}; after {len(frames)} "
@@ -303,13 +302,6 @@ def _split_model_call(model_call: float, result: dict[str, Any]) -> dict[str, fl
             "transport": round(max(model_call - result["replica_ms"], 0.0), 3),
             "queue": round(max(result["replica_ms"] - result["inference_ms"], 0.0), 3),
             "inference": round(result["inference_ms"], 3)}
-
-
-def _check_family(info: dict[str, Any], family: str, route: str) -> None:
-    if info["family"] != family:
-        other = "generate" if family == "frame_predictor" else "predict and rollout"
-        raise RequestError(422, "wrong_route", f"{info['name']} is a {info['family']}: it "
-                           f"answers {other}, not {route}")
 
 
 def _server_timing(timing: dict[str, float]) -> str:
@@ -408,8 +400,7 @@ class Ingress:
         """Context frames in; a token generator continues them block by block (sampling with
         the given temperature, top-k and seed) and the generated frames come out."""
         start = time.perf_counter()
-        info, spec, kind, body, timing = await self._read(name, request, "token_generator",
-                                                          "generate")
+        info, spec, kind, body, timing = await self._read(name, request, "generate")
         mark = time.perf_counter()
         frames, params = parse_generation(kind, body, spec, info["frame_shape"][0], {
             "future_frames": future_frames, "temperature": temperature, "top_k": top_k,
@@ -423,14 +414,16 @@ class Ingress:
             "context_frames": len(frames), "frames": codec.encode_png_frames(result["frames"]),
             "forward_steps": result["forward_steps"]})
 
-    async def _read(self, name: str, request: Request, family: str, route: str
+    async def _read(self, name: str, request: Request, route: str
                     ) -> tuple[dict[str, Any], codec.InputSpec, str, bytes, dict[str, float]]:
         """What every model route does first: the model's spec (404 unknown, 422 another
         family's route), the body's kind (415) and bytes (413): (info, spec, kind, body,
         timing)."""
         info = await self._model_info(name)
-        _check_family(info, family, route)
-        spec = codec.InputSpec(**info["input"])
+        why = wrong_route(name, info["family"], route)
+        if why:
+            raise RequestError(422, "wrong_route", why)
+        spec = info["input"]  # the replica's InputSpec, as it was pickled
         kind = codec.check_content_type(request.headers.get("content-type"))
         mark = time.perf_counter()
         body = await read_body(request, self.max_body_bytes)
@@ -440,8 +433,7 @@ class Ingress:
                      query_future: int | None) -> Response:
         start = time.perf_counter()
         _, spec, kind, body, timing = await self._read(
-            name, request, "frame_predictor",
-            "rollout" if schema is codec.RolloutRequest else "predict")
+            name, request, "rollout" if schema is codec.RolloutRequest else "predict")
         mark = time.perf_counter()
         frames, future = parse_frames(kind, body, schema, spec, query_future)
         timing["decode"] = _ms(mark)

@@ -24,6 +24,7 @@ from ray import serve
 if TYPE_CHECKING:  # torch is imported by the replicas only, not by the ingress
     from framecast.quant.compute_form import Choice
 
+from serve.codec import InputSpec, RequestError, check_count
 from serve.inference import (
     GenerationRequest,
     Step,
@@ -33,6 +34,19 @@ from serve.inference import (
 )
 
 DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.01}
+# The routes each model family answers; a route's name is also the replica method it calls.
+FAMILY_ROUTES = {"frame_predictor": ("predict", "rollout"), "token_generator": ("generate",)}
+
+
+def wrong_route(name: str, family: str, route: str) -> str | None:
+    """Why model `name`, a `family`, does not answer `route`; None when it does. The ingress
+    asks before it reads a body; the replica asks again, since the ingress's cached spec may
+    predate a redeploy that gave the name to another family."""
+    answers = FAMILY_ROUTES.get(family, ())
+    if route in answers:
+        return None
+    return (f"{name} is a {family}: it answers {' and '.join(answers) or 'no route'}, "
+            f"not {route}")
 
 
 def default_max_context(frame_shape: list[int], step: int) -> int:
@@ -74,11 +88,11 @@ class ModelReplica:
         forms = compute_form.candidates(precision, meta)  # ValueError: bf16 not native here
         t, h, w, c = meta["frame_shape"]
         if isinstance(self.model, TokenGenerator):
-            input_spec, workload = self._generator_spec(meta["frame_shape"], max_context_frames,
-                                                        max_future_frames)
+            self.spec, workload = self._generator_spec(meta["frame_shape"], max_context_frames,
+                                                       max_future_frames)
         else:
-            input_spec, workload = self._predictor_spec(meta["frame_shape"], max_context_frames,
-                                                        max_future_frames)
+            self.spec, workload = self._predictor_spec(meta["frame_shape"], max_context_frames,
+                                                       max_future_frames)
         self.model, choice = choose_form(self.model, forms, workload)
         self.frame_shape = (t, h, w, c)
         refs = self.model.component_refs(self.model.cfg)
@@ -97,26 +111,27 @@ class ModelReplica:
                            for attr, part in meta.get("components", {}).items()},
             "kernels": kernels.choices(),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
-            "input": input_spec,
+            "input": self.spec,  # an InputSpec: pickled to the ingress, JSON only over HTTP
         }
 
     def _predictor_spec(self, frame_shape: list[int], max_context_frames: int,
-                        max_future_frames: int) -> dict[str, int]:
+                        max_future_frames: int
+                        ) -> tuple[InputSpec, Callable[[Any, int], None]]:
         step = self.model.frames_per_step
         _, h, w, c = frame_shape
         most = default_max_context(frame_shape, step)
         if max_context_frames > 0:
             most = max(step, max_context_frames // step * step)
-        self.step, self.least, self.max_context = step, step, most
 
         def workload(model: Any, batch: int) -> None:  # a full-length context
             predict_steps(model, [np.zeros((most, h, w, c), dtype=np.uint8)] * batch)
-        return {"height": h, "width": w, "channels": c, "frames_per_step": step,
-                "min_context_frames": step, "max_context_frames": most,
-                "max_future_frames": max_future_frames}, workload
+        return InputSpec(height=h, width=w, channels=c, frames_per_step=step,
+                         min_context_frames=step, max_context_frames=most,
+                         max_future_frames=max_future_frames), workload
 
     def _generator_spec(self, frame_shape: list[int], max_context_frames: int,
-                        max_future_frames: int) -> dict[str, int]:
+                        max_future_frames: int
+                        ) -> tuple[InputSpec, Callable[[Any, int], None]]:
         """A generator continues clips up to the length it was trained on (its positions end
         there): a context of `least` frames plus whole blocks, leaving a frame to generate."""
         t, h, w, c = frame_shape
@@ -125,15 +140,14 @@ class ModelReplica:
         most = least + (t - 1 - least) // step * step
         if max_context_frames > 0:
             most = max(least, least + (min(max_context_frames, most) - least) // step * step)
-        self.step, self.least, self.max_context = step, least, most
         future = min(max_future_frames, t - least)
 
         def workload(model: Any, batch: int) -> None:  # the longest continuation
             generate_batch(model, [GenerationRequest(
                 np.zeros((least, h, w, c), dtype=np.uint8), future, 0.0)] * batch)
-        return {"height": h, "width": w, "channels": c, "frames_per_step": step,
-                "min_context_frames": least, "max_context_frames": most,
-                "max_future_frames": future}, workload
+        return InputSpec(height=h, width=w, channels=c, frames_per_step=step,
+                         min_context_frames=least, max_context_frames=most,
+                         max_future_frames=future), workload
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's user_config (also on a live update)."""
@@ -178,26 +192,25 @@ class ModelReplica:
         """Which model answered: the ingress's cached spec may be seconds older than a redeploy."""
         return {"version": self.meta["version"], "precision": self.meta["precision"]}
 
-    def _check(self, frames: np.ndarray) -> None:
-        spec = self.meta["input"]
-        want = (spec["height"], spec["width"], spec["channels"])
+    def _check(self, route: str, frames: np.ndarray) -> None:
+        """The ingress's checks again, as ValueErrors (its 422 rejected_by_model), for callers
+        that reach the replica some other way or with a spec older than this replica."""
+        why = wrong_route(self.meta["name"], self.model.family, route)
+        if why:
+            raise ValueError(why)
+        spec = self.spec
+        want = (spec.height, spec.width, spec.channels)
         if frames.dtype != np.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != want:
             raise ValueError(f"frames {frames.dtype} {frames.shape}: expected uint8 (T, *{want})")
-        n = len(frames)
-        if not self.least <= n <= self.max_context or (n - self.least) % self.step:
-            raise ValueError(f"{n} context frames: expected {self.least} plus a multiple of "
-                             f"{self.step}, at most {self.max_context}")
-
-    def _family(self, family: str, route: str) -> None:
-        if self.model.family != family:
-            raise ValueError(f"{self.meta['name']} is a {self.model.family}; {route} serves "
-                             f"{family} models")
+        try:
+            check_count(len(frames), spec)
+        except RequestError as err:
+            raise ValueError(err.message) from None
 
     async def predict(self, frames: np.ndarray) -> dict[str, Any]:
         """The next `frames_per_step` frames after uint8 (T, H, W, C) context frames."""
         start = time.perf_counter()
-        self._family("frame_predictor", "/predict")
-        self._check(frames)
+        self._check("predict", frames)
         step, ms, batch = await self._step(frames)
         return {**self._answer_meta(), "frames": step.frames, "entropy": step.entropy,
                 "inference_ms": ms, "replica_ms": (time.perf_counter() - start) * 1e3,
@@ -207,14 +220,14 @@ class ModelReplica:
         """`future_frames` frames, each step's prediction appended to the context of the next
         (the context window keeps the newest `max_context_frames`)."""
         start = time.perf_counter()
-        self._family("frame_predictor", "/rollout")
-        self._check(frames)
-        most = self.meta["input"]["max_future_frames"]
+        self._check("rollout", frames)
+        most = self.spec.max_future_frames
         if not 0 < future_frames <= most:
             raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
         context, preds, ents, ms, batches = frames, [], [], 0.0, []
         while sum(len(p) for p in preds) < future_frames:
-            window = context_window(context, self.max_context, self.step)
+            window = context_window(context, self.spec.max_context_frames,
+                                    self.spec.frames_per_step)
             step, step_ms, batch = await self._step(window)
             preds.append(step.frames)
             ents.append(step.entropy)
@@ -229,9 +242,8 @@ class ModelReplica:
                        top_k: int = 0, seed: int = 0) -> dict[str, Any]:
         """`future_frames` frames generated after uint8 (T, H, W, C) context frames."""
         start = time.perf_counter()
-        self._family("token_generator", "/generate")
-        self._check(frames)
-        most = future_limit(self.meta["input"], self.frame_shape[0], len(frames))
+        self._check("generate", frames)
+        most = future_limit(self.spec, self.frame_shape[0], len(frames))
         if not 0 < future_frames <= most:
             raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
         if temperature < 0 or top_k < 0:
@@ -245,10 +257,10 @@ class ModelReplica:
                 "batch_sizes": [batch]}
 
 
-def future_limit(spec: dict[str, int], trained_frames: int, context: int) -> int:
+def future_limit(spec: InputSpec, trained_frames: int, context: int) -> int:
     """The most frames a generator continues `context` frames by: its clips end where its
     training clips ended (later positions were never trained), and at the deployment's cap."""
-    return min(spec["max_future_frames"], trained_frames - context)
+    return min(spec.max_future_frames, trained_frames - context)
 
 
 def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None]
