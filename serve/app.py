@@ -113,11 +113,16 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-class FramesResponse(BaseModel):
+class Answer(BaseModel):
+    """What every model route's JSON answer starts with."""
+
     model: str
     version: str
     precision: str
     context_frames: int
+
+
+class FramesResponse(Answer):
     frames: list[codec.PngFrame] = Field(description="predicted frames, base64 PNG")
     entropy: list[codec.PngFrame] = Field(description="per-pixel entropy maps, base64 PNG; a "
                                                       "pixel p means p * entropy_png_bits bits")
@@ -127,11 +132,7 @@ class FramesResponse(BaseModel):
     timing_ms: dict[str, float]
 
 
-class GenerateResponse(BaseModel):
-    model: str
-    version: str
-    precision: str
-    context_frames: int
+class GenerateResponse(Answer):
     frames: list[codec.PngFrame] = Field(description="generated frames, base64 PNG")
     forward_steps: int = Field(description="generator forward passes (one per block)")
     batch_sizes: list[int] = Field(description="size of the dynamic batch the request rode in")
@@ -209,56 +210,48 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_frames(kind: str, body: bytes, schema: type[codec.PredictRequest],
-                 spec: codec.InputSpec, query_future: int | None
-                 ) -> tuple[np.ndarray, int | None]:
-    """(uint8 context frames, future frames for a rollout or None) from a checked body."""
-    rollout = schema is codec.RolloutRequest
+# The JSON body each model route reads; the route's name is also the replica method it calls.
+REQUESTS: dict[str, type[codec.PredictRequest]] = {
+    "predict": codec.PredictRequest, "rollout": codec.RolloutRequest,
+    "generate": codec.GenerateRequest}
+
+
+def parse_request(kind: str, body: bytes, route: str, info: dict[str, Any],
+                  query: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """(uint8 context frames, the replica method's other arguments) from a checked body: the
+    fields of the route's JSON schema, or for a .npy upload the route's query parameters (the
+    schema's defaults where absent). `info` is the model's (its input spec and family)."""
+    schema, spec = REQUESTS[route], info["input"]
     if kind == "json":
         parsed = codec.parse_json(body, schema)
-        if query_future is not None:
-            raise RequestError(422, "invalid_field", "give future_frames in the JSON body, not "
-                               "as a query parameter")
-        future = getattr(parsed, "future_frames", None)
-        frames = codec.decode_png_frames(parsed.frames, spec)
-    else:
-        future = query_future
-        if rollout and future is None:
-            raise RequestError(422, "invalid_field", "future_frames is required: "
-                               "?future_frames=N for a .npy upload")
-        frames = codec.decode_npy(body, spec)
-    if rollout and future > spec.max_future_frames:
-        raise RequestError(422, "too_many_future_frames", f"future_frames={future}; this "
-                           f"model rolls out at most {spec.max_future_frames}")
-    return frames, future if rollout else None
-
-
-def parse_generation(kind: str, body: bytes, spec: codec.InputSpec, trained_frames: int,
-                     query: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """(uint8 context frames, {future_frames, temperature, top_k, seed}) from a checked body:
-    the JSON fields, or the query parameters of a .npy upload."""
-    if kind == "json":
-        parsed = codec.parse_json(body, codec.GenerateRequest)
         given = [k for k, v in query.items() if v is not None]
         if given:
+            where = "a query parameter" if len(given) == 1 else "query parameters"
             raise RequestError(422, "invalid_field", f"give {', '.join(given)} in the JSON body, "
-                               "not as query parameters")
+                               f"not as {where}")
         frames = codec.decode_png_frames(parsed.frames, spec)
         params = parsed.model_dump(exclude={"frames"})
     else:
-        if query["future_frames"] is None:
+        if "future_frames" in schema.model_fields and query.get("future_frames") is None:
             raise RequestError(422, "invalid_field", "future_frames is required: "
                                "?future_frames=N for a .npy upload")
         frames = codec.decode_npy(body, spec)
-        params = {"temperature": 1.0, "seed": 0,
-                  **{k: v for k, v in query.items() if v is not None}}
-    params["top_k"] = params.get("top_k") or 0  # absent: all tokens
-    most = future_limit(spec, trained_frames, len(frames))
-    if params["future_frames"] > most:
-        raise RequestError(422, "too_many_future_frames",
-                           f"future_frames={params['future_frames']}; after {len(frames)} "
-                           f"context frames this model generates at most {most} (it was "
-                           f"trained on clips of {trained_frames} frames)")
+        params = {k: f.default for k, f in schema.model_fields.items() if not f.is_required()}
+        params.update((k, v) for k, v in query.items() if v is not None)
+    if "top_k" in params:
+        params["top_k"] = params["top_k"] or 0  # absent: all tokens
+    future = params.get("future_frames")
+    if info["family"] == "token_generator":
+        trained = info["frame_shape"][0]
+        most = future_limit(spec, trained, len(frames))
+        if future > most:
+            raise RequestError(422, "too_many_future_frames",
+                               f"future_frames={future}; after {len(frames)} context frames this "
+                               f"model generates at most {most} (it was trained on clips of "
+                               f"{trained} frames)")
+    elif future is not None and future > spec.max_future_frames:
+        raise RequestError(422, "too_many_future_frames", f"future_frames={future}; this "
+                           f"model rolls out at most {spec.max_future_frames}")
     return frames, params
 
 
@@ -308,11 +301,29 @@ def _server_timing(timing: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_', '-')};dur={v}" for k, v in timing.items())
 
 
-def _respond(name: str, kind: str, start: float, timing: dict[str, float], result: dict,
-             response: type[BaseModel], fields: Callable[[], dict[str, Any]]) -> Response:
+def _predicted_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """A frame predictor's JSON answer besides the frames: their entropy maps."""
+    entropy = result["entropy"]
+    return {"entropy": codec.encode_png_frames(codec.entropy_to_png_bytes(entropy)),
+            "entropy_png_bits": codec.ENTROPY_PNG_BITS,
+            "mean_entropy_bits": [float(e.mean()) for e in entropy]}
+
+
+def _generated_fields(result: dict[str, Any]) -> dict[str, Any]:
+    return {"forward_steps": result["forward_steps"]}
+
+
+# Each family's JSON answer, and its fields besides those every answer has.
+ANSWERS: dict[str, tuple[type[Answer], Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "frame_predictor": (FramesResponse, _predicted_fields),
+    "token_generator": (GenerateResponse, _generated_fields)}
+
+
+def _respond(name: str, family: str, kind: str, start: float, timing: dict[str, float],
+             context_frames: int, result: dict[str, Any]) -> Response:
     """A model route's answer: the result's arrays as one .npz for a .npy request (frames, and
-    entropy where there is some), else JSON of `response` with the `fields()` it encodes; the
-    headers name the model, version and precision, and time every stage."""
+    entropy where there is some), else the family's JSON answer; the headers name the model,
+    version and precision, and time every stage."""
     mark = time.perf_counter()
     headers = {"X-Framecast-Model": name, "X-Framecast-Version": result["version"],
                "X-Framecast-Precision": result["precision"]}
@@ -321,7 +332,9 @@ def _respond(name: str, kind: str, start: float, timing: dict[str, float], resul
         timing.update(encode=_ms(mark), total=_ms(start))
         headers["Server-Timing"] = _server_timing(timing)
         return Response(content, media_type=codec.NPZ_TYPE, headers=headers)
-    body = fields()
+    response, fields = ANSWERS[family]
+    body = {"context_frames": context_frames,
+            "frames": codec.encode_png_frames(result["frames"]), **fields(result)}
     timing.update(encode=_ms(mark), total=_ms(start))
     headers["Server-Timing"] = _server_timing(timing)
     answer = response(model=name, version=result["version"], precision=result["precision"],
@@ -367,26 +380,26 @@ class Ingress:
     @app.post("/v1/models/{name}/predict", summary="Predict the next frames",
               response_model=FramesResponse,
               responses={**ERRORS, 200: {"content": NPZ_DOC}},
-              openapi_extra=_body_doc(codec.PredictRequest))
+              openapi_extra=_body_doc(REQUESTS["predict"]))
     async def predict(self, name: str, request: Request) -> Response:
         """Context frames in; the next `frames_per_step` frames and their entropy maps out."""
-        return await self._serve(name, request, codec.PredictRequest, None)
+        return await self._serve(name, "predict", request, {})
 
     @app.post("/v1/models/{name}/rollout", summary="Predict many frames autoregressively",
               response_model=FramesResponse,
               responses={**ERRORS, 200: {"content": NPZ_DOC}},
-              openapi_extra=_body_doc(codec.RolloutRequest))
+              openapi_extra=_body_doc(REQUESTS["rollout"]))
     async def rollout(self, name: str, request: Request, future_frames: int | None = Query(
             None, gt=0, description="frames to predict (for .npy uploads; JSON bodies carry "
                                     "it as a field)")) -> Response:
         """Context frames and a number of future frames in; each step's prediction is fed back as
         context for the next."""
-        return await self._serve(name, request, codec.RolloutRequest, future_frames)
+        return await self._serve(name, "rollout", request, {"future_frames": future_frames})
 
     @app.post("/v1/models/{name}/generate", summary="Generate the frames after a context",
               response_model=GenerateResponse,
               responses={**ERRORS, 200: {"content": NPZ_DOC}},
-              openapi_extra=_body_doc(codec.GenerateRequest))
+              openapi_extra=_body_doc(REQUESTS["generate"]))
     async def generate(
             self, name: str, request: Request,
             future_frames: int | None = Query(None, gt=0, description="frames to generate "
@@ -399,55 +412,32 @@ class Ingress:
     ) -> Response:
         """Context frames in; a token generator continues them block by block (sampling with
         the given temperature, top-k and seed) and the generated frames come out."""
-        start = time.perf_counter()
-        info, spec, kind, body, timing = await self._read(name, request, "generate")
-        mark = time.perf_counter()
-        frames, params = parse_generation(kind, body, spec, info["frame_shape"][0], {
+        return await self._serve(name, "generate", request, {
             "future_frames": future_frames, "temperature": temperature, "top_k": top_k,
             "seed": seed})
-        timing["decode"] = _ms(mark)
-        mark = time.perf_counter()
-        handle = self.models[name]
-        result = await _call(lambda: handle.generate.remote(frames, **params))
-        timing.update(_split_model_call(_ms(mark), result))
-        return _respond(name, kind, start, timing, result, GenerateResponse, lambda: {
-            "context_frames": len(frames), "frames": codec.encode_png_frames(result["frames"]),
-            "forward_steps": result["forward_steps"]})
 
-    async def _read(self, name: str, request: Request, route: str
-                    ) -> tuple[dict[str, Any], codec.InputSpec, str, bytes, dict[str, float]]:
-        """What every model route does first: the model's spec (404 unknown, 422 another
-        family's route), the body's kind (415) and bytes (413): (info, spec, kind, body,
-        timing)."""
+    async def _serve(self, name: str, route: str, request: Request, query: dict[str, Any]
+                     ) -> Response:
+        """Every model route: the model's spec (404 unknown, 422 another family's route), the
+        body's kind (415), bytes (413) and fields (4xx, with the route's `query` parameters),
+        the replica's answer encoded as the request came; every stage timed."""
+        start = time.perf_counter()
         info = await self._model_info(name)
         why = wrong_route(name, info["family"], route)
         if why:
             raise RequestError(422, "wrong_route", why)
-        spec = info["input"]  # the replica's InputSpec, as it was pickled
         kind = codec.check_content_type(request.headers.get("content-type"))
         mark = time.perf_counter()
         body = await read_body(request, self.max_body_bytes)
-        return info, spec, kind, body, {"read": _ms(mark)}
-
-    async def _serve(self, name: str, request: Request, schema: type[codec.PredictRequest],
-                     query_future: int | None) -> Response:
-        start = time.perf_counter()
-        _, spec, kind, body, timing = await self._read(
-            name, request, "rollout" if schema is codec.RolloutRequest else "predict")
+        timing = {"read": _ms(mark)}
         mark = time.perf_counter()
-        frames, future = parse_frames(kind, body, schema, spec, query_future)
+        frames, params = parse_request(kind, body, route, info, query)
         timing["decode"] = _ms(mark)
         mark = time.perf_counter()
-        handle = self.models[name]
-        result = await _call(lambda: handle.rollout.remote(frames, future) if future is not None
-                             else handle.predict.remote(frames))
+        method = getattr(self.models[name], route)
+        result = await _call(lambda: method.remote(frames, **params))
         timing.update(_split_model_call(_ms(mark), result))
-        entropy = result["entropy"]
-        return _respond(name, kind, start, timing, result, FramesResponse, lambda: {
-            "context_frames": len(frames), "frames": codec.encode_png_frames(result["frames"]),
-            "entropy": codec.encode_png_frames(codec.entropy_to_png_bytes(entropy)),
-            "entropy_png_bits": codec.ENTROPY_PNG_BITS,
-            "mean_entropy_bits": [float(e.mean()) for e in entropy]})
+        return _respond(name, info["family"], kind, start, timing, len(frames), result)
 
 
 def build_app(args: AppArgs) -> serve.Application:
