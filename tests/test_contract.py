@@ -228,45 +228,6 @@ def test_a_composite_generator_saves_logs_and_loads_as_one_unit(tmp_path):
     assert torch.equal(again.generate(video, 1), expected)
 
 
-@pytest.mark.slow
-def test_a_ray_tune_trial_trains_through_the_same_entry_point(data, tmp_path):
-    """jobs.train's plan / fit / finish inside a Tune trial: the trial owns the MLflow run and
-    passes Tune's report callback; no second copy of training."""
-    from ray import tune
-
-    def trial(params: dict) -> None:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from framecast import tracking
-        from jobs import train as train_job
-
-        config = train_job.TrainJobConfig(
-            data=params["data"], preset="tiny", steps=4, batch_size=2, log_every=2,
-            checkpoint_every=4, lr=params["lr"], cpus_per_worker=0.5, register="none",
-            storage=params["storage"], name=f"trial-lr{params['lr']}")
-        checked = train_job.plan(config)
-        with tracking.job_run("train", experiment="tune-test", run_name=checked.name,
-                              params=checked.params) as run:
-            checkpoint = train_job.fit(checked, run.info.run_id,
-                                       callbacks=[TuneReportCallback()])
-            train_job.finish(checked, run.info.run_id, checkpoint)
-
-    tuner = tune.Tuner(
-        tune.with_resources(trial, {"cpu": 0.1}),
-        param_space={"lr": tune.grid_search([1e-3]), "data": str(data),
-                     "storage": str(tmp_path / "ray")},
-        tune_config=tune.TuneConfig(metric="loss", mode="min"),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), name="contract"))
-    best = tuner.fit().get_best_result()
-    assert best.error is None and best.metrics["step"] == 4
-    from framecast import tracking
-
-    tracking.use_experiment("tune-test")  # the trial's store: the session's FRAMECAST_HOME
-    runs = mlflow.search_runs(experiment_names=["tune-test"], output_format="list")
-    assert [r.info.status for r in runs] == ["FINISHED"]
-    assert "final_val_psnr" in runs[0].data.metrics
-
-
 def test_the_pipeline_checks_its_model_overrides_against_the_frames_it_will_render():
     from jobs.pipeline import PipelineConfig
 

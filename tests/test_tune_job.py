@@ -18,7 +18,9 @@ from framecast.config import parse_args
 from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig
 from jobs.train import plan as train_plan
-from jobs.tune import STUDY_TAG, TRIAL_TAG, TuneJobConfig, main, tune_job
+from jobs.tune import STUDY_TAG, TRIAL_TAG, TuneJobConfig, main, make_tuner, tune_job
+from jobs.tune_progress import PROGRESS
+from jobs.tune_study import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +96,31 @@ def test_a_two_trial_study_runs_end_to_end_then_is_not_run_again(data, tmp_path,
     out = capsys.readouterr().out
     assert again["ran"] == 0 and "0 trials run" in out and again["table"] == result["table"]
     assert len(runs_of("tiny-patches")) == 3
+
+
+@pytest.mark.slow  # one Ray Train fit inside Ray Tune
+def test_the_study_s_trial_trains_through_jobs_train_s_entry_point(data, tmp_path):
+    """The trial function the study's Tuner runs (its settings through tune.with_parameters)
+    runs jobs.train's plan / fit / finish in a child run of the study's parent run, and
+    reports to Tune: no second copy of training."""
+    from framecast import tracking
+
+    space = write_space(tmp_path, "one-trial", cpu=0.5,
+                        params={"model_config.patch": {"grid": ["1x4x4"]}})
+    study = prepare(TuneJobConfig(space=str(space), data=str(data),
+                                  storage=str(tmp_path / "ray")))
+    PROGRESS.reset(study)  # the Tuner's progress callback prints through it
+    tracking.use_experiment(study.experiment)
+    with mlflow.start_run() as parent:
+        [result] = make_tuner(study, parent.info.run_id, concurrent=1, threads=1).fit()
+    assert result.error is None and result.metrics["step"] == 4
+    assert result.config["p"] == {"model_config.patch": "1x4x4"}
+    [child] = [r for r in runs_of("one-trial")
+               if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.info.status == "FINISHED"
+    assert child.data.tags[TRIAL_TAG] == f"one-trial/{result.metrics['trial_id']}"
+    assert child.data.params["model.patch"] == "1x4x4"
+    assert {"final_val_psnr", "gflops", "params"} <= set(child.data.metrics)
 
 
 def test_a_space_that_does_not_fit_the_data_stops_before_ray_and_mlflow(data, tmp_path, capsys):
