@@ -125,6 +125,20 @@ class Model(nn.Module, abc.ABC):
         return {}
 
 
+def check_patched_video(video: torch.Tensor, patch: tuple[int, int, int], channels: int,
+                        what: str = "patch") -> None:
+    """Refuse (ValueError, one line) a video (B, T, H, W, C) that `patch` (a V-BLT patch, a
+    ViViT tubelet: `what`) does not tile with at least two time slices (one to predict from,
+    one to predict), or that has other than `channels` channels."""
+    _, t, h, w, c = video.shape
+    pt, ph, pw = patch
+    if t % pt or h % ph or w % pw or t < 2 * pt:
+        raise ValueError(f"video (T, H, W) = ({t}, {h}, {w}) must be divisible by the {what} "
+                         f"{tuple(patch)} with at least two time slices")
+    if c != channels:
+        raise ValueError(f"video has {c} channels, the model {channels}")
+
+
 class FramePredictor(Model):
     """uint8 video in; `forward` returns logits (B, T - k, H, W, C, levels) over every pixel
     value of the frames after the first k = `context_frames`, frame t's logits depending only on

@@ -29,7 +29,7 @@ from torch import nn
 
 from framecast.config import ConfigError
 from framecast.distribution import DEFAULT_DECODE
-from framecast.models.contract import FramePredictor
+from framecast.models.contract import FramePredictor, check_patched_video
 from framecast.models.layers import (
     MLP,
     Attention,
@@ -446,13 +446,7 @@ class VBLT(FramePredictor):
         return self.cfg.patch[0]
 
     def _check_video(self, video: torch.Tensor) -> None:
-        _, t, h, w, c = video.shape
-        pt, ph, pw = self.cfg.patch
-        if t % pt or h % ph or w % pw or t < 2 * pt:
-            raise ValueError(f"video (T, H, W) = ({t}, {h}, {w}) must be divisible by the patch "
-                             f"{self.cfg.patch} with at least two time slices")
-        if c != self.cfg.channels:
-            raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
+        check_patched_video(video, self.cfg.patch, self.cfg.channels)
 
     def next_step_logits(self, video: torch.Tensor) -> torch.Tensor:
         """The last time slice's logits only, as `forward(video)[:, -pt:]` computes them: the

@@ -25,7 +25,7 @@ from torch import nn
 
 from framecast.config import ConfigError
 from framecast.distribution import DEFAULT_DECODE
-from framecast.models.contract import FramePredictor
+from framecast.models.contract import FramePredictor, check_patched_video
 from framecast.models.layers import (
     MLP,
     Attention,
@@ -123,13 +123,9 @@ class ViViT(FramePredictor):
         return self.cfg.tubelet[0]
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        check_patched_video(video, self.cfg.tubelet, self.cfg.channels, "tubelet")
         b, t, h, w, c = video.shape
         pt, ph, pw = self.cfg.tubelet
-        if t % pt or h % ph or w % pw or t < 2 * pt:
-            raise ValueError(f"video (T, H, W) = ({t}, {h}, {w}) must be divisible by the "
-                             f"tubelet {self.cfg.tubelet} with at least two time slices")
-        if c != self.cfg.channels:
-            raise ValueError(f"video has {c} channels, the model {self.cfg.channels}")
         s, hp, wp = t // pt, h // ph, w // pw
         head_dim = self.cfg.dim // self.cfg.heads
         space_angles = rope_3d_angles(grid_positions(1, hp, wp, video.device), head_dim,
