@@ -55,7 +55,7 @@ def runs_of(experiment: str) -> list:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
-@pytest.mark.slow  # two Ray Train fits inside Ray Tune: 295 s measured on a loaded 2-core box
+@pytest.mark.slow  # two Ray Train fits inside Ray Tune: minutes on 2 cores
 def test_a_two_trial_study_runs_end_to_end_then_is_not_run_again(data, tmp_path, capsys):
     space = write_space(tmp_path, "tiny-patches", cpu=0.5)  # both trials side by side
     result = tune_job(TuneJobConfig(space=str(space), data=str(data),
@@ -136,7 +136,7 @@ def test_a_space_that_does_not_fit_the_data_stops_before_ray_and_mlflow(data, tm
     assert "metric 'val_fvd' is not among the trial's metrics" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a second local Ray in a subprocess, then a resumed study: ~3 minutes
+@pytest.mark.slow  # a second local Ray in a subprocess, then a resumed study: minutes
 def test_a_study_killed_after_one_trial_resumes_with_only_the_other(data, tmp_path,
                                                                     monkeypatch, capsys,
                                                                     job_env):
@@ -151,7 +151,7 @@ def test_a_study_killed_after_one_trial_resumes_with_only_the_other(data, tmp_pa
         job = subprocess.Popen([sys.executable, "-m", "jobs.tune", *argv], cwd=REPO, env=env,
                                stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 900  # a first trial took over 400 s at load 30-57
+        deadline = time.monotonic() + 900  # a first trial takes minutes on a loaded 2-core machine
         while time.monotonic() < deadline and job.poll() is None:
             if "tune: trial 1/2" in log.read_text():
                 break
