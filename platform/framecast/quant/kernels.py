@@ -344,12 +344,14 @@ FORM_DTYPES = {FLOAT: torch.float32, BF16: torch.bfloat16}
 
 def layer_forms(dtype: torch.dtype, device: torch.device) -> tuple[str, ...]:
     """The forms a W8A8 layer may compute in for inputs of `dtype`: int8 always; float32 from
-    its int8 weights for float32 inputs; bf16 from them only where the device computes bf16
-    natively (never an emulation, which is slower than float32)."""
+    its int8 weights for float32 inputs; bf16 from them for bf16 inputs (a model deployed in
+    bf16 compute, whose quality jobs.quantize checked) where the device computes bf16 natively
+    (never an emulation, which is slower than float32). Never bf16 for float32 inputs: that
+    would round a float32 deployment to bf16 where no quality check allowed it."""
     forms = ["int8"]
     if dtype == torch.float32:
         forms.append(FLOAT)
-    if dtype in (torch.float32, torch.bfloat16) and native_16bit(torch.bfloat16, device):
+    if dtype == torch.bfloat16 and native_16bit(torch.bfloat16, device):
         forms.append(BF16)
     return tuple(forms)
 
