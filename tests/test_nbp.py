@@ -270,3 +270,25 @@ def test_benchmark_options_take_comma_lists_and_refuse_bad_ones(capsys):
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert repr(text) in err and len(err.strip().splitlines()) == 2  # usage + the reason
+
+
+def test_top_k_sampling_draws_from_the_tempered_softmax_of_the_k_likeliest_only():
+    """Per row: argmax at temperature 0; with top_k, only the k likeliest tokens, at the
+    frequencies of their tempered softmax renormalised; a row's draws do not depend on its
+    batch (each row its own generator)."""
+    from framecast.models.nbp import sample_tokens
+
+    torch.manual_seed(0)
+    vocab, n = 50, 4000
+    row = torch.randn(vocab) * 2
+    logits = torch.stack([row.expand(n, vocab), row.expand(n, vocab), torch.randn(n, vocab)])
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    tokens = sample_tokens(logits, [0.7, 0.0, 1.0], [5, 0, 0], gens)
+    top5 = row.topk(5).indices
+    assert set(tokens[0].tolist()) <= set(top5.tolist())
+    want = (row[top5] / 0.7).softmax(-1)
+    got = torch.stack([(tokens[0] == t).float().mean() for t in top5])
+    assert torch.allclose(got, want, atol=0.03), (got, want)
+    assert torch.equal(tokens[1], logits[1].argmax(-1))
+    alone = sample_tokens(logits[:1], [0.7], [5], [torch.Generator().manual_seed(1)])
+    assert torch.equal(alone[0], tokens[0])

@@ -139,16 +139,25 @@ def sample_tokens(logits: torch.Tensor, temperature: list[float], top_k: list[in
                   generators: list[torch.Generator | None]) -> torch.Tensor:
     """One token per position of logits (B, n, V), each row with its own settings: argmax at
     temperature 0, else a draw from the tempered softmax restricted to the top_k likeliest
-    (0: all), from that row's generator (so a row's draws do not depend on its batch)."""
-    tokens = logits.argmax(-1)
-    for row, (temp, k, generator) in enumerate(zip(temperature, top_k, generators, strict=True)):
-        if temp == 0:
-            continue
-        scaled = logits[row].float() / temp
-        if 0 < k < scaled.shape[-1]:
-            kth = scaled.topk(k, dim=-1).values[..., -1:]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        tokens[row] = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+    (0: all), from that row's generator (so a row's draws do not depend on its batch).
+    With top_k, the draw is among the k candidates only: a draw over the whole vocabulary
+    (exponential noise per entry) costs V per position and row, which batching cannot share."""
+    b, _, vocab = logits.shape
+    tokens = torch.empty(logits.shape[:2], dtype=torch.long, device=logits.device)
+    greedy = [row for row in range(b) if temperature[row] == 0]
+    if greedy:
+        tokens[greedy] = logits[greedy].argmax(-1)
+    by_k: dict[int, list[int]] = {}
+    for row in range(b):
+        if temperature[row] != 0:
+            by_k.setdefault(top_k[row] if 0 < top_k[row] < vocab else 0, []).append(row)
+    for k, rows in by_k.items():
+        # One top-k for the rows that share k; then each row draws from its own generator.
+        values, index = logits[rows].topk(k, dim=-1) if k else (logits[rows], None)
+        for i, row in enumerate(rows):
+            probs = (values[i].float() / temperature[row]).softmax(-1)
+            pick = torch.multinomial(probs, 1, generator=generators[row])
+            tokens[row] = (pick if index is None else index[i].gather(-1, pick))[:, 0]
     return tokens
 
 
