@@ -18,11 +18,10 @@ from framecast.tune_space import (
     model_variants,
     parse_study,
 )
-from jobs.quantize import QuantizeJobConfig
 from jobs.train import TrainJobConfig
+from jobs.tune_study import JOB_CONFIGS as JOBS  # the table the tune job reads studies with
 
 SPACES = Path(__file__).resolve().parents[1] / "tune_spaces"
-JOBS = {"train": TrainJobConfig, "quantize": QuantizeJobConfig}
 VALID = {
     "name": "patches", "job": "train",
     "base": {"model": "vblt", "preset": "tiny", "steps": 8},
