@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from framecast import tracking
 from framecast.config import ConfigError, flat_params, project_home
 from framecast.models import registry
 from framecast.train import OptimConfig
@@ -228,24 +229,18 @@ def train_entrant(entrant: Entrant) -> None:
     """Train through jobs.train's fit and finish in a child run; keeps the trained model."""
     import mlflow
 
-    from framecast import tracking
     from jobs.common import load_logged_model
-    from jobs.train import finish, fit, follow_run
+    from jobs.train import fit_and_finish, train_run
 
     plan = entrant.plan
     print(f"compare: training {entrant.name} on {entrant.data} ({plan.config.steps} steps)")
-    with tracking.job_run("train", experiment=plan.config.experiment, run_name=plan.name,
-                          params=plan.params, tags={"framecast.ray_run": plan.name,
-                                                    "framecast.model": entrant.name}) as run:
+    with train_run(plan) as run:
         entrant.run_id = run.info.run_id
-        headline = registry.entry(entrant.name).model_class.headline
-        with follow_run(run.info.run_id, plan.config.steps, headline):
-            checkpoint = fit(plan, run.info.run_id)
-        logged = finish(plan, run.info.run_id, checkpoint)
+        logged = fit_and_finish(plan, run.info.run_id)
         # The model as logged, decoding chosen on val included (a rebuild from the checkpoint
         # would read with the config's default decoding instead).
         entrant.model = load_logged_model(logged["model_uri"])[0].eval()
-        mlflow.set_tag("framecast.compare", "trained")
+        mlflow.set_tag(tracking.COMPARE_TAG, "trained")
 
 
 def learning_curve(run_id: str, kind: str, name: str) -> list[dict[str, Any]]:
@@ -289,7 +284,7 @@ def choose_lrs(entrants: list[Entrant], labels: dict[str, str],
     column = "val rollout PSNR" if score is not None else "final val PSNR"
     sweep = []
     for e, row in zip(trained, rows, strict=True):
-        client.set_tag(e.run_id, "framecast.compare_lr",
+        client.set_tag(e.run_id, tracking.COMPARE_LR_TAG,
                        "chosen" if row["chosen"] else "not chosen")
         sweep.append({"data": labels[e.data], "model": e.name, "lr": e.lr,
                       column: row["final val PSNR"], "chosen": row["chosen"]})
@@ -325,7 +320,7 @@ def read_by_val_rollouts(entrants: list[Entrant], config: CompareConfig,
                                        context=config.context)
         scores[id(e)] = psnr[best]
         client.log_metric(e.run_id, "val_rollout_psnr", psnr[best])
-        client.set_tag(e.run_id, "framecast.rollout_decode", best)
+        client.set_tag(e.run_id, tracking.ROLLOUT_DECODE_TAG, best)
         print(f"compare: {e.name} {labels[e.data]}"
               + (f" lr {e.lr:g}" if e.plan is not None else "") + ": rollouts "
               + describe_decode_choice(best, psnr))
@@ -360,7 +355,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
             else:
                 with tracking.job_run("compare-logged", experiment=config.experiment,
                                       run_name=f"{entrant.name}-{entrant.ref}",
-                                      tags={"framecast.model_ref": entrant.ref}) as run:
+                                      tags={tracking.MODEL_REF_TAG: entrant.ref}) as run:
                     entrant.run_id = run.info.run_id
                     videos, _ = fdata.load_numpy(entrant.data, "val")
                     if not len(videos):

@@ -92,7 +92,7 @@ def evaluate_job(config: EvaluateConfig) -> dict:
     with tracking.job_run("evaluate", experiment=config.experiment,
                           run_name=f"evaluate-{meta['name']}-{config.split}",
                           params=flat_params(config),
-                          tags={"framecast.model_ref": config.model}) as run:
+                          tags={tracking.MODEL_REF_TAG: config.model}) as run:
         mlflow.log_metrics(summary)
         if rows:
             tracking.log_file_bytes(json.dumps(rows, indent=1).encode(), "evaluation",

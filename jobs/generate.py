@@ -91,7 +91,7 @@ def generate_job(config: GenerateConfig) -> dict:
           f"frames/s (tokenizer included)")
     with tracking.job_run("generate", experiment=config.experiment,
                           run_name=f"generate-{meta['name']}-k{k}", params=flat_params(config),
-                          tags={"framecast.model_ref": config.model}) as run:
+                          tags={tracking.MODEL_REF_TAG: config.model}) as run:
         mlflow.log_metrics(summary)
         for j in range(future):
             mlflow.log_metrics({"frame_psnr": float(ours["psnr"][j]),

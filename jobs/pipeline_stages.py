@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from framecast import tracking
 from jobs.quantize import QuantizeJobConfig, quantize
 from jobs.train import TrainJobConfig, train
 
@@ -60,7 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # What a rerun needs of a stage's outputs, kept as tags `framecast.out.<output>` of its run.
-OUT_TAG = "framecast.out."
+OUT_TAG = tracking.OUT_TAG_PREFIX
 KEPT_OUTPUTS = ("model_uri", "registered", "version")
 # Frame-model runs marked before every stage shared OUT_TAG carry these instead ("name:version"
 # in one tag); read so a store made then is still reused.

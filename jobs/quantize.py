@@ -159,7 +159,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
     with tracking.job_run("quantize", experiment=config.experiment,
                           run_name=f"quantize-{meta['name']}-{manifest.config.kind}",
                           params=flat_params(config),
-                          tags={"framecast.model_ref": config.model,
+                          tags={tracking.MODEL_REF_TAG: config.model,
                                 "framecast.fp32_run_id": fp32_run or ""}) as run:
         result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
             train, config.batch_size, config.seed), val, config)

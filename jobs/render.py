@@ -179,14 +179,14 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
     videos, _ = fdata.load_preview(result.out, config.preview)
     with tracking.job_run("render", experiment=config.experiment, run_name=f"render-{config.kind}",
                           params=flat_params(config),
-                          tags={"framecast.dataset": str(result.out)}) as run:
+                          tags={tracking.DATASET_TAG: str(result.out)}) as run:
         mlflow.log_metrics({
             "sequences_per_s": result.seq_per_s,
             "render_seconds": result.seconds,
             **{f"sequences_{k}": v for k, v in result.manifest.counts.items()},
         })
         if result.nodes:
-            mlflow.set_tag("framecast.render_nodes", json.dumps(result.nodes, sort_keys=True))
+            mlflow.set_tag(tracking.RENDER_NODES_TAG, json.dumps(result.nodes, sort_keys=True))
         tracking.log_file_bytes(result.manifest.to_json().encode(), "dataset", fdata.MANIFEST)
         if len(videos):
             tracking.log_image(viz.contact_sheet(videos), "samples/contact_sheet.png")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from framecast import data as fdata
+from framecast import tracking
 from framecast.config import ConfigError, flat_params, project_home, to_dict
 from framecast.models import registry
 from framecast.train import OptimConfig
@@ -407,17 +408,39 @@ def train(config: TrainJobConfig) -> dict:
     init_ray()
     worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # before the MLflow run
     check_storage("train", [config.data], checked.storage, config.experiment)
-    resumed = tracking.find_run(config.experiment, "framecast.ray_run", checked.name)
+    resumed = tracking.find_run(config.experiment, tracking.RAY_RUN_TAG, checked.name)
     if resumed:
         print(f"train: resuming run {checked.name} (MLflow run {resumed})")
-    with tracking.job_run("train", experiment=config.experiment, run_name=checked.name,
-                          run_id=resumed, params=checked.params,
-                          tags={"framecast.ray_run": checked.name,
-                                "framecast.model": config.model}) as run:
-        headline = registry.entry(config.model).model_class.headline
-        with follow_run(run.info.run_id, config.steps, headline):
-            checkpoint = fit(checked, run.info.run_id)
-        return finish(checked, run.info.run_id, checkpoint)
+    with train_run(checked, run_id=resumed) as run:
+        return fit_and_finish(checked, run.info.run_id)
+
+
+@contextlib.contextmanager
+def train_run(checked: TrainPlan, *, run_name: str = "", run_id: str | None = None,
+              params: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+              ) -> Iterator[Any]:
+    """The MLflow run of one training, whichever job starts it (jobs.train, a comparison's
+    entrant, a Tune trial): tagged with its Ray run name and its model, by which a rerun finds
+    it; `run_id` resumes that run."""
+    with tracking.job_run("train", experiment=checked.config.experiment,
+                          run_name=run_name or checked.name, run_id=run_id,
+                          params=checked.params if params is None else params,
+                          tags={tracking.RAY_RUN_TAG: checked.name,
+                                tracking.MODEL_TAG: checked.config.model, **(tags or {})}) as run:
+        yield run
+
+
+def fit_and_finish(checked: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (),
+                   threads: int = 0, follow: bool = True) -> dict:
+    """Train on Ray Train and log the model in the run `run_id` (`fit`, then `finish`): the one
+    training path of every job. The driver prints the workers' progress unless `follow=False`
+    (a Tune trial reports to Tune instead)."""
+    headline = registry.entry(checked.config.model).model_class.headline
+    progress = (follow_run(run_id, checked.config.steps, headline) if follow
+                else contextlib.nullcontext())
+    with progress:
+        checkpoint = fit(checked, run_id, callbacks=callbacks, threads=threads)
+    return finish(checked, run_id, checkpoint)
 
 
 def check_storage(job: str, data: Sequence[str], storage: Path, experiment: str) -> None:
@@ -513,7 +536,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
         # A frame predictor reads its predictions the way that scores best on val (the trimmed
         # mean helps 2D triangles, the plain mean 3D polycubes); --model-config decode=X fixes it.
         best, psnr = adopt_best_decode(model, val, batch_size=config.batch_size)
-        mlflow.set_tag("framecast.decode", best)  # a tag: a resumed run may choose anew
+        mlflow.set_tag(tracking.DECODE_TAG, best)  # a tag: a resumed run may choose anew
         mlflow.log_metrics({f"final_val_psnr_{d}": v for d, v in psnr.items()}, step=step)
         print(f"train: {describe_decode_choice(best, psnr)}")
     summary = {f"val_{k}": v for k, v in model.eval().evaluate(val, config.batch_size).items()}

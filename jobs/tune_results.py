@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from framecast import tracking
 from framecast.config import from_dict, to_dict
 from framecast.tune_space import RESERVED_FLAGS
 from jobs.tune_progress import label
@@ -47,7 +48,7 @@ def collect_rows(study: Study, results: Any, parent_run_id: str) -> list[dict[st
             status = "finished"
         child = children.get(key)
         if child is not None and child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, "framecast.tune_stopped", status)
+            client.set_tag(child.info.run_id, tracking.TUNE_STOPPED_TAG, status)
             client.set_terminated(child.info.run_id, "KILLED")
         rows.append({"trial": trial_id, **params, **(result.config or {}).get("p", {}),
                      **{m: metrics.get(m) for m in named},
@@ -56,7 +57,7 @@ def collect_rows(study: Study, results: Any, parent_run_id: str) -> list[dict[st
     known = {f"{study.name}/{row['trial']}" for row in rows}
     for key, child in children.items():  # a trial Ray Tune had not saved when a kill came
         if key not in known and child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, "framecast.tune_stopped", "study killed")
+            client.set_tag(child.info.run_id, tracking.TUNE_STOPPED_TAG, "study killed")
             client.set_terminated(child.info.run_id, "KILLED")
     return rows
 
@@ -114,8 +115,8 @@ def publish(study: Study, rows: list[dict[str, Any]], parent_run_id: str,
                         "study_seconds": seconds})
     if best is not None:
         mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
-        mlflow.set_tags({"framecast.best_trial": best["trial"],
-                         "framecast.best_config": str(folder / "best_config.yaml")})
+        mlflow.set_tags({tracking.BEST_TRIAL_TAG: best["trial"],
+                         tracking.BEST_CONFIG_TAG: str(folder / "best_config.yaml")})
     return {"table": markdown, "best": best, "folder": folder,
             "best_config": folder / "best_config.yaml" if best is not None else None,
             "plot": folder / "plot.png" if spec.plot else None}
@@ -131,7 +132,7 @@ def show_finished(study: Study, parent_run_id: str) -> dict[str, Any]:
     table = Path(local).read_text()
     print(f"tune: study {study.name} finished (MLflow run {parent_run_id}); 0 trials run")
     print(table, end="")
-    best = run.data.tags.get("framecast.best_config")
+    best = run.data.tags.get(tracking.BEST_CONFIG_TAG)
     if best:
         print(f"tune: best config {best}")
     return {"parent_run_id": parent_run_id, "ran": 0, "reused": 0, "table": table,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from framecast import tracking
 from framecast.config import ConfigError, from_dict, project_home
 from framecast.tune_space import StudySpec, check_metrics, check_models, load_study
 from jobs.quantize import QuantizeJobConfig, reported_metrics
@@ -17,9 +18,8 @@ if TYPE_CHECKING:
     from jobs.tune import TuneJobConfig
 
 JOB_CONFIGS: dict[str, type] = {"train": TrainJobConfig, "quantize": QuantizeJobConfig}
-STUDY_TAG = "framecast.tune_study"  # on the parent run: the study's name
-TRIAL_TAG = "framecast.tune_trial"  # on a child run: "<study>/<Tune trial id>"
-RESULT_TAG = "framecast.tune_result"  # on a finished child run: its final report (JSON)
+STUDY_TAG, TRIAL_TAG, RESULT_TAG = (tracking.TUNE_STUDY_TAG, tracking.TUNE_TRIAL_TAG,
+                                    tracking.TUNE_RESULT_TAG)
 COST_METRICS = ("params", "mb", "gflops")
 GENERATION_METRICS = ("gen_fps", "forward_steps", "gen_psnr", "gen_ssim", "gen_mse",
                       "gen_psnr_copy_last", "gen_ssim_copy_last", "gen_mse_copy_last")

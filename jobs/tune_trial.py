@@ -94,7 +94,6 @@ def train_trial(config: dict[str, Any], study: TrialSettings) -> None:
     `config["p"]`: the sampled values."""
     import mlflow
 
-    from framecast import tracking
     from jobs import train as train_job
 
     key = _enter_trial(study)
@@ -111,14 +110,13 @@ def train_trial(config: dict[str, Any], study: TrialSettings) -> None:
     checked = train_job.plan(from_dict(TrainJobConfig, flags))
     model = checked.build().eval()  # profiled now; a token generator's warm-up after training
     cost = cost_metrics(model, checked.manifest.config.frame_shape)  # a trial ASHA stops has it
-    with tracking.job_run("train", experiment=study.experiment, run_name=key, run_id=run_id,
-                          params={**checked.params, **_trial_params(config["p"])},
-                          tags={**_child_tags(study, key), "framecast.ray_run": checked.name,
-                                "framecast.model": checked.config.model}) as run:
+    with train_job.train_run(checked, run_name=key, run_id=run_id,
+                             params={**checked.params, **_trial_params(config["p"])},
+                             tags=_child_tags(study, key)) as run:
         mlflow.log_metrics(cost)
-        checkpoint = train_job.fit(checked, run.info.run_id,
-                                   callbacks=[CarryForwardReport(cost)], threads=study.threads)
-        result = train_job.finish(checked, run.info.run_id, checkpoint)
+        result = train_job.fit_and_finish(checked, run.info.run_id, follow=False,
+                                          callbacks=[CarryForwardReport(cost)],
+                                          threads=study.threads)
         extras = {**cost, **trained_cost(checked, result["model_uri"]),
                   **generation_metrics(model, checked, result["model_uri"], study.experiment)}
         mlflow.log_metrics(extras, step=result["step"])

@@ -20,6 +20,28 @@ import numpy as np
 from framecast.config import project_home
 
 DEFAULT_EXPERIMENT = "framecast"
+
+# The tags framecast writes on MLflow runs, in one place: jobs find and read each other's runs
+# by them (a rerun resumes a training by its Ray run name, the pipeline reuses a finished stage).
+JOB_TAG = "framecast.job"  # which job made the run
+STAGE_KEY_TAG = "framecast.stage_key"  # a finished stage's key (`find_stage`)
+OUT_TAG_PREFIX = "framecast.out."  # + output name: what a rerun needs of a stage's outputs
+RAY_RUN_TAG = "framecast.ray_run"  # a training's Ray Train run name
+MODEL_TAG = "framecast.model"  # the architecture a training trains
+MODEL_REF_TAG = "framecast.model_ref"  # the logged model a job read
+FP32_RUN_TAG = "framecast.fp32_run_id"  # a quantization's fp32 training run
+DECODE_TAG = "framecast.decode"  # the decoding a training chose on val
+DATASET_TAG = "framecast.dataset"  # a render's data folder
+RENDER_NODES_TAG = "framecast.render_nodes"  # sequences rendered per Ray node (JSON)
+COMPARE_TAG = "framecast.compare"  # a comparison entrant's child run
+COMPARE_LR_TAG = "framecast.compare_lr"
+ROLLOUT_DECODE_TAG = "framecast.rollout_decode"
+TUNE_STUDY_TAG = "framecast.tune_study"  # on a study's parent run: its name
+TUNE_TRIAL_TAG = "framecast.tune_trial"  # on a trial's run: "<study>/<Tune trial id>"
+TUNE_RESULT_TAG = "framecast.tune_result"  # on a finished trial's run: its final report (JSON)
+TUNE_STOPPED_TAG = "framecast.tune_stopped"
+BEST_TRIAL_TAG = "framecast.best_trial"
+BEST_CONFIG_TAG = "framecast.best_config"
 _OPENED: list[str] = []  # runs this process started or resumed, oldest first
 
 
@@ -138,7 +160,7 @@ def job_run(job: str, *, experiment: str = DEFAULT_EXPERIMENT, run_name: str | N
 
     use_experiment(experiment)
     with start_run(run_name=run_name, run_id=run_id) as run:
-        mlflow.set_tags({"framecast.job": job, **{k: str(v) for k, v in (tags or {}).items()}})
+        mlflow.set_tags({JOB_TAG: job, **{k: str(v) for k, v in (tags or {}).items()}})
         if params:
             try:
                 log_params(params)
@@ -210,7 +232,7 @@ def finished_stage(key: str, experiment: str) -> Any:
 
     runs = mlflow.search_runs(
         experiment_names=[experiment], output_format="list", max_results=1,
-        filter_string=f"tags.`framecast.stage_key` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{STAGE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"])
     return runs[0] if runs else None
 
@@ -220,5 +242,5 @@ def mark_stage(run_id: str, key: str, **tags: str) -> None:
     import mlflow
 
     client = mlflow.MlflowClient()
-    for name, value in {"framecast.stage_key": key, **tags}.items():
+    for name, value in {STAGE_KEY_TAG: key, **tags}.items():
         client.set_tag(run_id, name, str(value))
