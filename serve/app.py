@@ -107,6 +107,10 @@ class ModelInfo(BaseModel):
     batching: Batching
     kernels: dict[str, Any] = Field(description="the replica's CPU int8/bf16 flags and the int8 "
                                                 "GEMM path its warm-up measured per shape class")
+    layer_forms: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="each W8A8 layer's compute form (int8, fp32_from_int8, "
+        "bf16_from_int8) per token class and input dtype, chosen at the replica's warm-up; "
+        "empty for a float model")
 
 
 class ModelList(BaseModel):

@@ -110,6 +110,8 @@ class ModelReplica:
                                   "ref": refs.get(attr, "")}
                            for attr, part in meta.get("components", {}).items()},
             "kernels": kernels.choices(),
+            # each W8A8 layer's form per token class, as chosen at warm-up on this replica
+            "layer_forms": compute_form.layer_forms(self.model),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
             "input": self.spec,  # an InputSpec: pickled to the ingress, JSON only over HTTP
         }
@@ -275,11 +277,11 @@ def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int
     most = DEFAULT_BATCH["max_batch_size"]
     batches = sorted({1, most})
     models = compute_form.in_forms(model, forms)
-    # Every power of two up to a full batch: a batch of any size then lands in a measured shape
-    # class (tokens within a power of two), never measuring kernels while requests wait.
+    # Every power of two up to a full batch: a batch of any size then lands in a token class
+    # whose W8A8 layer forms are chosen, never measuring kernels while requests wait.
     for candidate in models.values():
-        for batch in sorted({*(2 ** i for i in range(most.bit_length())), most}):
-            workload(candidate, batch)
+        compute_form.choose_layer_forms(
+            candidate, workload, sorted({*(2 ** i for i in range(most.bit_length())), most}))
 
     def time_ms(candidate: Any, batch: int) -> float:
         start = time.perf_counter()

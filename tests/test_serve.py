@@ -471,7 +471,12 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
         assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7", "fp32_gemm"}
         assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
         layers = entry["kernels"]["layer_shapes"]  # int8, or float from the int8 weights
-        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8", "bf16_from_int8"}
+        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8"}  # fp32 inputs
+        # each W8A8 layer lists the form it chose at warm-up for every token class it met
+        per_layer = entry["layer_forms"]
+        assert set(per_layer) == {e.layer for e in plan}
+        assert all(set(forms.values()) <= {"int8", "fp32_from_int8"}
+                   for forms in per_layer.values())
         # No bf16 quality check on record for this model: it computes in fp32 (auto).
         assert entry["compute"] == "fp32"
         assert entry["precision_choice"]["candidates"] == ["fp32"]
