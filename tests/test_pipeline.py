@@ -17,6 +17,9 @@ from jobs.pipeline import PipelineConfig, SummaryRow, pipeline, summary_table
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The whole demo twice (~85 s, a fifth of the default run): each stage's job has its own tests
+# in the default run, and reuse has test_a_finished_stage_is_reused_with_the_outputs_it_made.
+@pytest.mark.slow
 def test_pipeline_runs_every_stage_then_reuses_them(ray_local, tmp_path, capsys):
     config = PipelineConfig(preset="smoke", data_dir=str(tmp_path), workers=1, nbp=False,
                             experiment="test-pipeline")  # the NBP stage: the slow test below

@@ -120,6 +120,7 @@ def test_bad_input_from_the_command_line_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a render killed mid-way, then rerun: a fault test, with the others
 def test_an_interrupted_render_never_reads_as_a_dataset_and_the_next_run_redoes_it(tmp_path):
     out = tmp_path / "big"
     cmd = [sys.executable, "-m", "jobs.render", "--num-sequences", "400", "--frames", "6",
