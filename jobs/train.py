@@ -145,9 +145,15 @@ class TrainPlan:
     name: str  # the Ray Train run name (reused to resume)
     storage: Path
     components: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. a tokenizer
+    # The model `plan` built to check the config, untouched: the first `build` hands it out.
+    built: list[Any] = dataclasses.field(default_factory=list, repr=False, compare=False)
 
     def build(self) -> Any:
-        """A fresh model of this plan (around its loaded components)."""
+        """A model of this plan (around its loaded components), as initialised: the one `plan`
+        built for its checks the first time, a fresh one after (building costs seconds for a
+        large preset)."""
+        if self.built:
+            return self.built.pop()
         return registry.entry(self.config.model).build(self.model, **self.components)
 
     @property
@@ -174,7 +180,8 @@ def plan(config: TrainJobConfig) -> TrainPlan:
                                   **config.overrides)
     components = load_components(entry.model_class.component_refs(model))
     try:
-        entry.build(model, **components).check_data(frame_shape)
+        built = entry.build(model, **components)
+        built.check_data(frame_shape)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:  # e.g. a component of the wrong family
@@ -183,7 +190,7 @@ def plan(config: TrainJobConfig) -> TrainPlan:
                            f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
     storage = Path(config.storage).resolve() if config.storage else (
         project_home() / "ray_results")
-    return TrainPlan(config, manifest, model, name, storage, components)
+    return TrainPlan(config, manifest, model, name, storage, components, [built])
 
 
 def train_worker(loop_config: dict) -> None:
@@ -431,16 +438,17 @@ def train_run(checked: TrainPlan, *, run_name: str = "", run_id: str | None = No
 
 
 def fit_and_finish(checked: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (),
-                   threads: int = 0, follow: bool = True) -> dict:
-    """Train on Ray Train and log the model in the run `run_id` (`fit`, then `finish`): the one
-    training path of every job. The driver prints the workers' progress unless `follow=False`
-    (a Tune trial reports to Tune instead)."""
+                   threads: int = 0, follow: bool = True, model: Any = None) -> dict:
+    """Train on Ray Train and log the model in the run `run_id` (`fit`, then `finish`, which
+    loads the weights into `model` when given): the one training path of every job. The driver
+    prints the workers' progress unless `follow=False` (a Tune trial reports to Tune
+    instead)."""
     headline = registry.entry(checked.config.model).model_class.headline
     progress = (follow_run(run_id, checked.config.steps, headline) if follow
                 else contextlib.nullcontext())
     with progress:
         checkpoint = fit(checked, run_id, callbacks=callbacks, threads=threads)
-    return finish(checked, run_id, checkpoint)
+    return finish(checked, run_id, checkpoint, model)
 
 
 def check_storage(job: str, data: Sequence[str], storage: Path, experiment: str) -> None:
@@ -516,9 +524,10 @@ def _num(value: float) -> str:
     return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
-def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
+def finish(plan: TrainPlan, run_id: str, checkpoint: Any, model: Any = None) -> dict:
     """Evaluate the final checkpoint on the val split, log metrics, figure and model into the
-    active MLflow run `run_id`, register it."""
+    active MLflow run `run_id`, register it. `model`: an instance of the plan's model to load
+    the checkpoint into (default: `plan.build()`)."""
     import mlflow
 
     from framecast import model_io
@@ -526,7 +535,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any) -> dict:
     from framecast.train import load_checkpoint
 
     config, manifest = plan.config, plan.manifest
-    model = plan.build()
+    model = plan.build() if model is None else model
     with checkpoint.as_directory() as d:
         step = load_checkpoint(d, model)
     val, _ = fdata.load_numpy(config.data, "val")

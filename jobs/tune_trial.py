@@ -108,7 +108,9 @@ def train_trial(config: dict[str, Any], study: TrialSettings) -> None:
                  experiment=study.experiment,
                  cpus_per_worker=round((spec.trial_cpus - DRIVER_CPU) / workers, 3))
     checked = train_job.plan(from_dict(TrainJobConfig, flags))
-    model = checked.build().eval()  # profiled now; a token generator's warm-up after training
+    # The one model of the trial: the plan's own, profiled now, the trained weights loaded into
+    # it by finish, a token generator's warm-up after training.
+    model = checked.build().eval()
     cost = cost_metrics(model, checked.manifest.config.frame_shape)  # a trial ASHA stops has it
     with train_job.train_run(checked, run_name=key, run_id=run_id,
                              params={**checked.params, **_trial_params(config["p"])},
@@ -116,7 +118,7 @@ def train_trial(config: dict[str, Any], study: TrialSettings) -> None:
         mlflow.log_metrics(cost)
         result = train_job.fit_and_finish(checked, run.info.run_id, follow=False,
                                           callbacks=[CarryForwardReport(cost)],
-                                          threads=study.threads)
+                                          threads=study.threads, model=model)
         extras = {**cost, **trained_cost(checked, result["model_uri"]),
                   **generation_metrics(model, checked, result["model_uri"], study.experiment)}
         mlflow.log_metrics(extras, step=result["step"])

@@ -126,3 +126,18 @@ def test_a_stream_run_trains_on_fresh_sequences_each_once_and_keeps_val_fixed(ti
     assert min(indices) >= before.config.num_sequences  # none of the data set's own sequences
     assert fdata.read_manifest(tiny_data) == before  # val and test: the rendered set, unchanged
     assert "final_val_psnr" in client.get_run(result["run_id"]).data.metrics
+
+
+def test_the_plan_hands_out_the_model_it_checked_once_then_fresh_ones(tiny_data):
+    """jobs.train.plan builds the model to check it against the data; the first build() is that
+    model (a Tune trial profiles it, then finish loads the trained weights into it), later
+    ones are new instances of the same config."""
+    from jobs.train import plan
+
+    checked = plan(TrainJobConfig(data=str(tiny_data), preset="tiny", steps=1))
+    [kept] = checked.built
+    first, second = checked.build(), checked.build()
+    assert first is kept and not checked.built
+    assert first is not second and type(first) is type(second)
+    assert first.cfg == second.cfg == checked.model
+    assert checked.build() is not second
