@@ -66,12 +66,21 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-    elif local_default:
-        artifacts = store_dir() / "artifacts" / name
-        artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
     else:
-        experiment_id = mlflow.create_experiment(name)
+        location = None
+        if local_default:
+            artifacts = store_dir() / "artifacts" / name
+            artifacts.mkdir(parents=True, exist_ok=True)
+            location = artifacts.as_uri()
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another process or thread created it between the lookup and here (two jobs
+            # starting against one store): use theirs; anything else is raised as it was.
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
