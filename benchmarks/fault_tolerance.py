@@ -1,7 +1,7 @@
 """Fault tolerance, measured: kill a Ray Train worker, interrupt a render, kill a Serve replica,
 kill a Ray node under Serve load, under a 2-worker training run and under a Tune study.
 
-    python benchmarks/fault_tolerance.py --quick    # 303 s on 2 quiet cores (no tune_node)
+    python benchmarks/fault_tolerance.py --quick    # ~275 s on 2 quiet cores (no tune_node)
     python benchmarks/fault_tolerance.py            # the same scenarios, larger
 
 Each scenario injects a real fault (SIGKILL of a real process, or every process of a Ray node)
@@ -873,9 +873,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)
         root = Path(tmp)
-        # --quick: 60 steps (a report per step costs Ray Train ~0.5 s on 2 cores), kill at 25.
+        # --quick: 48 steps (each report costs Ray Train time on 2 cores), kill at 25.
         if "train" in only:
-            got["train"] = train_worker_kill(root, steps=60 if quick else 400,
+            got["train"] = train_worker_kill(root, steps=48 if quick else 400,
                                              kill_after=25 if quick else 50)
         if "render" in only:
             got["render"] = render_interrupt(root, sequences=100 if quick else 800)
@@ -892,7 +892,7 @@ def main() -> None:
         if "serve_node" in only:
             got["serve_node"] = serve_node_kill(root, **window)
         if "train_node" in only:
-            got["train_node"] = train_node_kill(root, steps=40 if quick else 200,
+            got["train_node"] = train_node_kill(root, steps=32 if quick else 200,
                                                 checkpoint_every=10 if quick else 20,
                                                 kill_after=15 if quick else 50)
         if "tune_node" in only:
