@@ -243,7 +243,7 @@ def pipeline(config: PipelineConfig) -> dict[str, str]:
             kind = render_config.kind
             result = render(render_config)
             done[f"render-{kind}"] = result.run_id or f"reused {result.out}"
-            mlflow.set_tag(f"framecast.dataset.{kind}", str(result.out))
+            mlflow.set_tag(f"{tracking.DATASET_TAG}.{kind}", str(result.out))
             rows.append(frame_model_stages(config, result, parent.info.run_id, done))
             if config.nbp and kind == GENERATOR_DATA:
                 nbp_data = str(result.out)

@@ -160,7 +160,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
                           run_name=f"quantize-{meta['name']}-{manifest.config.kind}",
                           params=flat_params(config),
                           tags={tracking.MODEL_REF_TAG: config.model,
-                                "framecast.fp32_run_id": fp32_run or ""}) as run:
+                                tracking.FP32_RUN_TAG: fp32_run or ""}) as run:
         result = progressive_quantize(copy.deepcopy(fp32), shuffled_batches(
             train, config.batch_size, config.seed), val, config)
         quant = result.model

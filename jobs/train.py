@@ -44,7 +44,7 @@ from jobs.common import log_prediction_figure, run_job
 
 REPORT_POLL_ENV, REPORT_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement strategies
-NODE_TAG = "framecast.node.rank{}"  # the Ray node id each worker rank ran on (last attempt)
+NODE_TAG = tracking.NODE_TAG  # the Ray node id each worker rank ran on (last attempt)
 STREAM_LOG = "stream/indices_rank{}.json"  # a --stream run's generating indices, per rank
 
 

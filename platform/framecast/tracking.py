@@ -31,6 +31,7 @@ MODEL_TAG = "framecast.model"  # the architecture a training trains
 MODEL_REF_TAG = "framecast.model_ref"  # the logged model a job read
 FP32_RUN_TAG = "framecast.fp32_run_id"  # a quantization's fp32 training run
 DECODE_TAG = "framecast.decode"  # the decoding a training chose on val
+NODE_TAG = "framecast.node.rank{}"  # .format(rank): the Ray node id a training rank ran on
 DATASET_TAG = "framecast.dataset"  # a render's data folder
 RENDER_NODES_TAG = "framecast.render_nodes"  # sequences rendered per Ray node (JSON)
 COMPARE_TAG = "framecast.compare"  # a comparison entrant's child run
