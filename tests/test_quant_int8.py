@@ -233,10 +233,14 @@ def test_a_layer_computes_in_float_from_its_int8_weights_only_where_that_is_fast
         assert kernels.layer_mode(300, 32, 16, True, cpu, measured(2.0, 1.0)) == kernels.FLOAT
         # one measurement per shape class (tokens within a power of two) and process
         assert kernels.layer_mode(400, 32, 16, False, cpu, measured(9.0, 0.0)) == "int8"
+        # a near-tie goes to the float form: int8 must win by INT8_MARGIN
+        assert kernels.layer_mode(300, 64, 16, False, cpu, measured(1.0, 1.05)) == kernels.FLOAT
+        assert kernels.layer_mode(300, 64, 32, False, cpu, measured(1.0, 1.2)) == "int8"
         forms = ("int8", kernels.FLOAT)  # bf16 is not native here: never timed
-        assert calls == [(512, 32, 16, False, forms), (512, 32, 16, True, forms)]
-        assert kernels.choices()["layer_shapes"] == {"512x32x16": "int8",
-                                                     "512x32x16a": kernels.FLOAT}
+        assert calls[:2] == [(512, 32, 16, False, forms), (512, 32, 16, True, forms)]
+        assert kernels.choices()["layer_shapes"] == {
+            "512x32x16": "int8", "512x32x16a": kernels.FLOAT, "512x64x16": kernels.FLOAT,
+            "512x64x32": "int8"}
     with kernels.choose(fused_quant=True, float_layers=False):
         assert kernels.layer_mode(300, 32, 16, True, cpu, measured(2.0, 1.0)) == "int8"
     with kernels.choose(fused_quant=True, path="int_mm"):  # a forced GEMM path: int8 always
@@ -408,6 +412,38 @@ def test_a_layer_keeps_the_form_it_chose_shows_it_and_forgets_it_when_told(monke
         assert compute_form_module.layer_forms(nn.Sequential(layer)) == {
             "0": {"256@float32": "int8"}}
         assert layer.to(torch.float32).forms == {}
+    kernels.reset_choices()
+
+
+def test_forward_follows_the_form_through_forced_blocks_resets_and_loads(monkeypatch):
+    """forward caches its route (form, weight) per token class: the cache must never outlive
+    what it was derived from (the switches of `choose`, the measurements, the weights)."""
+    kernels.reset_choices()
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2"}))
+    monkeypatch.setattr(int8_module, "_measure_layer",
+                        lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+    torch.manual_seed(5)
+    layer = Int8Linear.from_float(nn.Linear(32, 16))
+    x = torch.randn(2, 100, 32)
+    as_float = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+    with kernels.choose(fused_quant=False):
+        assert torch.equal(layer(x), as_float)
+        as_int8 = layer._int8_forward(x)
+        assert not torch.equal(as_int8, as_float)
+        with kernels.choose(fused_quant=False, path="int_mm"):
+            assert torch.equal(layer(x), as_int8)
+        assert torch.equal(layer(x), as_float)  # the block left the route as it was
+        kernels.reset_choices()
+        monkeypatch.setattr(int8_module, "_measure_layer",
+                            lambda *a: {"int8": 1.0, kernels.FLOAT: 2.0})
+        assert torch.equal(layer(x), as_int8)  # measured again: now int8
+        other = Int8Linear.from_float(nn.Linear(32, 16))
+        layer.load_state_dict(other.state_dict())  # new weights: no stale widened copy
+        monkeypatch.setattr(int8_module, "_measure_layer",
+                            lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+        kernels.reset_choices()
+        want = torch.nn.functional.linear(x, other.dequantized_weight(), other.bias)
+        assert torch.equal(layer(x), want)
     kernels.reset_choices()
 
 

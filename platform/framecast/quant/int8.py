@@ -125,13 +125,17 @@ class Int8Linear(KeepsWidened):
         # (`compute_form`); not saved or pickled: another machine measures its own.
         self.forms: dict[tuple[int, torch.dtype], str] = {}
         self._forms_epoch = kernels.epoch()
+        # (weight, bias) per form key, weight None for int8: the hot path's one dict lookup
+        # (the full choice costs about 10 us a call, a third of a small layer's GEMM).
+        self._routes: dict[tuple[int, torch.dtype], tuple] = {}
+        self._routes_at = kernels.routing()
         self._correction: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def refresh(self) -> None:
         """Derive what forward needs from the buffers (after loading or setting them)."""
         self._delta = self.act_delta if float(self.act_delta) else None
-        self._packed, self._correction, self._wide = {}, None, {}
+        self._packed, self._correction, self._wide, self._routes = {}, None, {}, {}
         if self.asymmetric:
             self.weight_colsum.copy_(self.weight_q.sum(dim=1, dtype=torch.int32))
 
@@ -139,12 +143,12 @@ class Int8Linear(KeepsWidened):
         # .to(device) and friends: the cached tensors belong to the old buffers.
         out = super()._apply(fn, recurse)
         self._delta = None if self._delta is None else self.act_delta
-        self._packed, self._correction, self.forms = {}, None, {}
+        self._packed, self._correction, self.forms, self._routes = {}, None, {}, {}
         return out
 
     def __getstate__(self) -> dict:
         # opaque oneDNN tensors: rebuilt, never copied or pickled; forms: measured per machine
-        return {**super().__getstate__(), "_packed": {}, "forms": {}}
+        return {**super().__getstate__(), "_packed": {}, "forms": {}, "_routes": {}}
 
     @classmethod
     def from_float(cls, linear: nn.Linear, *, asymmetric: bool = False) -> Int8Linear:
@@ -197,11 +201,21 @@ class Int8Linear(KeepsWidened):
         return self.widened((dtype, "bias"), lambda: self.bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.float_weight(x.numel() // self.in_features, x.dtype)
-        if weight is not None:
-            y = F.linear(x.to(weight.dtype), weight, self.widened_bias(weight.dtype))
-            return y.to(x.dtype)
-        return self._int8_forward(x)
+        tokens = x.numel() // self.in_features
+        key = (kernels.token_class(tokens), x.dtype)
+        if self._routes_at != kernels.routing():
+            self._routes, self._routes_at = {}, kernels.routing()
+        route = self._routes.get(key)
+        if route is None:
+            weight = self.float_weight(tokens, x.dtype)
+            route = self._routes[key] = (
+                weight, None if weight is None else self.widened_bias(weight.dtype))
+        weight, bias = route
+        if weight is None:
+            return self._int8_forward(x)
+        if weight.dtype == x.dtype:
+            return F.linear(x, weight, bias)
+        return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

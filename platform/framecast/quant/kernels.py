@@ -50,6 +50,12 @@ T = TypeVar("T")
 _INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 _16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
 SLOWER_8BIT_LIMIT = 1.25  # a 7-bit path wins only when the best 8-bit one is this much slower
+# A W8A8 layer computes in int8 only where that measured this much faster than its float form:
+# inside a model its extra passes over the tokens (quantize, rescale, the compiled quantizer's
+# guards) cost more than in the hot loop that measures them. Measured: NBP `small`'s head
+# (64x96x1000) timed 0.077 ms int8 vs 0.079 ms float alone, yet in int8 it made batch-1
+# generation 6% slower than with every layer in float32 (benchmarks/RESULTS.md, issue 31).
+INT8_MARGIN = 1.10
 # Rows a shape class is timed on: per-row cost is not flat (cache sizes, page faults of the
 # output), so a small timing would misjudge the large token counts of the byte-level layers.
 MEASURE_ROWS = 16384
@@ -75,12 +81,18 @@ def choose(*, fused_quant: bool, path: str = "auto", float_layers: bool = True
     if path != "auto" and path not in PATHS:
         raise ValueError(f"unknown int8 kernel path {path!r}; accepted: auto, {', '.join(PATHS)}")
     saved = KernelChoice(CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers)
-    CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers = fused_quant, path, float_layers
+    _set_choice(KernelChoice(fused_quant, path, float_layers))
     try:
         yield
     finally:
-        CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers = (
-            saved.fused_quant, saved.path, saved.float_layers)
+        _set_choice(saved)
+
+
+def _set_choice(choice: KernelChoice) -> None:
+    if (choice.path, choice.float_layers) != (CHOICE.path, CHOICE.float_layers):
+        _ROUTING[0] += 1  # layers forget the routes they cached under the old switches
+    CHOICE.fused_quant, CHOICE.path, CHOICE.float_layers = (
+        choice.fused_quant, choice.path, choice.float_layers)
 
 
 def fused(fn: F) -> F:
@@ -236,9 +248,15 @@ class Measured:
 _CHOSEN: dict[tuple, Measured] = {}
 
 
+def token_class(tokens: int) -> int:
+    """The power of two (16 at least) at or above `tokens`: token counts of one class share a
+    choice. Integer arithmetic: W8A8 layers ask on every call."""
+    return 1 << max(4, (max(tokens, 1) - 1).bit_length())
+
+
 def shape_class(tokens: int, k: int, n: int) -> tuple[int, int, int]:
     """GEMMs of the same (K, N) and token count within a power of two share a choice."""
-    return 2 ** max(4, math.ceil(math.log2(max(tokens, 1)))), k, n
+    return token_class(tokens), k, n
 
 
 def time_side_by_side(runs: dict[str, Callable[[], T]], calls: int
@@ -368,11 +386,19 @@ class LayerMeasured:
 
     @property
     def chosen(self) -> str:
-        return min(self.ms, key=self.ms.__getitem__)
+        """The fastest float form, unless int8 beats it by INT8_MARGIN."""
+        floats = {form: ms for form, ms in self.ms.items() if form != "int8"}
+        if not floats:
+            return "int8"
+        fastest = min(floats, key=floats.__getitem__)
+        return "int8" if self.ms["int8"] * INT8_MARGIN < floats[fastest] else fastest
 
 
 _LAYERS: dict[tuple, LayerMeasured] = {}
 _EPOCH = [0]  # bumped by reset_choices: layers then forget the forms they chose
+# Bumped by reset_choices and whenever `choose` changes the path or float_layers switch: a
+# layer's cached route (form and weight per token class and dtype) is valid while it stands.
+_ROUTING = [0]
 
 
 def int8_forced(device: torch.device) -> bool:
@@ -383,7 +409,7 @@ def int8_forced(device: torch.device) -> bool:
 
 def form_key(tokens: int, dtype: torch.dtype) -> tuple[int, torch.dtype]:
     """How a layer files the form it chose: (token class, input dtype); `form_name` spells it."""
-    return shape_class(tokens, 1, 1)[0], dtype
+    return token_class(tokens), dtype
 
 
 def form_name(key: tuple[int, torch.dtype]) -> str:
@@ -394,6 +420,12 @@ def form_name(key: tuple[int, torch.dtype]) -> str:
 def epoch() -> int:
     """Changes whenever the measurements are forgotten (`reset_choices`)."""
     return _EPOCH[0]
+
+
+def routing() -> int:
+    """Changes whenever a layer's chosen form could change: measurements forgotten, or the
+    switches of `choose` changed."""
+    return _ROUTING[0]
 Measure = Callable[[int, int, int, bool, torch.dtype, tuple[str, ...]], dict[str, float]]
 
 
@@ -451,3 +483,4 @@ def reset_choices() -> None:
     _CHOSEN.clear()
     _LAYERS.clear()
     _EPOCH[0] += 1
+    _ROUTING[0] += 1
