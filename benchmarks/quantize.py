@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +35,15 @@ from framecast.quant import kernels
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.lib import ort  # noqa: E402
-from benchmarks.lib.nbp_forms import NBP_WIDE, FreeLinear, form_columns, nbp_rows  # noqa: E402
+from benchmarks.lib.nbp_forms import (  # noqa: E402
+    NBP_WIDE,
+    ROUNDS,
+    SPAN_MS,
+    FreeLinear,
+    form_columns,
+    nbp_rows,
+    passes,
+)
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from benchmarks.lib.trained import render_and_train  # noqa: E402
 
@@ -133,12 +142,14 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
             forms[name](video, 1)
         first = {name: run(video, 1) for name, run in forms.items()}
         slow = {name for name, ms in first.items() if ms > 5 * first["fp32"]}
+        n = passes(first["fp32"], repeats)
         times: dict[str, list[float]] = {name: [] for name in forms}
-        for _ in range(2):
+        for _ in range(ROUNDS):
             for name, run in forms.items():
                 if name not in slow:
-                    times[name].append(run(video, repeats))
-        by_batch[b] = {name: sum(t) / len(t) if t else first[name] for name, t in times.items()}
+                    times[name].append(run(video, n))
+        by_batch[b] = {name: statistics.median(t) if t else first[name]
+                       for name, t in times.items()}
     rows: list[dict[str, float | str]] = []
     for b, columns in form_columns(by_batch).items():
         ms = by_batch[b]
@@ -228,8 +239,10 @@ def main() -> None:
              "(bf16 columns: a bf16 copy of the same fp32 model); "
              f"latency = median of {args.repeats} forward passes, fp32 and quantized alternated, "
              f"{os.cpu_count()} CPU threads. Second table: untrained models (post-training "
-             "plan, so no learned activation clipping), forms alternated, mean of two rounds of "
-             f"medians ({args.repeats} passes small, {args.paper_repeats} paper; a form whose "
+             "plan, so no learned activation clipping), forms alternated, median of "
+             f"{ROUNDS} rounds of medians ({args.repeats} passes small, {args.paper_repeats} "
+             "paper, or as many "
+             f"as make {SPAN_MS:.0f} ms of fp32 (40 at most); a form whose "
              "first pass took 5x fp32 is timed once): bf16 = every weight and activation 16-bit "
              "(the paper's FP16 row), timed only where the CPU computes bf16 natively; W8A8 = "
              "the job's plan rule on the kernels measured fastest here (per layer shape: int8 "
@@ -243,7 +256,8 @@ def main() -> None:
              "not near-ties) with an untrained `fsq small` tokenizer, 12x"
              f"{args.size}x{args.size} clips, block 1x8x8: greedy generation of 11 frames "
              "after one (11 forward steps, tokenizer encode and decode included), forms "
-             "alternated, mean of two rounds of medians; size ratio of the generator (the "
+             "alternated, rounds and passes as in the second table; "
+             "size ratio of the generator (the "
              "tokenizer stays float); agreement teacher-forced on the same 8 clips' tokens "
              "(W8A8 quality against the truth needs a trained generator: see the jobs.quantize "
              "run of a trained nbp-2d in RESULTS.md)"
