@@ -42,7 +42,6 @@ from benchmarks.lib.nbp_forms import (  # noqa: E402
     FreeLinear,
     form_columns,
     nbp_rows,
-    passes,
 )
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from benchmarks.lib.trained import render_and_train  # noqa: E402
@@ -59,7 +58,7 @@ def trained_row(args: argparse.Namespace, root: Path) -> dict[str, float]:
         model = trained["run_id"]
     schedule = {"stage_steps": 3, "final_steps": 6} if args.quick else {}
     out = quantize(QuantizeJobConfig(model=model, data=str(data), register="none",
-                                     latency_repeats=args.repeats,
+                                     latency_repeats=args.repeats, latency_span_ms=SPAN_MS,
                                      experiment="framecast-benchmarks", **schedule))
     if args.quick and not kernels.native_16bit(torch.bfloat16):
         skipped = "not run: bf16 not native on this CPU (--quick)"
@@ -142,7 +141,7 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
             forms[name](video, 1)
         first = {name: run(video, 1) for name, run in forms.items()}
         slow = {name for name, ms in first.items() if ms > 5 * first["fp32"]}
-        n = passes(first["fp32"], repeats)
+        n = compare.timed_passes(first["fp32"], repeats, SPAN_MS)
         times: dict[str, list[float]] = {name: [] for name in forms}
         for _ in range(ROUNDS):
             for name, run in forms.items():
@@ -237,7 +236,7 @@ def main() -> None:
                 "default schedule: 20 steps per stage, 40 final")
     notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored "
              "(bf16 columns: a bf16 copy of the same fp32 model); "
-             f"latency = median of {args.repeats} forward passes, fp32 and quantized alternated, "
+             "latency as in the second table (jobs.quantize's timing), the forms alternated, "
              f"{os.cpu_count()} CPU threads. Second table: untrained models (post-training "
              "plan, so no learned activation clipping), forms alternated, median of "
              f"{ROUNDS} rounds of medians ({args.repeats} passes small, {args.paper_repeats} "

@@ -29,7 +29,7 @@ GENERATOR_DATA = "2d"  # the data set the NBP stage trains on
 _SMOKE_TRAIN = {"preset": "tiny", "steps": 4, "batch_size": 4, "checkpoint_every": 4,
                 "log_every": 2, "eval_sequences": 4}  # every model's, at the smoke scale
 _SMOKE_QUANTIZE = {"stage_steps": 1, "final_steps": 1, "batch_size": 4, "eval_sequences": 4,
-                   "calib_batches": 1, "latency_repeats": 1}
+                   "calib_batches": 1, "latency_repeats": 1, "latency_span_ms": 0}
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "render": {"num_sequences": 24, "frames": 4, "size": 16},

@@ -43,7 +43,11 @@ class QuantizeJobConfig(QuantConfig):
         "help": "val sequences that decide fall-backs during the schedule"})
     test_sequences: int = field(default=0, metadata={
         "help": "test sequences for the final report (0: the whole split)"})
-    latency_repeats: int = field(default=5, metadata={"help": "timed forward passes per size"})
+    latency_repeats: int = field(default=5, metadata={
+        "help": "timed forward passes per size and round (4 rounds, forms alternated)"})
+    latency_span_ms: float = field(default=300.0, metadata={
+        "help": "a fast call is timed over more passes, enough to span this long (40 at "
+                "most): a few passes of a 20 ms call are within a shared machine's noise"})
     register: str = field(default="", metadata={
         "help": "registered name (default: <model>-<kind>-int8); 'none' to skip"})
     alias: str = field(default="candidate", metadata={"help": "alias for the new version"})
@@ -55,9 +59,9 @@ class QuantizeJobConfig(QuantConfig):
         if not self.model or not self.data:
             raise ConfigError("--model and --data are required")
         if min(self.batch_size, self.eval_sequences, self.latency_repeats) <= 0 or \
-                self.test_sequences < 0:
+                min(self.test_sequences, self.latency_span_ms) < 0:
             raise ConfigError("batch_size, eval_sequences and latency_repeats must be positive, "
-                              "test_sequences >= 0")
+                              "test_sequences and latency_span_ms >= 0")
 
 
 def shuffled_batches(videos: np.ndarray, batch_size: int, seed: int) -> Iterator:
@@ -168,7 +172,8 @@ def quantize(config: QuantizeJobConfig) -> dict:
         values = {**compare.compression(fp32, quant),
                   **compare.deployed_speedups(
                       compute_form.in_forms(fp32, compute_form.available()),
-                      forms, test, LATENCY_BATCH_SIZES, config.latency_repeats)}
+                      forms, test, LATENCY_BATCH_SIZES, config.latency_repeats,
+                      config.latency_span_ms)}
         values.update(bf16_quality if values["quant_compute"] == "bf16" else
                       compare.quality(fp32, quant, test, config.batch_size))
         if bf16["measured"]:

@@ -147,6 +147,7 @@ def test_the_quantize_job_takes_a_baseline_with_no_code_of_its_own(name, tmp_pat
     out = quantize(QuantizeJobConfig(model=f"{name}-q", data=str(data), batch_size=4,
                                      register="none", eval_sequences=4, stage_steps=1,
                                      final_steps=1, calib_batches=1, latency_repeats=1,
+                                     latency_span_ms=0,
                                      experiment="test-baselines"))
     quantized = out["model"]
     assert any(isinstance(m, Int8Linear) for m in quantized.modules())

@@ -1,5 +1,6 @@
 """Choosing a model's compute form (fp32, or bf16 where native) by measurement."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,28 @@ def test_every_frame_predictor_runs_in_bf16_float_and_quantized(name):
             assert got.dtype == torch.bfloat16 and got.shape == want.shape
             kl = (want.exp() * (want - got.float().log_softmax(-1))).sum(-1).mean()
             assert kl < 0.05, (name, float(kl))
+
+
+def test_fast_calls_get_more_passes_and_the_median_round_is_kept(monkeypatch):
+    from framecast.quant import compare
+
+    assert compare.timed_passes(20.0, 3, 300.0) == 15  # a 20 ms call: 15 passes span 300 ms
+    assert compare.timed_passes(200.0, 3, 300.0) == 3
+    assert compare.timed_passes(0.001, 3, 300.0) == compare.MAX_PASSES
+    assert compare.timed_passes(20.0, 3, 0.0) == 3
+    fp32, quant = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    # per model: the first (warm) call, then one median per round; one descheduled round each
+    times = {id(fp32): iter([20.0, 20.0, 100.0, 21.0, 19.0]),
+             id(quant): iter([20.0, 10.0, 11.0, 9.0, 50.0])}
+    passes = []
+
+    def latency_ms(model, video, repeats=5, warmup=1):
+        passes.append(repeats)
+        return next(times[id(model)])
+    monkeypatch.setattr(compare, "latency_ms", latency_ms)
+    out = compare.deployed_speedups({"fp32": fp32}, {"fp32": quant},
+                                    np.zeros((1, 2, 4, 4, 1), np.uint8), (1,), repeats=3,
+                                    span_ms=300.0, rounds=4)
+    assert passes == [1, 1] + [15] * 8
+    assert out["latency_ms_fp32_b1"] == 20.5 and out["latency_ms_quant_b1"] == 10.5
+    assert out["speedup_b1"] == pytest.approx(20.5 / 10.5)

@@ -47,7 +47,7 @@ def test_quantize_registers_a_linked_candidate_that_reloads_identically(fp32_mod
     out = quantize(QuantizeJobConfig(model="qtest-2d", data=str(data), batch_size=4,
                                      register="qtest-2d-int8",
                                      eval_sequences=4, stage_steps=1, final_steps=1,
-                                     calib_batches=1, latency_repeats=1,
+                                     calib_batches=1, latency_repeats=1, latency_span_ms=0,
                                      experiment="test-quantize"))
     values = out["metrics"]
     assert values["size_ratio"] > 2.0  # tiny: small matrices, so scales and norms weigh more
@@ -124,7 +124,7 @@ def test_a_token_generator_is_quantized_judged_by_generation_and_registered(fp32
                            extra={"frame_shape": [4, 16, 16, 1], "preset": "tiny"})
     out = quantize(QuantizeJobConfig(model="qtest-nbp-2d", data=str(data), batch_size=4,
                                      eval_sequences=4, stage_steps=1, final_steps=1,
-                                     calib_batches=1, latency_repeats=1,
+                                     calib_batches=1, latency_repeats=1, latency_span_ms=0,
                                      experiment="test-quantize"))
     values = out["metrics"]
     assert out["registered"] == "nbp-2d-int8"  # <architecture>-<kind>-int8

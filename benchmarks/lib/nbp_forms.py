@@ -5,7 +5,6 @@ Plain torch and framecast only (no Ray, MLflow or PyVista), so it runs on the le
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 
 import torch
@@ -15,6 +14,12 @@ from framecast.quant import kernels
 
 # NBPConfig's own defaults (LLaMA-like widths): GEMMs wide enough for int8 to matter.
 NBP_WIDE = {"dim": 384, "heads": 8, "layers": 6, "mlp_hidden": 1024}
+# Each timing spans at least this long (`compare.timed_passes`).
+SPAN_MS = 300.0
+# Rounds of alternated timings, the median kept: on a shared machine the same model's speed
+# drifts by 5% between rounds and up to 40% between processes, so the forms are compared
+# within a process, round by round.
+ROUNDS = 4
 
 
 class FreeLinear(nn.Module):
@@ -85,7 +90,8 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
         video = videos[:b]
         for model in forms.values():  # warm-up: quantizer compile, kernel measurement
             compare.latency_ms(model, video, 1, warmup=0)
-        n = passes(compare.latency_ms(fp32, video, 1, warmup=0), repeats)
+        n = compare.timed_passes(compare.latency_ms(fp32, video, 1, warmup=0), repeats,
+                                 SPAN_MS)
         times: dict[str, list[float]] = {name: [] for name in forms}
         for _ in range(ROUNDS):
             for name, model in forms.items():
@@ -95,22 +101,6 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
              "size_ratio": compare.compression(fp32, quant)["size_ratio"],
              "argmax_agreement": agreement["argmax"], "logit_error": agreement["logit_error"],
              **row} for b, row in form_columns(by_batch).items()]
-
-
-# Each timing spans at least this long: a few passes of a 20 ms batch-1 call are within the
-# noise of a shared 2-core machine (the medians of 3 passes differed by 10-30% run to run).
-SPAN_MS = 300.0
-MAX_PASSES = 40
-# Rounds of alternated timings, the median kept: on a shared machine the same model's speed
-# drifts by 5% between rounds and up to 40% between processes, so the forms are compared
-# within a process, round by round.
-ROUNDS = 4
-
-
-def passes(first_ms: float, repeats: int) -> int:
-    """Timed passes for a call whose first pass took `first_ms`: `repeats`, or more for fast
-    calls, so the timing spans SPAN_MS (at most MAX_PASSES)."""
-    return max(repeats, min(MAX_PASSES, math.ceil(SPAN_MS / max(first_ms, 1e-3))))
 
 
 FORM_NAMES = ("fp32", "bf16", "w8a8", "w8a8_bf16", "bound")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -46,14 +47,26 @@ def latency_ms(model: nn.Module, video: torch.Tensor, repeats: int = 5, warmup: 
     return statistics.median(times)
 
 
+MAX_PASSES = 40  # the most passes `timed_passes` asks for
+
+
+def timed_passes(first_ms: float, repeats: int, span_ms: float) -> int:
+    """Passes to time a call whose first pass took `first_ms`: `repeats`, or more for a fast
+    call, so the timing spans `span_ms` (at most MAX_PASSES): a median of 3 passes of a 20 ms
+    call moved 10-30% from run to run on a shared 2-core machine."""
+    return max(repeats, min(MAX_PASSES, math.ceil(span_ms / max(first_ms, 1e-3))))
+
+
 def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module],
-                      videos: np.ndarray, batch_sizes: tuple[int, ...], repeats: int = 5
-                      ) -> dict[str, float | str]:
+                      videos: np.ndarray, batch_sizes: tuple[int, ...], repeats: int = 5,
+                      span_ms: float = 0.0, rounds: int = 4) -> dict[str, float | str]:
     """Latency of every float and quantized compute form (`compute_form`: fp32, and bf16 where
-    native and allowed) per batch size, timed side by side (forms alternated, two rounds, the
-    mean kept). The deployed quantized form is the fastest of `quants`, the best float form the
-    fastest of `floats` (`compute_form.fastest`'s rule); speed-ups of the deployed form against
-    fp32 (`speedup_b*`) and against the best float form (`speedup_vs_best_float_b*`)."""
+    native and allowed) per batch size, timed side by side: forms alternated, `rounds` rounds
+    of medians of `repeats` passes (or as many as span `span_ms`, `timed_passes`), the median
+    round kept (a machine's speed drifts between rounds; forms are compared within a round).
+    The deployed quantized form is the fastest of `quants`, the best float form the fastest
+    of `floats` (`compute_form.fastest`'s rule); speed-ups of the deployed form against fp32
+    (`speedup_b*`) and against the best float form (`speedup_vs_best_float_b*`)."""
     from framecast.quant.compute_form import best
 
     device = next(next(iter(floats.values())).parameters()).device
@@ -63,23 +76,24 @@ def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module]
     for b in batch_sizes:
         idx = np.arange(b) % len(videos)
         video = torch.from_numpy(np.ascontiguousarray(videos[idx])).to(device)
-        for model in forms.values():
-            latency_ms(model, video, 1)  # one-off work (compiles, kernel measurements) first
-        for _ in range(2):
+        first = {name: latency_ms(model, video, 1)  # after one-off work (compiles, kernels)
+                 for name, model in forms.items()}
+        passes = timed_passes(first["float_fp32"], repeats, span_ms)
+        for _ in range(rounds):
             for name, model in forms.items():
-                ms[name][b].append(latency_ms(model, video, repeats, warmup=0))
-    mean = {name: {b: sum(t) / len(t) for b, t in by.items()} for name, by in ms.items()}
-    best_float = best({f: mean[f"float_{f}"] for f in floats})
-    deployed = best({f: mean[f"quant_{f}"] for f in quants})
+                ms[name][b].append(latency_ms(model, video, passes, warmup=0))
+    typical = {name: {b: statistics.median(t) for b, t in by.items()} for name, by in ms.items()}
+    best_float = best({f: typical[f"float_{f}"] for f in floats})
+    deployed = best({f: typical[f"quant_{f}"] for f in quants})
     out: dict[str, float | str] = {"best_float": best_float, "quant_compute": deployed}
     for b in batch_sizes:
         for f in floats:
-            out[f"latency_ms_{f}_b{b}"] = mean[f"float_{f}"][b]
+            out[f"latency_ms_{f}_b{b}"] = typical[f"float_{f}"][b]
         for f in quants:
-            out[f"latency_ms_quant_{f}_compute_b{b}"] = mean[f"quant_{f}"][b]
-        out[f"latency_ms_quant_b{b}"] = quant_ms = mean[f"quant_{deployed}"][b]
-        out[f"speedup_b{b}"] = mean["float_fp32"][b] / quant_ms
-        out[f"speedup_vs_best_float_b{b}"] = mean[f"float_{best_float}"][b] / quant_ms
+            out[f"latency_ms_quant_{f}_compute_b{b}"] = typical[f"quant_{f}"][b]
+        out[f"latency_ms_quant_b{b}"] = quant_ms = typical[f"quant_{deployed}"][b]
+        out[f"speedup_b{b}"] = typical["float_fp32"][b] / quant_ms
+        out[f"speedup_vs_best_float_b{b}"] = typical[f"float_{best_float}"][b] / quant_ms
     return out
 
 
