@@ -107,9 +107,11 @@ def register_generators() -> tuple[str, str, str]:
             f"tokenizer, and its post-training W8A8 ({layers} generator layers)")
 
 
-def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict[str, float]:
-    """`requests_total` POSTs of `body`, `concurrency` at a time; throughput, latency percentiles,
-    errors (non-200 or failed) and the mean dynamic batch the server reported."""
+def load(url: str, body: dict, requests_total: int, concurrency: int, warmup: bool = True
+         ) -> dict[str, object]:
+    """`requests_total` POSTs of `body`, `concurrency` at a time (after a warm-up of
+    2 x concurrency where `warmup`): wall time, client latencies, errors (non-200 or failed),
+    the dynamic batches and server timings the server reported (`summary` reduces rounds)."""
     import requests
 
     local = threading.local()
@@ -135,19 +137,32 @@ def load(url: str, body: dict, requests_total: int, concurrency: int) -> dict[st
             latencies.append((time.perf_counter() - start) * 1e3)
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(2 * concurrency)))  # warm-up: sessions, replica caches
-        latencies.clear()
-        batches.clear()
-        server.clear()
+        if warmup:  # sessions, replica caches
+            list(pool.map(one, range(2 * concurrency)))
+            latencies.clear()
+            batches.clear()
+            server.clear()
         start = time.perf_counter()
         list(pool.map(one, range(requests_total)))
         wall = time.perf_counter() - start
     if errors:
         print(f"  {len(errors)} errors, first: {errors[0]}")
-    lat = np.array(latencies or [np.nan])
-    return {"rps": (requests_total - len(errors)) / wall, "p50": float(np.percentile(lat, 50)),
+    return {"requests": requests_total, "wall": wall, "latencies": latencies,
+            "batches": batches, "errors": errors, "server": server}
+
+
+def summary(rounds: list[dict]) -> dict[str, float]:
+    """Rounds of `load` on one deployment as one row: throughput the median round's (the
+    machine's speed drifts between rounds; deployments are compared round by round),
+    latency percentiles, errors, mean batch and server timings over all rounds."""
+    rps = [(r["requests"] - len(r["errors"])) / r["wall"] for r in rounds]
+    lat = np.array([ms for r in rounds for ms in r["latencies"]] or [np.nan])
+    batches = [b for r in rounds for b in r["batches"]]
+    server = [t for r in rounds for t in r["server"]]
+    return {"rps": float(np.median(rps)), "p50": float(np.percentile(lat, 50)),
             "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)),
-            "errors": len(errors), "batch": float(np.mean(batches)) if batches else 0.0,
+            "errors": sum(len(r["errors"]) for r in rounds),
+            "batch": float(np.mean(batches)) if batches else 0.0,
             **{f"server_{k}": float(np.mean([t[k] for t in server])) if server else np.nan
                for k in ("read", "decode", "transport", "queue", "inference", "encode", "total")}}
 
@@ -219,28 +234,41 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
     if route == "generate":
         body.update(future_frames=FRAME_SHAPE[0] - len(context), temperature=1.0, top_k=50)
 
-    def measure(kind: str, precision: str, batch: int, prefix: str) -> None:
+    def label(kind: str, prefix: str) -> tuple[str, str]:
         name = refs[kind].partition("@")[0]
         info = requests.get(f"http://127.0.0.1:{port}{prefix}v1/models/{name}", timeout=60).json()
-        label = f"{info['precision']}, {info['compute']} compute"
-        print(f"serve_load: {name} ({label}) /{route}, max batch {batch}: "
-              f"{args.requests} requests at {args.concurrency} concurrent")
-        result = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
-                      args.requests, args.concurrency)
-        per_item = result["server_inference"] / max(result["batch"], 1.0)
-        rows.append([name, route, label, batch, args.requests, args.concurrency,
-                     result["rps"], result["p50"], result["p95"], result["p99"],
-                     result["errors"], result["batch"], per_item])
-        values[(route, kind, precision, batch)] = result
+        return name, f"{info['precision']}, {info['compute']} compute"
+
+    def measure(targets: list[tuple[str, str, str]], batch: int) -> None:
+        """Load each (kind, precision, prefix) in `rounds` rounds, the deployments alternated
+        (order reversed every other round), requests split over the rounds."""
+        rounds = max(1, min(args.rounds, args.requests // args.concurrency))
+        per_round = args.requests // rounds
+        parts: dict[tuple, list[dict]] = {t: [] for t in targets}
+        for r in range(rounds):
+            for kind, precision, prefix in targets if r % 2 == 0 else targets[::-1]:
+                name, what = label(kind, prefix)
+                print(f"serve_load: {name} ({what}) /{route}, max batch {batch}, round "
+                      f"{r + 1}/{rounds}: {per_round} requests at {args.concurrency} concurrent")
+                parts[kind, precision, prefix].append(load(
+                    f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body, per_round,
+                    args.concurrency, warmup=r == 0))
+        for (kind, precision, prefix), got in parts.items():
+            name, what = label(kind, prefix)
+            result = summary(got)
+            per_item = result["server_inference"] / max(result["batch"], 1.0)
+            rows.append([name, route, what, batch, per_round * rounds, args.concurrency,
+                         result["rps"], result["p50"], result["p95"], result["p99"],
+                         result["errors"], result["batch"], per_item])
+            values[(route, kind, precision, batch)] = result
 
     serve.run(app(list(refs), args.max_batch, "fp32"), name="serve-load", route_prefix="/")
-    for kind in refs:
-        measure(kind, "fp32", args.max_batch, "/")
+    targets = [(kind, "fp32", "/") for kind in refs]
     if bf16_kinds:
         serve.run(app(bf16_kinds, args.max_batch, "bf16"), name="serve-load-bf16",
                   route_prefix="/bf16")
-        for kind in bf16_kinds:
-            measure(kind, "bf16", args.max_batch, "/bf16/")
+        targets += [(kind, "bf16", "/bf16/") for kind in bf16_kinds]
+    measure(targets, args.max_batch)
     # Batching off for the int8 model (fp32 without one) in its faster compute form: only
     # user_config changes, the replicas stay.
     kind = "int8" if "int8" in refs else "fp32"
@@ -250,7 +278,7 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         serve.run(app(bf16_kinds, 1, "bf16"), name="serve-load-bf16", route_prefix="/bf16")
     else:
         serve.run(app(list(refs), 1, "fp32"), name="serve-load", route_prefix="/")
-    measure(kind, compute, 1, "/" if compute == "fp32" else "/bf16/")
+    measure([(kind, compute, "/" if compute == "fp32" else "/bf16/")], 1)
     if bf16_kinds:
         serve.delete("serve-load-bf16")
 
@@ -266,8 +294,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
-                        help="requests per row (default 500; 100 with --quick)")
+                        help="requests per row (default 500; 150 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per row, the deployments alternated, the median kept")
     parser.add_argument("--context", type=int, default=10,
                         help="context frames per request (default 10: 12 with the step)")
     parser.add_argument("--max-batch", type=int, default=8, help="max batch, batching on")
@@ -277,7 +307,7 @@ def main() -> None:
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
     parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
-    args.requests = args.requests or (100 if args.quick else 500)
+    args.requests = args.requests or (150 if args.quick else 500)
 
     with tempfile.TemporaryDirectory() as tmp:
         if not (args.fp32_model or args.int8_model):
@@ -316,7 +346,9 @@ def main() -> None:
             f"generated (temperature 1, top-k 50; 11 block steps, tokenizer included), "
             f"answered as PNGs. One replica per model (0.5 CPU, {args.torch_threads} torch "
             f"thread), ingress 0.25 CPU, client threads on the same {os.cpu_count()} cores; "
-            f"latency is client-side, after a warm-up of {2 * args.concurrency} requests. "
+            f"latency is client-side, after a warm-up of {2 * args.concurrency} requests; "
+            f"each row's requests in {args.rounds} rounds, the batching-on deployments "
+            f"alternated round by round, req/s of the median round, percentiles over all. "
             f"Each model served in fp32 compute and, where bf16 is native, in bf16 compute "
             f"(asked explicitly, `precision: bf16`: a quantized model keeps its int8 weights "
             f"and runs the rest in bf16; `precision: auto` deploys the faster of the two, for "
