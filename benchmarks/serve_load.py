@@ -234,10 +234,14 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
     if route == "generate":
         body.update(future_frames=FRAME_SHAPE[0] - len(context), temperature=1.0, top_k=50)
 
-    def label(kind: str, prefix: str) -> tuple[str, str]:
+    def label(kind: str, prefix: str) -> tuple[str, str, str]:
+        """The model's name, what it stores and computes in, and how many of its W8A8 layer
+        forms (per token class) the replica chose in int8."""
         name = refs[kind].partition("@")[0]
         info = requests.get(f"http://127.0.0.1:{port}{prefix}v1/models/{name}", timeout=60).json()
-        return name, f"{info['precision']}, {info['compute']} compute"
+        forms = [f for layer in info.get("layer_forms", {}).values() for f in layer.values()]
+        int8 = f"{forms.count('int8')} of {len(forms)}" if forms else "none"
+        return name, f"{info['precision']}, {info['compute']} compute", int8
 
     def measure(targets: list[tuple[str, str, str]], batch: int) -> None:
         """Load each (kind, precision, prefix) in `rounds` rounds, the deployments alternated
@@ -247,19 +251,19 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         parts: dict[tuple, list[dict]] = {t: [] for t in targets}
         for r in range(rounds):
             for kind, precision, prefix in targets if r % 2 == 0 else targets[::-1]:
-                name, what = label(kind, prefix)
+                name, what, _ = label(kind, prefix)
                 print(f"serve_load: {name} ({what}) /{route}, max batch {batch}, round "
                       f"{r + 1}/{rounds}: {per_round} requests at {args.concurrency} concurrent")
                 parts[kind, precision, prefix].append(load(
                     f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body, per_round,
                     args.concurrency, warmup=r == 0))
         for (kind, precision, prefix), got in parts.items():
-            name, what = label(kind, prefix)
+            name, what, int8 = label(kind, prefix)
             result = summary(got)
             per_item = result["server_inference"] / max(result["batch"], 1.0)
             rows.append([name, route, what, batch, per_round * rounds, args.concurrency,
                          result["rps"], result["p50"], result["p95"], result["p99"],
-                         result["errors"], result["batch"], per_item])
+                         result["errors"], result["batch"], per_item, int8])
             values[(route, kind, precision, batch)] = result
 
     serve.run(app(list(refs), args.max_batch, "fp32"), name="serve-load", route_prefix="/")
@@ -316,7 +320,8 @@ def main() -> None:
         rows, values, notes = run(args)
     table = markdown_table(["model", "route", "stored, compute", "max batch", "requests",
                             "concurrent", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-                            "mean batch", "model ms/request"], rows)
+                            "mean batch", "model ms/request", "W8A8 layer forms in int8"],
+                           rows)
     result: dict[str, object] = {}
     for route, suffix in (("predict", ""), ("generate", "_nbp")):
         if not any(key[0] == route for key in values):
@@ -357,7 +362,10 @@ def main() -> None:
             f"Batching gain: req/s at max batch {args.max_batch} over max batch 1 (the int8 "
             f"replica, in its faster compute form, reconfigured live). 'model ms/request': the "
             f"replica's model time per request in its batch; when it does not fall with the "
-            f"batch, batching cannot raise throughput (compute-bound on CPU).")
+            f"batch, batching cannot raise throughput (compute-bound on CPU). 'W8A8 layer "
+            f"forms in int8': of the (layer, token class) forms the replica measured and "
+            f"kept (/v1/models layer_forms), how many compute in int8 (the rest in float "
+            f"from the int8 weights).")
     report("serve_load", "Ray Serve HTTP load: V-BLT and NBP, W8A8 vs fp32, batching on vs off",
            table, text, f"RESULT serve_load {key_values(result)}")
 
