@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 import torch
@@ -105,25 +106,35 @@ def test_the_chosen_int8_path_equals_int_mm_exactly(tokens):
     assert torch.allclose(chosen.double(), exact, rtol=1e-6, atol=0)
 
 
-def test_the_chooser_keeps_the_faster_path_when_one_is_made_slow(monkeypatch):
-    def slowed(path, seconds):
-        def run(*args):
-            time.sleep(seconds)
-            return path.run(*args)
-        return dataclasses.replace(path, run=run)
+@pytest.fixture
+def slow_down(monkeypatch):
+    """`slow_down(path, seconds)`: the path with `seconds` added to each call on the clock the
+    chooser reads (real time plus what slowed paths added): timings as a slow kernel would
+    give, without waiting for them."""
+    added = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + added[0])
+    monkeypatch.setattr(kernels, "time", clock)
 
-    # Sleeps of 0.2 s: far beyond what a busy 2-core machine adds to a 64x32x16 product.
+    def slowed(path, seconds, name=None):
+        def run(*args):
+            added[0] += seconds
+            return path.run(*args)
+        return dataclasses.replace(path, run=run, name=name or path.name)
+    return slowed
+
+
+def test_the_chooser_keeps_the_faster_path_when_one_is_made_slow(monkeypatch, slow_down):
     fast = kernels.PATHS["int_mm"]
-    monkeypatch.setitem(kernels.PATHS, "onednn", slowed(fast, 0.2))  # exact but slow
-    monkeypatch.setitem(kernels.PATHS, "onednn_u7", slowed(kernels.PATHS["onednn_u7"], 0.2))
-    monkeypatch.setitem(kernels.PATHS, "fp32_gemm", slowed(kernels.PATHS["fp32_gemm"], 0.2))
+    monkeypatch.setitem(kernels.PATHS, "onednn", slow_down(fast, 0.2, "onednn"))  # exact, slow
+    monkeypatch.setitem(kernels.PATHS, "onednn_u7", slow_down(kernels.PATHS["onednn_u7"], 0.2))
+    monkeypatch.setitem(kernels.PATHS, "fp32_gemm", slow_down(kernels.PATHS["fp32_gemm"], 0.2))
     kernels.reset_choices()
     assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "int_mm"
     measured = kernels._CHOSEN[kernels.shape_class(64, 32, 16)].ms
     assert measured["onednn"] > 200 > measured["int_mm"]
 
     monkeypatch.setitem(kernels.PATHS, "onednn", dataclasses.replace(fast, name="onednn"))
-    monkeypatch.setitem(kernels.PATHS, "int_mm", slowed(fast, 0.2))
+    monkeypatch.setitem(kernels.PATHS, "int_mm", slow_down(fast, 0.2))
     kernels.reset_choices()
     assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "onednn"
     assert kernels.choices()["shapes"] == {"64x32x16": "onednn"}
@@ -157,20 +168,18 @@ def test_an_inexact_path_is_never_chosen_however_fast(monkeypatch):
     kernels.reset_choices()
 
 
-def test_a_seven_bit_path_wins_only_when_eight_bit_ones_are_clearly_slower(monkeypatch):
-    def sleeping(name, bits, seconds):
-        def run(xq, wq, scale, packed):
-            time.sleep(seconds)
-            return kernels._int_mm_run(xq, wq, scale, packed)
-        return kernels.GemmPath(name, bits, lambda _: True, run)
+def test_a_seven_bit_path_wins_only_when_eight_bit_ones_are_clearly_slower(monkeypatch,
+                                                                           slow_down):
+    def path(name, bits, seconds):
+        return slow_down(kernels.GemmPath(name, bits, lambda _: True, kernels._int_mm_run),
+                         seconds)
 
-    # 5x and 1.05x slower (the limit is 1.25x), with margins (10+ ms) a loaded machine's sleep
-    # jitter stays under.
+    # 5x and 1.05x slower (the limit is 1.25x)
     for eight_bit_s, chosen in ((0.3, "onednn_u7"), (0.063, "onednn")):
-        monkeypatch.setitem(kernels.PATHS, "onednn", sleeping("onednn", 8, eight_bit_s))
-        monkeypatch.setitem(kernels.PATHS, "onednn_u7", sleeping("onednn_u7", 7, 0.06))
-        monkeypatch.setitem(kernels.PATHS, "int_mm", sleeping("int_mm", 8, 0.4))
-        monkeypatch.setitem(kernels.PATHS, "fp32_gemm", sleeping("fp32_gemm", 8, 0.4))
+        monkeypatch.setitem(kernels.PATHS, "onednn", path("onednn", 8, eight_bit_s))
+        monkeypatch.setitem(kernels.PATHS, "onednn_u7", path("onednn_u7", 7, 0.06))
+        monkeypatch.setitem(kernels.PATHS, "int_mm", path("int_mm", 8, 0.4))
+        monkeypatch.setitem(kernels.PATHS, "fp32_gemm", path("fp32_gemm", 8, 0.4))
         kernels.reset_choices()
         assert kernels.gemm_path(32, 32, 16, torch.device("cpu")).name == chosen
         screened = kernels._CHOSEN[kernels.shape_class(32, 32, 16)].screened
