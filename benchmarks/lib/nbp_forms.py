@@ -40,14 +40,16 @@ class FreeLinear(nn.Module):
 
 
 def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None,
-             device: str = "cpu", batches: tuple[int, ...] = (1, 8)
-             ) -> list[dict[str, float | str]]:
+             device: str = "cpu", batches: tuple[int, ...] = (1, 8), span_ms: float = SPAN_MS,
+             rounds: int = ROUNDS) -> list[dict[str, float | str]]:
     """An untrained NBP generator `preset` (+ overrides) with an untrained `fsq small` tokenizer
     on (12, size, size) clips: size ratio of the generator, greedy generation latency (one
     condition frame, 11 generated, tokenizer encode/decode included) per batch size for fp32,
     bf16 (where native), W8A8 (the job's plan rule on the measured kernels) and linears free
-    (the bound), alternated; and how far W8A8 moves the next-block logits from fp32's on the
-    same tokens (teacher-forced: share of equal argmax tokens, relative logit error; an
+    (the bound), alternated in `rounds` rounds of `repeats` passes (or as many as span
+    `span_ms`), the median round kept; and how far W8A8 moves the next-block logits from
+    fp32's on the same tokens (teacher-forced: share of equal argmax tokens, relative logit
+    error; an
     untrained generator's free-running generations diverge chaotically after one flipped
     token, so its frames measure nothing). Weights are drawn larger than at init so that greedy
     choices are not near-ties."""
@@ -91,9 +93,9 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
         for model in forms.values():  # warm-up: quantizer compile, kernel measurement
             compare.latency_ms(model, video, 1, warmup=0)
         n = compare.timed_passes(compare.latency_ms(fp32, video, 1, warmup=0), repeats,
-                                 SPAN_MS)
+                                 span_ms)
         times: dict[str, list[float]] = {name: [] for name in forms}
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for name, model in forms.items():
                 times[name].append(compare.latency_ms(model, video, n, warmup=0))
         by_batch[b] = {name: statistics.median(t) for name, t in times.items()}
