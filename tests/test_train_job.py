@@ -25,6 +25,7 @@ def tiny_data(ray_local, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two Ray Train runs of two workers: 45 s of the default run
 def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
     base = {"data": str(tiny_data), "preset": "tiny", "batch_size": 2, "workers": 2,
             "checkpoint_every": 3, "log_every": 1, "name": "resume-me",
@@ -112,20 +113,31 @@ def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_dat
 
 def test_a_stream_run_trains_on_fresh_sequences_each_once_and_keeps_val_fixed(tiny_data,
                                                                               tmp_path):
+    """Two workers (DDP) on a stream: the default run's multi-worker Ray Train check (the
+    two-worker resume test is slow)."""
     from framecast import data as fdata
 
     before = fdata.read_manifest(tiny_data)
     result = train(TrainJobConfig(data=str(tiny_data), preset="tiny", steps=6, batch_size=2,
-                                  checkpoint_every=3, log_every=1, stream=True,
-                                  storage=str(tmp_path / "ray"), register="none"))
+                                  workers=2, checkpoint_every=3, log_every=1, stream=True,
+                                  name="stream-2", storage=str(tmp_path / "ray"),
+                                  register="none"))
     assert result["step"] == 6
+    checkpoints = [p for p in (tmp_path / "ray" / "stream-2").glob("checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # num_to_keep=2 of the ones at steps 3 and 6
     client = mlflow.MlflowClient()
-    path = client.download_artifacts(result["run_id"], "stream/indices_rank0.json", tmp_path)
-    indices = json.loads(Path(path).read_text())
-    assert len(indices) == 6 * 2 == len(set(indices))  # one batch a step, nothing repeated
+    run = client.get_run(result["run_id"])
+    assert run.data.params["workers"] == "2"
+    nodes = {run.data.tags["framecast.node.rank0"], run.data.tags["framecast.node.rank1"]}
+    assert len(nodes) == 1 and len(nodes.pop()) == 56  # a Ray node id: 28 bytes in hex
+    ranks = [json.loads(Path(client.download_artifacts(
+        result["run_id"], f"stream/indices_rank{r}.json", tmp_path)).read_text()) for r in (0, 1)]
+    indices = ranks[0] + ranks[1]
+    # one batch a step per rank, no sequence read twice, by one rank or by both
+    assert len(ranks[0]) == len(ranks[1]) == 6 * 2 and len(set(indices)) == 24
     assert min(indices) >= before.config.num_sequences  # none of the data set's own sequences
     assert fdata.read_manifest(tiny_data) == before  # val and test: the rendered set, unchanged
-    assert "final_val_psnr" in client.get_run(result["run_id"]).data.metrics
+    assert "final_val_psnr" in run.data.metrics
 
 
 def test_the_plan_hands_out_the_model_it_checked_once_then_fresh_ones(tiny_data):
