@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import toy_models  # noqa: F401  (registers the test tokenizer `toy-patches`)
+from rendered import tiny_2d
 from torch import nn
 
 from framecast import model_io
 from framecast.config import ConfigError
 from framecast.models import registry
 from framecast.models.contract import Model, TokenGenerator, Tokenizer, categorical_nll
-from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train
 
 
@@ -105,10 +105,8 @@ registry.register_model("toy-generator", {"tiny": {}})(TinyGenerator)
 
 @pytest.fixture(scope="module")
 def data(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("contract") / "tri"
-    render(RenderJobConfig(num_sequences=16, frames=4, size=16, out=str(out), mlflow=False,
-                           val_fraction=0.25, test_fraction=0.0))
-    return out
+    return tiny_2d(tmp_path_factory.mktemp("contract") / "tri", num_sequences=16, frames=4,
+                   size=16, val_fraction=0.25, test_fraction=0.0)
 
 
 def all_runs() -> list:

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from rendered import write_dataset
 
 from framecast import data as fdata
 from framecast.config import to_dict
@@ -15,28 +15,10 @@ CFG = RenderConfig(kind="2d", num_sequences=10, frames=4, size=32, val_fraction=
                    test_fraction=0.2)
 
 
-def write_dataset(out: Path, config: RenderConfig = CFG) -> fdata.Manifest:
-    """What the render job does, minus Ray: render in two batches, write hive shards, publish."""
-    staging = fdata.staging_dir(out)
-    udf = fdata.ShardRenderer(to_dict(config))
-    ids = np.arange(config.num_sequences)
-    for part, chunk in enumerate(np.array_split(ids, 2)):
-        table = udf({"id": chunk})
-        for split in ("train", "val", "test"):
-            rows = table.filter(pc.equal(table["split"], split)).drop_columns(["split"])
-            if rows.num_rows:
-                folder = staging / fdata.SHARDS / f"split={split}"
-                folder.mkdir(parents=True, exist_ok=True)
-                pq.write_table(rows, folder / f"part-{part}.parquet")
-    manifest = fdata.build_manifest(staging, config, render_seconds=1.0)
-    fdata.publish(staging, out, manifest)
-    return manifest
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ds") / "tri"
-    write_dataset(out)
+    write_dataset(out, CFG)
     return out
 
 
@@ -89,7 +71,7 @@ def test_a_folder_without_manifest_is_not_a_dataset(tmp_path):
 
 def test_missing_or_corrupted_shards_are_detected(tmp_path):
     out = tmp_path / "d"
-    manifest = write_dataset(out)
+    manifest = write_dataset(out, CFG)
     shard = out / manifest.shards["val"][0]
     table = pq.read_table(shard)
     frames = table["frames"].to_pylist()
@@ -144,7 +126,7 @@ def test_a_missing_folder_is_named_as_missing(tmp_path):
 
 def test_publish_replaces_an_old_dataset_whole(tmp_path):
     out = tmp_path / "d"
-    write_dataset(out)
+    write_dataset(out, CFG)
     bigger = RenderConfig(kind="2d", num_sequences=12, frames=4, size=32)
     write_dataset(out, bigger)
     assert fdata.read_manifest(out).config == bigger

@@ -2,16 +2,15 @@
 
 import mlflow
 import pytest
+from rendered import tiny_2d
 
 from jobs.generate import main
-from jobs.render import RenderJobConfig, render
 
 
 @pytest.fixture(scope="module")
 def clips(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("generate") / "tri"
-    render(RenderJobConfig(num_sequences=10, frames=4, size=16, out=str(out), mlflow=False))
-    return out
+    return tiny_2d(tmp_path_factory.mktemp("generate") / "tri", num_sequences=10, frames=4,
+                   size=16)
 
 
 def run_count() -> int:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from rendered import tiny_2d
 
 from framecast import model_io
 from framecast.distribution import DECODES
 from jobs.evaluate import EvaluateConfig, evaluate_job
-from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig, main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,10 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "tri"
-    render(RenderJobConfig(num_sequences=20, frames=4, size=16, out=str(out), mlflow=False,
-                           val_fraction=0.2, test_fraction=0.1))
-    return out
+    return tiny_2d(tmp_path_factory.mktemp("train") / "tri", num_sequences=20, frames=4,
+                   size=16, val_fraction=0.2, test_fraction=0.1)
 
 
 @pytest.mark.slow  # two Ray Train runs of two workers: 45 s of the default run

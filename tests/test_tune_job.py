@@ -13,9 +13,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from rendered import tiny_2d
 
 from framecast.config import parse_args
-from jobs.render import RenderJobConfig, render
 from jobs.train import TrainJobConfig
 from jobs.train import plan as train_plan
 from jobs.tune import STUDY_TAG, TRIAL_TAG, TuneJobConfig, main, make_tuner, tune_job
@@ -27,10 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tune") / "tri"
-    render(RenderJobConfig(num_sequences=16, frames=4, size=16, out=str(out), mlflow=False,
-                           val_fraction=0.25, test_fraction=0.0))
-    return out
+    return tiny_2d(tmp_path_factory.mktemp("tune") / "tri", num_sequences=16, frames=4,
+                   size=16, val_fraction=0.25, test_fraction=0.0)
 
 
 def write_space(folder: Path, name: str, cpu: float, **changes) -> Path:
