@@ -425,11 +425,8 @@ def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 
 
-def serve_w8a8_candidate(model, plan, name: str, app: str, prefix: str) -> None:
-    """Log a W8A8 tiny V-BLT, register it as name@candidate and serve it as `app` at `prefix`
-    beside the module's app (one replica, one torch thread)."""
-    from ray import serve
-
+def register_w8a8_candidate(model, plan, name: str) -> None:
+    """Log a W8A8 tiny V-BLT and register it as name@candidate."""
     from framecast.quant.plan import plan_records
 
     with mlflow.start_run():
@@ -438,24 +435,16 @@ def serve_w8a8_candidate(model, plan, name: str, app: str, prefix: str) -> None:
             "quant_plan": plan_records(plan)})
     mlflow.MlflowClient().set_registered_model_alias(name, "candidate",
                                                      info.registered_model_version)
-    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1)],
-                   ingress_cpus=0.1)
-    serve.run(build_app(args), name=app, route_prefix=prefix)
 
 
-def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_local, served,
-                                                                         registered):
-    """W8A8 layers choose their int8 GEMM path by timing at first use: the replica's warm-up
-    does it (not the first request), and /v1/models shows what it chose."""
-    from ray import serve
-
+def all_int8_w8a8(registered):
+    """The registered tiny V-BLT with every linear layer W8A8 in int8; (model, plan)."""
     from framecast.quant.apply import quantize_model
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import PlanEntry, Precision
     from framecast.quant.sensitivity import weight_sensitivity
     from framecast.train import batch_loss
 
-    url, _, _ = served
     quant = create("vblt", "tiny")
     quant.load_state_dict(registered[0].state_dict())
     video = torch.randint(0, 256, (1, *FRAME_SHAPE), dtype=torch.uint8)
@@ -463,44 +452,16 @@ def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(ray_loca
     plan = [PlanEntry(name, s, Precision.INT8) for name, s in
             weight_sensitivity(quant, [video], batch_loss).items()]
     quantize_model(quant, plan)
-    name = f"{NAME}-int8"
-    serve_w8a8_candidate(quant, plan, name, "framecast-test-int8", "/int8")
-    try:
-        entry = requests.get(f"{url}/int8/v1/models", timeout=60).json()["models"][0]
-        assert entry["precision"] == "w8a8"
-        chosen = entry["kernels"]["shapes"]
-        assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7", "fp32_gemm"}
-        assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
-        layers = entry["kernels"]["layer_shapes"]  # int8, or float from the int8 weights
-        assert layers and set(layers.values()) <= {"int8", "fp32_from_int8"}  # fp32 inputs
-        # each W8A8 layer lists the form it chose at warm-up for every token class it met
-        per_layer = entry["layer_forms"]
-        assert set(per_layer) == {e.layer for e in plan}
-        assert all(set(forms.values()) <= {"int8", "fp32_from_int8"}
-                   for forms in per_layer.values())
-        # No bf16 quality check on record for this model: it computes in fp32 (auto).
-        assert entry["compute"] == "fp32"
-        assert entry["precision_choice"]["candidates"] == ["fp32"]
-        response = requests.post(f"{url}/int8/v1/models/{name}/predict",
-                                 json=png_body(context(2)), timeout=60)
-        assert response.status_code == 200
-        fp32 = requests.get(f"{url}/v1/models/{NAME}", timeout=30).json()
-        assert fp32["kernels"]["int8_gemm"] == {}  # a float model runs no int8 GEMM
-    finally:
-        serve.delete("framecast-test-int8")
+    return quant, plan
 
 
-def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_local, served):
+def dynamically_patched_w8a8():
     """V-BLT with entropy-driven patches (its entropy model taught that the background stays
-    black, so slices mix patch sizes), quantized to W8A8 and served: /predict answers what the
-    loaded model computes."""
-    from ray import serve
-
+    black, so slices mix patch sizes), quantized to W8A8; (model, plan, context frames)."""
     from framecast.quant.apply import layer_roles, quantize_model
     from framecast.quant.gemm_form import linearize
     from framecast.quant.plan import PlanEntry, Precision
 
-    url, _, _ = served
     torch.manual_seed(0)
     model = create("vblt", "tiny", patch=(1, 4, 4), patching="entropy", entropy_threshold=1.0)
     video = torch.zeros(2, 8, 16, 16, 1, dtype=torch.uint8)
@@ -519,20 +480,76 @@ def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(ray_
     linearize(model)
     plan = [PlanEntry(n, 0.0, Precision.INT8) for n in sorted(layer_roles(model))]
     quantize_model(model, plan)
-    name = f"{NAME}-dynamic"
-    serve_w8a8_candidate(model, plan, name, "framecast-test-dynamic", "/dynamic")
-    loaded, _ = model_io.load_logged_model(f"models:/{name}@candidate")
+    return model, plan, frames
+
+
+@pytest.fixture(scope="module")
+def second_app(ray_local, served, registered):
+    """One more app beside the module's, at /more (one deployment for three tests): the W8A8
+    models NAME-int8 and NAME-dynamic, and NAME@candidate in `precision: auto`, one replica
+    each (a quarter CPU, one torch thread). Yields (base URL, {what: (model, plan)},
+    the dynamic model's context frames)."""
+    from ray import serve
+
+    url, _, _ = served
+    int8 = all_int8_w8a8(registered)
+    *dynamic, frames = dynamically_patched_w8a8()
+    register_w8a8_candidate(*int8, f"{NAME}-int8")
+    register_w8a8_candidate(*dynamic, f"{NAME}-dynamic")
+    args = AppArgs(models=[ModelSpec(name=name, alias="candidate", torch_threads=1,
+                                     num_cpus=0.25)
+                           for name in (f"{NAME}-int8", f"{NAME}-dynamic", NAME)],
+                   ingress_cpus=0.1)
+    serve.run(build_app(args), name="framecast-test-more", route_prefix="/more")
     try:
-        response = requests.post(f"{url}/dynamic/v1/models/{name}/predict",
-                                 json=png_body(frames), timeout=60)
-        assert response.status_code == 200, response.text
-        got = np.stack([decode_png(f) for f in response.json()["frames"]])
-        with torch.no_grad():
-            want, _ = direct_step(loaded.eval(), frames)
-        # The replica times its own int8 kernels (another may win there): near-equal bytes.
-        assert got.shape == want.shape and np.mean(np.abs(got.astype(int) - want) <= 1) > 0.98
+        yield f"{url}/more", {"int8": int8, "dynamic": tuple(dynamic)}, frames
     finally:
-        serve.delete("framecast-test-dynamic")
+        serve.delete("framecast-test-more")
+
+
+def test_an_int8_replica_measures_its_kernels_at_warm_up_and_lists_them(served, second_app):
+    """W8A8 layers choose their int8 GEMM path by timing at first use: the replica's warm-up
+    does it (not the first request), and /v1/models shows what it chose."""
+    url, _, _ = served
+    more, models, _ = second_app
+    _, plan = models["int8"]
+    name = f"{NAME}-int8"
+    entry = requests.get(f"{more}/v1/models/{name}", timeout=60).json()
+    assert entry["precision"] == "w8a8"
+    chosen = entry["kernels"]["shapes"]
+    assert chosen and set(chosen.values()) <= {"int_mm", "onednn", "onednn_u7", "fp32_gemm"}
+    assert sum(entry["kernels"]["int8_gemm"].values()) == len(chosen)
+    layers = entry["kernels"]["layer_shapes"]  # int8, or float from the int8 weights
+    assert layers and set(layers.values()) <= {"int8", "fp32_from_int8"}  # fp32 inputs
+    # each W8A8 layer lists the form it chose at warm-up for every token class it met
+    per_layer = entry["layer_forms"]
+    assert set(per_layer) == {e.layer for e in plan}
+    assert all(set(forms.values()) <= {"int8", "fp32_from_int8"}
+               for forms in per_layer.values())
+    # No bf16 quality check on record for this model: it computes in fp32 (auto).
+    assert entry["compute"] == "fp32"
+    assert entry["precision_choice"]["candidates"] == ["fp32"]
+    response = requests.post(f"{more}/v1/models/{name}/predict", json=png_body(context(2)),
+                             timeout=60)
+    assert response.status_code == 200
+    fp32 = requests.get(f"{url}/v1/models/{NAME}", timeout=30).json()
+    assert fp32["kernels"]["int8_gemm"] == {}  # a float model runs no int8 GEMM
+
+
+def test_a_dynamically_patched_w8a8_model_serves_predict_as_called_directly(second_app):
+    """The dynamically patched W8A8 V-BLT served: /predict answers what the loaded model
+    computes."""
+    more, _, frames = second_app
+    name = f"{NAME}-dynamic"
+    loaded, _ = model_io.load_logged_model(f"models:/{name}@candidate")
+    response = requests.post(f"{more}/v1/models/{name}/predict", json=png_body(frames),
+                             timeout=60)
+    assert response.status_code == 200, response.text
+    got = np.stack([decode_png(f) for f in response.json()["frames"]])
+    with torch.no_grad():
+        want, _ = direct_step(loaded.eval(), frames)
+    # The replica times its own int8 kernels (another may win there): near-equal bytes.
+    assert got.shape == want.shape and np.mean(np.abs(got.astype(int) - want) <= 1) > 0.98
 
 
 def test_a_call_whose_replica_died_is_sent_again_and_gives_up_after_its_deadline(monkeypatch):
@@ -589,33 +606,25 @@ def test_the_docs_page_works_offline_its_assets_served_by_the_app(served):
     assert requests.get(f"{url}/redoc", timeout=30).status_code == 404  # it loaded a CDN too
 
 
-def test_auto_precision_keeps_the_faster_measured_form_and_says_why(ray_local, served):
+def test_auto_precision_keeps_the_faster_measured_form_and_says_why(second_app):
     """precision auto (the default): fp32, and bf16 where this CPU computes it natively, each
     timed at batch 1 and a full batch at start; /v1/models lists the times and the choice."""
-    from ray import serve
-
     from framecast.quant import compute_form
 
-    url, _, _ = served
-    args = AppArgs(models=[ModelSpec(name=NAME, alias="candidate", torch_threads=1)],
-                   ingress_cpus=0.1)
-    serve.run(build_app(args), name="framecast-test-auto", route_prefix="/auto")
-    try:
-        entry = requests.get(f"{url}/auto/v1/models/{NAME}", timeout=60).json()
-        choice = entry["precision_choice"]
-        assert choice["asked"] == "auto"
-        assert choice["candidates"] == list(compute_form.available())
-        assert entry["compute"] == entry["precision"] == choice["chosen"]
-        if len(choice["candidates"]) > 1:  # timed side by side, the faster kept
-            ms = choice["ms"]
-            assert set(ms) == {"fp32", "bf16"} and all(set(by) == {"1", "8"}
-                                                       for by in ms.values())
-            ratio = {f: sum(ms[f][b] / ms["fp32"][b] for b in ("1", "8")) for f in ms}
-            assert choice["chosen"] == min(ratio, key=ratio.__getitem__)
-            assert "fastest measured" in choice["why"]
-        response = requests.post(f"{url}/auto/v1/models/{NAME}/predict",
-                                 json=png_body(context(2)), timeout=60)
-        assert response.status_code == 200
-        assert response.json()["precision"] == choice["chosen"]
-    finally:
-        serve.delete("framecast-test-auto")
+    more, _, _ = second_app
+    entry = requests.get(f"{more}/v1/models/{NAME}", timeout=60).json()
+    choice = entry["precision_choice"]
+    assert choice["asked"] == "auto"
+    assert choice["candidates"] == list(compute_form.available())
+    assert entry["compute"] == entry["precision"] == choice["chosen"]
+    if len(choice["candidates"]) > 1:  # timed side by side, the faster kept
+        ms = choice["ms"]
+        assert set(ms) == {"fp32", "bf16"} and all(set(by) == {"1", "8"}
+                                                   for by in ms.values())
+        ratio = {f: sum(ms[f][b] / ms["fp32"][b] for b in ("1", "8")) for f in ms}
+        assert choice["chosen"] == min(ratio, key=ratio.__getitem__)
+        assert "fastest measured" in choice["why"]
+    response = requests.post(f"{more}/v1/models/{NAME}/predict", json=png_body(context(2)),
+                             timeout=60)
+    assert response.status_code == 200
+    assert response.json()["precision"] == choice["chosen"]
