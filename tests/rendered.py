@@ -1,6 +1,6 @@
 """Small real data sets for tests, written in-process: the render job's batch UDF (real
 PyVista rendering), hive shards and manifest, published the same way, minus Ray Data's actors
-(10 s of actor start-up a data set on 2 cores). The render job itself is tested in
+(whose start-up costs more than rendering a tiny set). The render job itself is tested in
 test_render_job.py."""
 
 from pathlib import Path

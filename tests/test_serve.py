@@ -386,7 +386,7 @@ def test_config_file_is_a_serve_config_whose_deployments_match_its_models():
             assert deployment.autoscaling_config["max_replicas"] >= 1
 
 
-@pytest.mark.slow  # a second local Ray and Serve in a subprocess: 30 s of the default run
+@pytest.mark.slow  # a second local Ray and Serve, started in a subprocess
 def test_serve_job_serves_until_ctrl_c_then_shuts_down_cleanly(registered):
     """`python -m jobs.serve` as a user runs it: its own local Ray, then SIGINT (Ctrl-C)."""
     import signal

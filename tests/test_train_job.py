@@ -23,7 +23,7 @@ def tiny_data(ray_local, tmp_path_factory):
                    size=16, val_fraction=0.2, test_fraction=0.1)
 
 
-@pytest.mark.slow  # two Ray Train runs of two workers: 45 s of the default run
+@pytest.mark.slow  # two Ray Train runs; the stream test keeps two workers in the default run
 def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
     base = {"data": str(tiny_data), "preset": "tiny", "batch_size": 2, "workers": 2,
             "checkpoint_every": 3, "log_every": 1, "name": "resume-me",

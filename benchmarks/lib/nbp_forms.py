@@ -17,8 +17,8 @@ NBP_WIDE = {"dim": 384, "heads": 8, "layers": 6, "mlp_hidden": 1024}
 # Each timing spans at least this long (`compare.timed_passes`).
 SPAN_MS = 300.0
 # Rounds of alternated timings, the median kept: on a shared machine the same model's speed
-# drifts by 5% between rounds and up to 40% between processes, so the forms are compared
-# within a process, round by round.
+# drifts between rounds and more between processes, so forms are compared within a process,
+# round by round.
 ROUNDS = 4
 
 

@@ -52,8 +52,8 @@ MAX_PASSES = 40  # the most passes `timed_passes` asks for
 
 def timed_passes(first_ms: float, repeats: int, span_ms: float) -> int:
     """Passes to time a call whose first pass took `first_ms`: `repeats`, or more for a fast
-    call, so the timing spans `span_ms` (at most MAX_PASSES): a median of 3 passes of a 20 ms
-    call moved 10-30% from run to run on a shared 2-core machine."""
+    call, so the timing spans `span_ms` (at most MAX_PASSES): a median of a few passes of a
+    fast call is within a shared machine's noise."""
     return max(repeats, min(MAX_PASSES, math.ceil(span_ms / max(first_ms, 1e-3))))
 
 

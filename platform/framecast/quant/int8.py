@@ -126,7 +126,7 @@ class Int8Linear(KeepsWidened):
         self.forms: dict[tuple[int, torch.dtype], str] = {}
         self._forms_epoch = kernels.epoch()
         # (weight, bias) per form key, weight None for int8: the hot path's one dict lookup
-        # (the full choice costs about 10 us a call, a third of a small layer's GEMM).
+        # (the full choice on every call costs as much as a small layer's GEMM).
         self._routes: dict[tuple[int, torch.dtype], tuple] = {}
         self._routes_at = kernels.routing()
         self._correction: torch.Tensor | None = None

@@ -52,9 +52,8 @@ _16BIT_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_fp16", "amx_fp16")
 SLOWER_8BIT_LIMIT = 1.25  # a 7-bit path wins only when the best 8-bit one is this much slower
 # A W8A8 layer computes in int8 only where that measured this much faster than its float form:
 # inside a model its extra passes over the tokens (quantize, rescale, the compiled quantizer's
-# guards) cost more than in the hot loop that measures them. Measured: NBP `small`'s head
-# (64x96x1000) timed 0.077 ms int8 vs 0.079 ms float alone, yet in int8 it made batch-1
-# generation 6% slower than with every layer in float32 (benchmarks/RESULTS.md, issue 31).
+# guards) cost more than in the hot loop that measures them, so a measured tie is a loss
+# (benchmarks/RESULTS.md, the note on the 2026-12-02 evening runs).
 INT8_MARGIN = 1.10
 # Rows a shape class is timed on: per-row cost is not flat (cache sizes, page faults of the
 # output), so a small timing would misjudge the large token counts of the byte-level layers.
