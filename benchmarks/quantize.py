@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -142,13 +141,10 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
         first = {name: run(video, 1) for name, run in forms.items()}
         slow = {name for name, ms in first.items() if ms > 5 * first["fp32"]}
         n = compare.timed_passes(first["fp32"], repeats, SPAN_MS)
-        times: dict[str, list[float]] = {name: [] for name in forms}
-        for _ in range(ROUNDS):
-            for name, run in forms.items():
-                if name not in slow:
-                    times[name].append(run(video, n))
-        by_batch[b] = {name: statistics.median(t) if t else first[name]
-                       for name, t in times.items()}
+        timed = compare.median_of_rounds(
+            {name: functools.partial(run, video, n) for name, run in forms.items()
+             if name not in slow}, ROUNDS)
+        by_batch[b] = {name: timed.get(name, first[name]) for name in forms}
     rows: list[dict[str, float | str]] = []
     for b, columns in form_columns(by_batch).items():
         ms = by_batch[b]

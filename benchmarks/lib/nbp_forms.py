@@ -5,7 +5,7 @@ Plain torch and framecast only (no Ray, MLflow or PyVista), so it runs on the le
 from __future__ import annotations
 
 import copy
-import statistics
+import functools
 
 import torch
 from torch import nn
@@ -94,11 +94,9 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
             compare.latency_ms(model, video, 1, warmup=0)
         n = compare.timed_passes(compare.latency_ms(fp32, video, 1, warmup=0), repeats,
                                  span_ms)
-        times: dict[str, list[float]] = {name: [] for name in forms}
-        for _ in range(rounds):
-            for name, model in forms.items():
-                times[name].append(compare.latency_ms(model, video, n, warmup=0))
-        by_batch[b] = {name: statistics.median(t) for name, t in times.items()}
+        by_batch[b] = compare.median_of_rounds(
+            {name: functools.partial(compare.latency_ms, model, video, n, warmup=0)
+             for name, model in forms.items()}, rounds)
     return [{"model": label, "batch": b,
              "size_ratio": compare.compression(fp32, quant)["size_ratio"],
              "argmax_agreement": agreement["argmax"], "logit_error": agreement["logit_error"],

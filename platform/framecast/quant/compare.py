@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -57,6 +58,16 @@ def timed_passes(first_ms: float, repeats: int, span_ms: float) -> int:
     return max(repeats, min(MAX_PASSES, math.ceil(span_ms / max(first_ms, 1e-3))))
 
 
+def median_of_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Each of `runs` (a timing in ms) called `rounds` times, the runs alternated within a round
+    so drift hits all alike; the median round of each."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module],
                       videos: np.ndarray, batch_sizes: tuple[int, ...], repeats: int = 5,
                       span_ms: float = 0.0, rounds: int = 4) -> dict[str, float | str]:
@@ -72,17 +83,17 @@ def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module]
     device = next(next(iter(floats.values())).parameters()).device
     forms = {**{f"float_{f}": m for f, m in floats.items()},
              **{f"quant_{f}": m for f, m in quants.items()}}
-    ms: dict[str, dict[int, list[float]]] = {name: {b: [] for b in batch_sizes} for name in forms}
+    by_batch: dict[int, dict[str, float]] = {}
     for b in batch_sizes:
         idx = np.arange(b) % len(videos)
         video = torch.from_numpy(np.ascontiguousarray(videos[idx])).to(device)
         first = {name: latency_ms(model, video, 1)  # after one-off work (compiles, kernels)
                  for name, model in forms.items()}
         passes = timed_passes(first["float_fp32"], repeats, span_ms)
-        for _ in range(rounds):
-            for name, model in forms.items():
-                ms[name][b].append(latency_ms(model, video, passes, warmup=0))
-    typical = {name: {b: statistics.median(t) for b, t in by.items()} for name, by in ms.items()}
+        by_batch[b] = median_of_rounds(
+            {name: functools.partial(latency_ms, model, video, passes, warmup=0)
+             for name, model in forms.items()}, rounds)
+    typical = {name: {b: by_batch[b][name] for b in batch_sizes} for name in forms}
     best_float = best({f: typical[f"float_{f}"] for f in floats})
     deployed = best({f: typical[f"quant_{f}"] for f in quants})
     out: dict[str, float | str] = {"best_float": best_float, "quant_compute": deployed}
