@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,15 +152,20 @@ def load(url: str, body: dict, requests_total: int, concurrency: int, warmup: bo
             "batches": batches, "errors": errors, "server": server}
 
 
-def summary(rounds: list[dict]) -> dict[str, float]:
+def round_rps(got: dict) -> float:
+    """Successful requests per second of one round of `load`."""
+    return (got["requests"] - len(got["errors"])) / got["wall"]
+
+
+def summary(rounds: list[dict]) -> dict[str, Any]:
     """Rounds of `load` on one deployment as one row: throughput the median round's (the
     machine's speed drifts between rounds; deployments are compared round by round),
     latency percentiles, errors, mean batch and server timings over all rounds."""
-    rps = [(r["requests"] - len(r["errors"])) / r["wall"] for r in rounds]
+    rps = [round_rps(r) for r in rounds]
     lat = np.array([ms for r in rounds for ms in r["latencies"]] or [np.nan])
     batches = [b for r in rounds for b in r["batches"]]
     server = [t for r in rounds for t in r["server"]]
-    return {"rps": float(np.median(rps)), "p50": float(np.percentile(lat, 50)),
+    return {"rps": float(np.median(rps)), "rps_rounds": rps, "p50": float(np.percentile(lat, 50)),
             "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)),
             "errors": sum(len(r["errors"]) for r in rounds),
             "batch": float(np.mean(batches)) if batches else 0.0,
@@ -254,9 +260,10 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
                 name, what, _ = label(kind, prefix)
                 print(f"serve_load: {name} ({what}) /{route}, max batch {batch}, round "
                       f"{r + 1}/{rounds}: {per_round} requests at {args.concurrency} concurrent")
-                parts[kind, precision, prefix].append(load(
-                    f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body, per_round,
-                    args.concurrency, warmup=r == 0))
+                got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
+                           per_round, args.concurrency, warmup=r == 0)
+                parts[kind, precision, prefix].append(got)
+                print(f"serve_load:   {round_rps(got):.1f} req/s")
         for (kind, precision, prefix), got in parts.items():
             name, what, int8 = label(kind, prefix)
             result = summary(got)
@@ -293,12 +300,19 @@ def faster(values: dict[tuple, dict], route: str, kind: str, batch: int) -> dict
     return max(found, key=lambda r: r["rps"]) if found else None
 
 
+def paired_ratio(a: dict, b: dict) -> float:
+    """a's req/s over b's, round by round (the two were loaded one after the other in each
+    round, so a drift of the machine's speed between rounds hits both), the median round."""
+    return float(np.median([x / y for x, y in zip(a["rps_rounds"], b["rps_rounds"],
+                                                  strict=True)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
-                        help="requests per row (default 500; 150 with --quick)")
+                        help="requests per row (default 600; 300 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per row, the deployments alternated, the median kept")
@@ -311,7 +325,7 @@ def main() -> None:
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
     parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
-    args.requests = args.requests or (150 if args.quick else 500)
+    args.requests = args.requests or (300 if args.quick else 600)
 
     with tempfile.TemporaryDirectory() as tmp:
         if not (args.fp32_model or args.int8_model):
@@ -336,7 +350,7 @@ def main() -> None:
         result.update({f"rps_int8{suffix}": on["rps"] if on else "missing",
                        f"rps_fp32{suffix}": fp32["rps"] if fp32 else "missing",
                        f"rps_best_float{suffix}": best_float["rps"] if best_float else "missing",
-                       f"rps_int8_vs_best_float{suffix}": on["rps"] / best_float["rps"]
+                       f"rps_int8_vs_best_float{suffix}": paired_ratio(on, best_float)
                        if on and best_float else "missing",
                        f"p95_ms_int8{suffix}": on["p95"] if on else "missing",
                        f"batching_gain{suffix}": base["rps"] / off["rps"]

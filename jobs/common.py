@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from framecast.config import ConfigError, parse_args
 from framecast.data import DatasetError
+from framecast.heap import keep_freed_memory
 
 T = TypeVar("T")
 
@@ -41,6 +42,7 @@ def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str
     config = parse_args(cls, argv, description=description, epilog=epilog, prog=prog,
                         verbose_flag=True)
     Stopped.received = Stopped.report = ""
+    keep_freed_memory()  # for the job's own model work (scoring, timing): framecast.heap
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         main(config)

@@ -205,6 +205,7 @@ def train_worker(loop_config: dict) -> None:
     from mlflow.entities import Metric
 
     from framecast.config import from_dict
+    from framecast.heap import keep_freed_memory
     from framecast.train import (
         Objective,
         cached_epochs,
@@ -220,6 +221,7 @@ def train_worker(loop_config: dict) -> None:
     chief = ctx.get_world_rank() == 0
     torch.manual_seed(job["seed"])
     torch.set_num_threads(max(1, int(loop_config["threads"])))
+    keep_freed_memory()  # each step's big activations and gradients reuse the last step's pages
     model = loop_config["entry"].build(loop_config["model"], **loop_config["components"])
     device = ray.train.torch.get_device()
     # DDP must wrap the loss (see Objective): its forward is where gradients are synchronised.
@@ -365,6 +367,7 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
 
     from framecast import tracking
     from framecast.cluster import total_cpus, worker_cpus
+    from framecast.heap import worker_env
 
     config = plan.config
     cpus = worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)
@@ -395,7 +398,9 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
         run_config=ray.train.RunConfig(
             name=plan.name, storage_path=str(plan.storage), callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # the loop runs in a thread Ray starts first: malloc set from the process's start
+            worker_runtime_env={"env_vars": worker_env()}),
         datasets={"train": stream_dataset(plan, cpus) if config.stream else
                   fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )

@@ -12,6 +12,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from framecast.config import from_dict, project_home
+from framecast.heap import keep_freed_memory
 from framecast.tune_space import StudySpec
 from jobs.quantize import QuantizeJobConfig
 from jobs.train import TrainJobConfig
@@ -205,6 +206,7 @@ def quantize_trial(config: dict[str, Any], study: TrialSettings) -> None:
              "experiment": study.experiment}
     job = from_dict(QuantizeJobConfig, flags)
     torch.set_num_threads(study.threads)
+    keep_freed_memory()
     with tracking.job_run("quantize-trial", experiment=study.experiment, run_name=key,
                           run_id=run_id, params={**_trial_params(config["p"]),
                                                  **{k: str(v) for k, v in flags.items()}},

@@ -30,6 +30,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from framecast.heap import worker_env
 from serve import codec
 from serve.codec import RequestError
 from serve.model_deployment import DEFAULT_BATCH, ModelReplica, future_limit, wrong_route
@@ -111,6 +112,10 @@ class ModelInfo(BaseModel):
         default_factory=dict, description="each W8A8 layer's compute form (int8, fp32_from_int8, "
         "bf16_from_int8) per token class and input dtype, chosen at the replica's warm-up; "
         "empty for a float model")
+    heap: dict[str, bool] = Field(
+        default_factory=dict, description="whether glibc keeps freed memory for the next batch "
+        "in this replica (freed_memory_kept) and did so from the process's start, the request "
+        "thread included (from_process_start); FRAMECAST_KEEP_FREED_MEMORY=0 turns it off")
 
 
 class ModelList(BaseModel):
@@ -459,7 +464,10 @@ def build_app(args: AppArgs) -> serve.Application:
     handles = {}
     for m in args.models:
         deployment = ModelReplica.options(
-            name=m.name, ray_actor_options={"num_cpus": m.num_cpus},
+            # malloc set from the replica process's start: requests run in a thread Ray starts
+            # first (framecast.heap)
+            name=m.name, ray_actor_options={"num_cpus": m.num_cpus,
+                                            "runtime_env": {"env_vars": worker_env()}},
             max_ongoing_requests=max(32, 4 * m.max_batch_size),
             autoscaling_config={"min_replicas": m.min_replicas, "initial_replicas": m.min_replicas,
                                 "max_replicas": max(m.min_replicas, m.max_replicas),

@@ -67,6 +67,8 @@ class ModelReplica:
         import mlflow
         import torch
 
+        from framecast import heap
+        from framecast.heap import keep_freed_memory
         from framecast.model_io import load_logged_model, resolve_version
         from framecast.models.contract import FramePredictor, TokenGenerator
         from framecast.quant import compute_form, kernels
@@ -76,6 +78,7 @@ class ModelReplica:
         mlflow.set_tracking_uri(tracking_uri)
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
+        kept = keep_freed_memory()  # a batch's activations reuse the last batch's pages
         version = resolve_version(name, alias)
         self.model, meta = load_logged_model(f"models:/{name}/{version}")
         if not isinstance(self.model, FramePredictor | TokenGenerator):
@@ -110,6 +113,9 @@ class ModelReplica:
                                   "ref": refs.get(attr, "")}
                            for attr, part in meta.get("components", {}).items()},
             "kernels": kernels.choices(),
+            # framecast.heap: in force here, and from the process's start (the request thread)
+            "heap": {"freed_memory_kept": kept, "from_process_start": heap.TUNABLES in
+                     os.environ.get("GLIBC_TUNABLES", "")},
             # each W8A8 layer's form per token class, as chosen at warm-up on this replica
             "layer_forms": compute_form.layer_forms(self.model),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],

@@ -12,11 +12,13 @@ RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    try:  # the model name alone ("AMD EPYC") does not tell one CPU generation from the next
+        info = dict(line.split(":", 1) for line in
+                    Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "model name" in info:
+            cpu = f"{info['model name']}, family {info.get('cpu family', '?')} model " \
+                  f"{info.get('model', '?')}"
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
