@@ -176,6 +176,9 @@ def main() -> None:
     from jobs.render import RenderJobConfig, render
 
     torch.set_num_threads(os.cpu_count() or 1)
+    from framecast.heap import keep_freed_memory
+
+    keep_freed_memory()  # as jobs.generate and Serve replicas run (framecast.heap)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FRAMECAST_HOME", tmp)
         out = render(RenderJobConfig(kind=args.kind, num_sequences=args.sequences, frames=12,
