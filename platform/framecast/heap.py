@@ -4,8 +4,8 @@ glibc's malloc hands a large freed block back to the kernel (it was mmapped, or 
 of the heap past the trim threshold), so the next forward pass faults the same pages in again,
 zero-filled, one 4 KiB page at a time. A model that allocates the same big activations on every
 call then spends a large share of each batch or training step in the kernel, more the larger the
-batch: that is what made batching not pay on CPU (benchmarks/RESULTS.md, serve_load and
-train_heap, 2026-12-03). Raising the mmap and trim thresholds keeps those blocks in the process;
+batch: much of why batching paid so little on CPU (benchmarks/RESULTS.md, heap,
+2026-12-03). Raising the mmap and trim thresholds keeps those blocks in the process;
 its resident size stays at its peak working set instead of rising and falling with every call.
 
 Threads other than the main one get heaps of their own (arenas) that give memory back whatever
@@ -40,16 +40,17 @@ _applied: bool | None = None
 
 
 def enabled() -> bool:
-    return os.environ.get("FRAMECAST_KEEP_FREED_MEMORY", "1") != "0" and sys.platform.startswith(
-        "linux")
+    """Not turned off by FRAMECAST_KEEP_FREED_MEMORY=0 (a driver on another OS still passes the
+    setting on to Linux workers: other libcs ignore GLIBC_TUNABLES)."""
+    return os.environ.get("FRAMECAST_KEEP_FREED_MEMORY", "1") != "0"
 
 
 def worker_env() -> dict[str, str]:
     """Environment variables that give a new process the setting from its start (for Ray
-    actors' runtime_env): {} when disabled. A GLIBC_TUNABLES already set here comes last, so
-    what the user set wins."""
+    actors' runtime_env); when it is off here, the variable that turns it off there too. A
+    GLIBC_TUNABLES already set here comes last, so what the user set wins."""
     if not enabled():
-        return {}
+        return {"FRAMECAST_KEEP_FREED_MEMORY": "0"}
     mine = os.environ.get("GLIBC_TUNABLES", "")
     if TUNABLES in mine:  # inherited from a process that had it
         return {"GLIBC_TUNABLES": mine}
@@ -64,7 +65,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if not enabled():
+    if not enabled() or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
