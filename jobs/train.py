@@ -45,7 +45,9 @@ from jobs.common import log_prediction_figure, run_job
 REPORT_POLL_ENV, REPORT_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement strategies
 NODE_TAG = tracking.NODE_TAG  # the Ray node id each worker rank ran on (last attempt)
-STREAM_LOG = "stream/indices_rank{}.json"  # a --stream run's generating indices, per rank
+# A --stream run's generating indices, per rank; a resumed attempt's are logged apart.
+STREAM_LOG = "stream/indices_rank{}.json"
+STREAM_LOG_RESUMED = "stream/indices_rank{}_from_step{}.json"
 
 
 @dataclass(frozen=True)
@@ -277,8 +279,9 @@ def train_worker(loop_config: dict) -> None:
                bf16=device.type == "cuda", is_chief=chief, evaluate=evaluate_val,
                eval_every=loop_config["eval_every"])
     if job["stream"]:
-        client.log_text(loop_config["run_id"], json.dumps(streamed),
-                        STREAM_LOG.format(ctx.get_world_rank()))
+        rank = ctx.get_world_rank()
+        name = STREAM_LOG_RESUMED.format(rank, start) if start else STREAM_LOG.format(rank)
+        client.log_text(loop_config["run_id"], json.dumps(streamed), name)
 
 
 def _shippable(entry: registry.ModelEntry) -> registry.ModelEntry:
@@ -330,25 +333,40 @@ def ctrl_c_reaches_the_job() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def stream_dataset(plan: TrainPlan, worker_cpus: float) -> Any:
-    """A Ray Dataset that renders the training sequences as the workers read them: indices
-    num_sequences.. of the data set's render config (never its own train/val/test sequences),
-    each once, as many as `steps` batches on every worker need (one batch to spare each).
+def stream_cursor(plan: TrainPlan) -> Any:
+    """The run's StreamCursor, on this (the driver's) node, where the run's storage folder is
+    known to be readable: it goes on from the index an earlier attempt of the run left there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from jobs.stream_cursor import StreamCursor
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return StreamCursor.options(scheduling_strategy=here).remote(
+        str(plan.storage / plan.name), plan.manifest.config.num_sequences)
+
+
+def stream_dataset(plan: TrainPlan, worker_cpus: float, cursor: Any) -> Any:
+    """A Ray Dataset that renders the training sequences as the workers read them: indices from
+    num_sequences on of the data set's render config (never its own train/val/test sequences),
+    each once, claimed from `cursor` (a jobs.stream_cursor.StreamCursor) as they are rendered,
+    as many as `steps` batches on every worker need (one batch to spare each).
     Ray Data's streaming executor renders ahead only as far as its buffers allow, so the
     render actors neither run dry while the trainers wait nor fill memory ahead of them.
-    The actors share the CPUs the workers leave (no read task: the indices sit in memory)."""
+    The actors share the CPUs the workers leave (no read task: the rows, placeholders for
+    the claimed indices, sit in memory)."""
     import numpy as np
     import ray.data
 
     from framecast.cluster import total_cpus
+    from jobs.stream_cursor import ClaimFrom
 
     config, render = plan.config, plan.manifest.config
-    first = render.num_sequences
     count = (config.steps + 1) * config.batch_size * config.workers
     spare = max(total_cpus() - worker_cpus * config.workers, 0.1)
-    indices = ray.data.from_numpy(np.arange(first, first + count, dtype=np.int64))
-    return indices.map_batches(
-        fdata.StreamRenderer, fn_constructor_kwargs={"config": to_dict(render)},
+    return ray.data.from_numpy(np.arange(count, dtype=np.int64)).map_batches(
+        fdata.StreamRenderer,
+        fn_constructor_kwargs={"config": to_dict(render), "claim": ClaimFrom(cursor)},
         compute=ray.data.ActorPoolStrategy(size=config.stream_actors),
         num_cpus=round(max(0.05, spare / config.stream_actors), 3),
         batch_size=config.batch_size, batch_format="numpy")
@@ -380,6 +398,7 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
     ray.data.DataContext.get_current().enable_progress_bars = False
     counts = plan.manifest.counts
     steps_per_epoch = max(1, counts["train"] // (config.batch_size * config.workers))
+    cursor = stream_cursor(plan) if config.stream else None
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -401,11 +420,15 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # the loop runs in a thread Ray starts first: malloc set from the process's start
             worker_runtime_env={"env_vars": worker_env()}),
-        datasets={"train": stream_dataset(plan, cpus) if config.stream else
+        datasets={"train": stream_dataset(plan, cpus, cursor) if cursor else
                   fdata.load_ray_dataset(config.data, "train", ("index", "frames"))},
     )
-    with ctrl_c_reaches_the_job():
-        result = trainer.fit()
+    try:
+        with ctrl_c_reaches_the_job():
+            result = trainer.fit()
+    finally:
+        if cursor:
+            ray.kill(cursor)
     if result.checkpoint is None:
         raise RuntimeError(f"training run {plan.name} produced no checkpoint")
     return result.checkpoint

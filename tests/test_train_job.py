@@ -112,14 +112,15 @@ def test_the_train_job_prints_its_own_progress_and_keeps_ray_s_logs_out(tiny_dat
 def test_a_stream_run_trains_on_fresh_sequences_each_once_and_keeps_val_fixed(tiny_data,
                                                                               tmp_path):
     """Two workers (DDP) on a stream: the default run's multi-worker Ray Train check (the
-    two-worker resume test is slow)."""
+    two-worker resume test is slow). Resumed, the stream goes on where it stopped."""
     from framecast import data as fdata
+    from jobs.stream_cursor import saved_next
 
     before = fdata.read_manifest(tiny_data)
-    result = train(TrainJobConfig(data=str(tiny_data), preset="tiny", steps=6, batch_size=2,
-                                  workers=2, checkpoint_every=3, log_every=1, stream=True,
-                                  name="stream-2", storage=str(tmp_path / "ray"),
-                                  register="none"))
+    base = {"data": str(tiny_data), "preset": "tiny", "batch_size": 2, "workers": 2,
+            "checkpoint_every": 3, "log_every": 1, "stream": True, "name": "stream-2",
+            "storage": str(tmp_path / "ray"), "register": "none"}
+    result = train(TrainJobConfig(steps=6, **base))
     assert result["step"] == 6
     checkpoints = [p for p in (tmp_path / "ray" / "stream-2").glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # num_to_keep=2 of the ones at steps 3 and 6
@@ -136,6 +137,16 @@ def test_a_stream_run_trains_on_fresh_sequences_each_once_and_keeps_val_fixed(ti
     assert min(indices) >= before.config.num_sequences  # none of the data set's own sequences
     assert fdata.read_manifest(tiny_data) == before  # val and test: the rendered set, unchanged
     assert "final_val_psnr" in run.data.metrics
+
+    # Same name, 3 more steps: from the step-6 checkpoint, on sequences never handed out before
+    # (Ray Data may have rendered ahead of the first run's last step: those are skipped).
+    claimed = saved_next(tmp_path / "ray" / "stream-2")
+    assert claimed >= max(indices) + 1
+    again = train(TrainJobConfig(steps=9, **base))
+    assert again["step"] == 9 and again["run_id"] == result["run_id"]
+    later = [i for r in (0, 1) for i in json.loads(Path(client.download_artifacts(
+        result["run_id"], f"stream/indices_rank{r}_from_step6.json", tmp_path)).read_text())]
+    assert len(later) == len(set(later)) == 3 * 2 * 2 and min(later) >= claimed
 
 
 def test_the_plan_hands_out_the_model_it_checked_once_then_fresh_ones(tiny_data):

@@ -19,7 +19,7 @@ import json
 import platform as _stdlib_platform
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +109,20 @@ class ShardRenderer:
 
 
 class StreamRenderer(ShardRenderer):
-    """Batch UDF for a training stream: sequence indices (column `data`) in, the columns
-    training reads out ({index, frames (B, T, H, W, C) uint8}), rendered with a warm plotter
-    and never written to disk."""
+    """Batch UDF for a training stream: sequence indices in, the columns training reads out
+    ({index, frames (B, T, H, W, C) uint8}), rendered with a warm plotter and never written to
+    disk. The indices are the batch's `data` column, or, with `claim`, `claim(batch rows)`:
+    indices handed out when the batch is rendered (a stream that starts again then goes on
+    from where it was, see jobs.stream_cursor)."""
+
+    def __init__(self, config: dict[str, Any],
+                 claim: Callable[[int], np.ndarray] | None = None) -> None:
+        super().__init__(config)
+        self.claim = claim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        indices = np.asarray(batch["data"], dtype=np.int64)
+        rows = np.asarray(batch["data"], dtype=np.int64)
+        indices = self.claim(len(rows)) if self.claim else rows
         videos = [self.renderer.render(int(i))[0] for i in indices.tolist()]
         return {"index": indices, "frames": np.stack(videos)}
 
