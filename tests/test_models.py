@@ -172,16 +172,19 @@ def _tokens_entering_the_first_block(model, video):
 def test_the_scaled_init_starts_vblt_tokens_at_unit_scale_where_gpt_init_starts_them_tiny():
     video = torch.randint(0, 256, (2, 8, 16, 16, 1), dtype=torch.uint8)
     torch.manual_seed(0)
-    gpt = _tokens_entering_the_first_block(create("vblt", "small"), video).std().item()
+    gpt = _tokens_entering_the_first_block(create("vblt", "small_v1"), video).std().item()
     torch.manual_seed(0)
-    scaled = _tokens_entering_the_first_block(create("vblt", "small", init="scaled"),
+    scaled = _tokens_entering_the_first_block(create("vblt", "small_v1", init="scaled"),
                                               video).std().item()
     assert gpt < 0.01  # variance below LayerNorm's epsilon (1e-5)
     assert 0.3 < scaled < 3.0
 
 
 @pytest.mark.parametrize("options", [{"rope_width": "model"}, {"init": "scaled"},
-                                     {"rope_width": "model", "rope_base": 100.0}])
+                                     {"rope_width": "model", "rope_base": 100.0},
+                                     {"init": "ordinal"},
+                                     {"encoder_convs": 2, "decoder_convs": 1},
+                                     {"decoder_convs": 1, "patch": (1, 4, 4)}])
 def test_vblt_options_keep_it_causal_and_rebuild_from_the_saved_config(options):
     torch.manual_seed(0)
     model = create("vblt", "tiny", **options).eval()
@@ -195,6 +198,40 @@ def test_vblt_options_keep_it_causal_and_rebuild_from_the_saved_config(options):
     copy.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(copy.eval()(video), a)
+
+
+def test_the_ordinal_init_starts_near_bytes_alike_and_far_bytes_apart():
+    from framecast.models.vblt import ordinal_bytes
+
+    torch.manual_seed(0)
+    model = create("vblt", "tiny", init="ordinal", byte_dim=8)
+    table = model.encoder.byte_embed.weight.detach()
+    assert torch.equal(table, ordinal_bytes(8))
+    assert torch.allclose(table[:, 0], torch.linspace(-1, 1, 256), atol=1e-6)  # the value
+    near = (table[151] - table[150]).norm()
+    far = (table[255] - table[0]).norm()
+    assert near < 0.3 < 1.0 < far  # random rows of unit scale: about 4 apart
+    assert 0.5 < table.std().item() < 1.5  # unit scale, not gpt's 0.02
+    gpt = create("vblt", "tiny", byte_dim=8).encoder.byte_embed.weight.detach()
+    assert gpt.std().item() < 0.05
+
+
+def test_pixel_convolutions_mix_neighbours_and_never_frames():
+    """A local decoder with pixel convolutions lets a pixel's logits follow its neighbours'
+    states in the predicted slice; without them each pixel reads only its own."""
+    from framecast.models.vblt import PixelConvBlock
+
+    torch.manual_seed(0)
+    block = PixelConvBlock(6).eval()
+    x = torch.randn(1, 6, 3, 8, 8)
+    y = x.clone()
+    y[:, :, 1, 4, 4] += torch.randn(6)  # one pixel of frame 1
+    with torch.no_grad():
+        diff = (block(y) - block(x)).abs().sum(1)[0]  # (T, H, W)
+    assert diff[0].max() == 0 and diff[2].max() == 0  # other frames untouched
+    window = torch.zeros(8, 8, dtype=torch.bool)
+    window[2:7, 2:7] = True  # two 3x3 convolutions reach 2 pixels away
+    assert diff[1][window].min() > 1e-4 and diff[1][~window].max() < 1e-6
 
 
 def test_rope_over_the_model_width_gives_each_head_its_slice_of_the_papers_frequencies():

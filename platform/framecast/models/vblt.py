@@ -76,12 +76,25 @@ class VBLTConfig:
     # With byte_skip: logits start as "the same byte as in the last frame of slice s" with this
     # many nats of confidence (a learned 256x256 table per byte value); 0 = no such prior.
     copy_prior: float = 0.0
+    # The paper's local decoder restores resolution with transposed convolutions; ours paints each
+    # patch with its own latent (kernel = stride = patch), so no pixel state sees its neighbours.
+    # decoder_convs > 0 adds that many residual per-frame 3x3 convolution blocks over the pixel
+    # states of the predicted slice, after the cross-attention (causal: they mix pixels of one
+    # predicted slice, whose states come from earlier slices only). 0 = as before.
+    decoder_convs: int = 0
+    # The paper's local encoder aggregates with "a few convolution layers"; ours has one 3x3
+    # per-frame convolution. encoder_convs > 0 adds that many residual per-frame 3x3 blocks
+    # after it (never mixing frames: causal), before the patch convolution and the byte skip.
+    encoder_convs: int = 0
     # Initial weights (training from scratch only). "gpt": std 0.02 everywhere, as before; the
     # patch tokens then enter the first block with std ~0.001-0.003, a variance at or below
     # LayerNorm's epsilon. "scaled": byte embeddings N(0, 1) and the local encoder's
     # convolutions and byte skip fan-in scaled (He for the GELU'd frame conv), so tokens and
-    # per-pixel states start at unit scale; the transformer's linears keep 0.02.
-    init: Literal["gpt", "scaled"] = "gpt"
+    # per-pixel states start at unit scale; the transformer's linears keep 0.02. "ordinal": as
+    # gpt, but byte embeddings start as unit-scale features of the byte value
+    # (`ordinal_bytes`), so bytes 150 and 151 start alike; with random rows every shade of a
+    # shaded 3D scene is a new symbol to learn (measured: benchmarks/RESULTS.md, issue 28).
+    init: Literal["gpt", "scaled", "ordinal"] = "gpt"
     # 3D RoPE frequencies of the global (and encoder) attention. "head": eq. (1)-(4) over each
     # head's width (every head sees t, y and x; the top frequency is base^(-6 / head_dim)).
     # "model": as the paper writes them, over the latent width d, the d/2 pairs then split
@@ -105,11 +118,15 @@ class VBLTConfig:
         check_rope_heads(self.decoder_dim, self.decoder_heads, "decoder_dim")
         if min(self.patch) < 1 or len(self.patch) != 3:
             raise ValueError(f"patch={self.patch} must be three positive sizes (pt, ph, pw)")
-        if self.init not in ("gpt", "scaled") or self.rope_width not in ("head", "model"):
-            raise ValueError(f"init={self.init!r} (gpt, scaled) or rope_width="
+        if self.init not in ("gpt", "scaled", "ordinal") or self.rope_width not in ("head",
+                                                                                 "model"):
+            raise ValueError(f"init={self.init!r} (gpt, scaled, ordinal) or rope_width="
                              f"{self.rope_width!r} (head, model) is unknown")
         if self.rope_width == "model" and self.dim % 6:
             raise ValueError(f"rope_width=model needs dim={self.dim} divisible by 6")
+        if self.decoder_convs < 0 or self.encoder_convs < 0:
+            raise ValueError(f"decoder_convs={self.decoder_convs} and encoder_convs="
+                             f"{self.encoder_convs} must be >= 0")
         if self.patching not in ("static", "entropy"):
             raise ValueError(f"patching={self.patching!r} is unknown (static, entropy)")
         if self.patching == "entropy":
@@ -144,6 +161,35 @@ class VBLTConfig:
         return replace(self, channels=c)
 
 
+def ordinal_bytes(width: int) -> torch.Tensor:
+    """(256, width) unit-scale features of each byte value v: u = 2 v / 255 - 1, then cos and
+    sin of pi k u for k = 1, 2, 4, ...: near values start near each other (as for a model that
+    reads v / 127.5 - 1), far ones apart, and the table stays free to learn."""
+    u = torch.arange(256, dtype=torch.float32) / 255 * 2 - 1
+    cols = [u]
+    k = 1
+    while len(cols) < width:
+        cols += [torch.cos(math.pi * k * u), torch.sin(math.pi * k * u)]
+        k *= 2
+    return torch.stack(cols[:width], dim=1)
+
+
+class PixelConvBlock(nn.Module):
+    """x + conv(GELU(conv(norm(x)))) over each frame's pixel states: 3x3 kernels and a norm
+    over each pixel's channels, so nothing mixes frames (causal wherever it runs)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv1 = nn.Conv3d(dim, dim, (1, 3, 3), padding=(0, 1, 1))
+        self.conv2 = nn.Conv3d(dim, dim, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D, T, H, W) -> the same shape."""
+        y = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        return x + self.conv2(F.gelu(self.conv1(y)))
+
+
 class LocalEncoder(nn.Module):
     """Bytes -> one latent per (pt, ph, pw) patch: per-frame conv, patch conv, shallow blocks."""
 
@@ -153,6 +199,7 @@ class LocalEncoder(nn.Module):
         # kernel 1 in time: convolutions see one frame, never the next slice.
         self.frame_conv = nn.Conv3d(cfg.channels * cfg.byte_dim, cfg.conv_dim, (1, 3, 3),
                                     padding=(0, 1, 1))
+        self.convs = nn.ModuleList(PixelConvBlock(cfg.conv_dim) for _ in range(cfg.encoder_convs))
         self.patch_conv = nn.Conv3d(cfg.conv_dim, cfg.dim, cfg.patch, stride=cfg.patch)
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout)
@@ -163,6 +210,8 @@ class LocalEncoder(nn.Module):
         x = self.byte_embed(video.long())  # (B, T, H, W, C, e)
         x = x.flatten(-2).permute(0, 4, 1, 2, 3)  # (B, C*e, T, H, W)
         pixels = F.gelu(self.frame_conv(x))  # (B, conv, T, H, W)
+        for conv in self.convs:
+            pixels = conv(pixels)
         return self.patch_conv(pixels), pixels
 
     def mix(self, tokens: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor
@@ -212,6 +261,8 @@ class LocalDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             DecoderBlock(cfg.decoder_dim, cfg.decoder_heads, cfg.mlp_ratio, cfg.dropout)
             for _ in range(cfg.decoder_layers))
+        self.convs = nn.ModuleList(PixelConvBlock(cfg.decoder_dim)
+                                   for _ in range(cfg.decoder_convs))
         self.norm = nn.LayerNorm(cfg.decoder_dim)
         self.head = nn.Linear(cfg.decoder_dim, cfg.channels * 256)
         pt = cfg.patch[0]
@@ -277,6 +328,11 @@ class LocalDecoder(nn.Module):
             mask = context_mask.reshape(b * s, 1, 1, -1)
         for block in self.blocks:
             x = block(x, q_angles, context, k_angles, mask)
+        if len(self.convs):
+            grid = x.transpose(1, 2).reshape(b * s, -1, pt, hp * ph, wp * pw)
+            for conv in self.convs:
+                grid = conv(grid)
+            x = grid.flatten(2).transpose(1, 2)
         logits = self.head(self.norm(x))  # (B*S', pt*H*W, C*256)
         logits = logits.view(b, s, pt, hp * ph, wp * pw, self.cfg.channels, 256)
         if self.copy is not None:
@@ -301,6 +357,9 @@ class VBLT(FramePredictor):
         init_weights(self)
         if cfg.init == "scaled":
             self._scale_local_init()
+        if cfg.init == "ordinal":
+            with torch.no_grad():
+                self.encoder.byte_embed.weight.copy_(ordinal_bytes(cfg.byte_dim))
         if self.decoder.copy is not None:
             with torch.no_grad():
                 self.decoder.copy.weight.copy_(torch.eye(256) * cfg.copy_prior)

@@ -21,9 +21,14 @@ VBLT_PRESETS = {
              "encoder_layers": 1, "global_layers": 6, "decoder_dim": 96, "decoder_heads": 4,
              "decoder_layers": 1, "mlp_ratio": 4.0},
     # Trains to beat copy-last-frame in minutes on 2 CPU cores (the byte skip: benchmarks/
-    # RESULTS.md, vblt_quality).
+    # RESULTS.md, vblt_quality), and UNet-3D `small` in rollouts at 300 steps (issue 28: the
+    # local encoder's and decoder's pixel convolutions and the ordinal byte init; RESULTS.md,
+    # vblt_ablation). Before that change: `small_v1`.
     "small": {"patch": (2, 4, 4), "byte_dim": 8, "conv_dim": 32, "dim": 96, "heads": 4,
-              "global_layers": 3, "decoder_dim": 48, "decoder_heads": 2, "byte_skip": True},
+              "global_layers": 3, "decoder_dim": 48, "decoder_heads": 2, "byte_skip": True,
+              "init": "ordinal", "encoder_convs": 2, "decoder_convs": 1},
+    "small_v1": {"patch": (2, 4, 4), "byte_dim": 8, "conv_dim": 32, "dim": 96, "heads": 4,
+                 "global_layers": 3, "decoder_dim": 48, "decoder_heads": 2, "byte_skip": True},
     # `make demo`: small, one frame per time slice (each frame predicted from all earlier ones,
     # like copy-last-frame) and a copy prior, so 120 CPU steps already improve on copying.
     "demo": {"patch": (1, 4, 4), "byte_dim": 8, "conv_dim": 32, "dim": 96, "heads": 4,
