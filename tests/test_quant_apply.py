@@ -20,7 +20,7 @@ from framecast.quant.apply import (
     state_bytes,
     to_bf16,
 )
-from framecast.quant.gemm_form import PatchEmbed3d, PatchUnembed3d, linearize
+from framecast.quant.gemm_form import FrameConv3d, PatchEmbed3d, PatchUnembed3d, linearize
 from framecast.quant.int8 import (
     HalfLinear,
     Int8Embedding,
@@ -39,6 +39,8 @@ def test_patch_convolutions_become_exactly_equivalent_linears():
     conv = nn.Conv3d(5, 7, (2, 3, 4), stride=(2, 3, 4))
     x = torch.randn(2, 5, 4, 6, 8)
     assert torch.allclose(PatchEmbed3d.from_conv(conv)(x), conv(x), atol=1e-5)
+    frame = nn.Conv3d(5, 7, (1, 3, 5), padding=(0, 1, 2))
+    assert torch.allclose(FrameConv3d.from_conv(frame)(x), frame(x), atol=1e-5)
     up = nn.ConvTranspose3d(7, 3, (2, 3, 4), stride=(2, 3, 4))
     z = torch.randn(2, 7, 2, 2, 2)
     assert torch.allclose(PatchUnembed3d.from_conv(up)(z), up(z), atol=1e-5)
@@ -52,9 +54,22 @@ def test_linearize_leaves_other_convolutions_and_the_outputs_unchanged():
         before = model(video)
         replaced = linearize(model)
         after = model(video)
-    assert sorted(replaced) == ["decoder.upsample", "encoder.patch_conv"]
-    assert isinstance(model.encoder.frame_conv, nn.Conv3d)  # 3x3 with padding: not a GEMM
+    assert sorted(replaced) == ["decoder.upsample", "encoder.frame_conv", "encoder.patch_conv"]
     assert torch.allclose(before, after, atol=1e-4)
+    unet = create("unet3d", "tiny").eval()  # causal convolutions pad in their own forward
+    assert linearize(unet) == ["up.0", "up.1"]  # only its 2x2 up-convolutions (patches)
+
+
+def test_a_per_frame_convolution_in_int8_runs_its_unfolded_neighbourhoods_through_the_gemm():
+    torch.manual_seed(2)
+    conv = nn.Conv3d(6, 8, (1, 3, 3), padding=(0, 1, 1))
+    x = torch.randn(2, 6, 3, 5, 7)
+    layer = FrameConv3d.from_conv(conv)
+    layer.proj = Int8Linear.from_float(layer.proj)
+    with torch.no_grad():
+        want, got = conv(x), layer(x)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 0.05 * want.abs().max()  # W8A8 rounding, not a wrong map
 
 
 def test_roles_come_from_the_module_holding_each_linear():
@@ -249,3 +264,26 @@ def test_deployment_stores_the_models_tables_as_int8_and_old_float_tables_still_
     assert isinstance(again.get_submodule("decoder.copy"), nn.Embedding)
     with torch.no_grad():
         assert torch.equal(again(video), model(video))
+
+
+def test_per_frame_convolutions_quantize_and_models_saved_before_that_still_load(tmp_path):
+    """Pixel convolutions are int8 linears over unfolded neighbourhoods in new quantized models;
+    one quantized before (its per-frame convolutions saved as float Conv3d) loads as it was."""
+    from framecast.quant.apply import to_deployed, to_training
+
+    torch.manual_seed(5)
+    video = torch.randint(0, 256, (2, 4, 16, 16, 1), dtype=torch.uint8)
+    for old in (False, True):
+        model = create("vblt", "tiny", encoder_convs=1, decoder_convs=1).eval()
+        linearize(model, frame_convs=(lambda _: False) if old else None)
+        plan = _plan(model, itertools.repeat(Precision.INT8))
+        to_training(model, plan)
+        to_deployed(model)
+        convs = [n for n, m in model.named_modules() if isinstance(m, FrameConv3d)]
+        assert len(convs) == (0 if old else 5)  # frame conv, 2 per block, 2 blocks
+        assert all(isinstance(model.get_submodule(f"{n}.proj"), Int8Linear) for n in convs)
+        folder = tmp_path / str(old)
+        model_io.save_model(folder, model, "vblt", extra={"quant_plan": plan_records(plan)})
+        again = model_io.load_model(folder)
+        with torch.no_grad():
+            assert torch.equal(again(video), model(video))

@@ -60,7 +60,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> nn.
         from framecast.quant.plan import plan_from_records
 
         tables = {key.rpartition(".")[0] for key in state if key.endswith(".codes")}
-        empty_quantized(model, plan_from_records(meta["quant_plan"]), tables)
+        empty_quantized(model, plan_from_records(meta["quant_plan"]), tables, saved_keys=state)
     model.load_state_dict(state)
     return model.to(device).eval()
 

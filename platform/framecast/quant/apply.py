@@ -84,14 +84,21 @@ def quantize_model(model: nn.Module, plan: list[PlanEntry]) -> nn.Module:
 
 
 def empty_quantized(model: nn.Module, plan: list[PlanEntry],
-                    int8_tables: Iterable[str] = ()) -> nn.Module:
+                    int8_tables: Iterable[str] = (),
+                    saved_keys: Iterable[str] | None = None) -> nn.Module:
     """The deployed structure of `plan` on a freshly built float model, ready for
     `load_state_dict` of a saved quantized model (no calibration, no data); `int8_tables`: the
-    embedding tables saved as int8 rows (models quantized before those were kept in float)."""
-    linearize(model)
+    embedding tables saved as int8 rows (models quantized before those were kept in float);
+    `saved_keys`: the saved state's keys, whose names tell which per-frame convolutions were
+    saved as linears (all of them when not given; none in models quantized before they were)."""
+    precisions = {e.layer: e.precision for e in plan}
+    frame_convs = None
+    if saved_keys is not None:
+        linears = {key.rpartition(".proj.")[0] for key in saved_keys if ".proj." in key}
+        frame_convs = linears.__contains__
+    linearize(model, frame_convs=frame_convs)
     replace_layers(model, int8_tables, lambda _, table: Int8Embedding(table.num_embeddings,
                                                                         table.embedding_dim))
-    precisions = {e.layer: e.precision for e in plan}
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
         args = (linear.in_features, linear.out_features, linear.bias is not None)

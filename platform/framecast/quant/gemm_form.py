@@ -5,7 +5,10 @@ embedding) maps each non-overlapping patch, flattened, through one matrix; a Con
 stride equal to kernel (a patch un-embedding: V-BLT's local decoder) maps each input vector to one
 output patch. Both hold a large share of a video model's weights, so quantizing only nn.Linear
 would leave them in float32 and cap the compression ratio. `linearize` swaps them for exact
-equivalents built on nn.Linear; the float model's outputs do not change.
+equivalents built on nn.Linear; the float model's outputs do not change. A per-frame
+convolution with "same" padding (kernel 1 x k x k, stride 1: V-BLT's pixel convolutions) is a
+linear map of each pixel's k x k neighbourhood, run in int8 as one over the unfolded
+neighbourhoods (im2col).
 
 Where the linear computes in float (not yet quantized, fp16 weights, or an int8 layer that the
 kernel chooser runs in float32 because int8 is slower for its shape), the forward pass runs
@@ -16,6 +19,7 @@ product at V-BLT's byte level.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +78,52 @@ def _is_patch_conv(conv: nn.Module) -> bool:
     return (isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and conv.stride == conv.kernel_size
             and conv.padding == (0, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
             and getattr(conv, "output_padding", (0, 0, 0)) == (0, 0, 0))
+
+
+def _is_frame_conv(conv: nn.Module) -> bool:
+    """A plain Conv3d (no subclass with its own padding) of kernel (1, k, k'), odd k and k',
+    stride 1 and "same" padding: each output pixel maps its input neighbourhood in one frame."""
+    if type(conv) is not nn.Conv3d:
+        return False
+    kt, kh, kw = conv.kernel_size
+    return (kt == 1 and kh % 2 == 1 and kw % 2 == 1 and conv.stride == (1, 1, 1)
+            and conv.padding == (0, kh // 2, kw // 2) and conv.dilation == (1, 1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros")
+
+
+class FrameConv3d(nn.Module):
+    """Conv3d(cin, cout, (1, kh, kw), padding "same") as Linear(cin * kh * kw, cout) over each
+    pixel's unfolded neighbourhood."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.kernel = tuple(kernel)
+        self.proj = nn.Linear(in_channels * math.prod(kernel), out_channels, bias=bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv3d) -> FrameConv3d:
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
+                    conv.bias is not None)
+        with torch.no_grad():  # weight (cout, cin, 1, kh, kw): unfold's (cin, kh, kw) order
+            layer.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                layer.proj.bias.copy_(conv.bias)
+        return layer.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution."""
+        b, c, t, h, w = x.shape
+        kh, kw = self.kernel
+        weight = _float_weight(self.proj, b * t * h * w, x.dtype)
+        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
+            y = F.conv3d(x.to(weight.dtype), weight.view(-1, c, 1, kh, kw),
+                         _bias(self.proj, weight.dtype), padding=(0, kh // 2, kw // 2))
+            return y.to(x.dtype)
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        cols = F.unfold(frames, (kh, kw), padding=(kh // 2, kw // 2))  # (B*T, c*kh*kw, H*W)
+        y = self.proj(cols.transpose(1, 2))  # (B*T, H*W, cout)
+        return y.view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
 
 
 class PatchEmbed3d(nn.Module):
@@ -150,16 +200,22 @@ class PatchUnembed3d(nn.Module):
                                                          wp * pw)
 
 
-def linearize(model: nn.Module) -> list[str]:
-    """Replace every patch convolution of `model` (in place) by its nn.Linear equivalent; returns
-    the names of the replaced modules. Other convolutions are left alone."""
+def linearize(model: nn.Module, frame_convs: Callable[[str], bool] | None = None) -> list[str]:
+    """Replace every patch convolution and per-frame "same" convolution of `model` (in place) by
+    its nn.Linear equivalent; returns the names of the replaced modules. Other convolutions
+    (UNet-3D's causal ones, grouped ones) are left alone. `frame_convs(name)`: whether to
+    replace the per-frame convolution `name` (default all; a model quantized before they were
+    replaced keeps them as convolutions, as its saved weights name them)."""
     replaced = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if not _is_patch_conv(child):
+            path = f"{name}.{child_name}" if name else child_name
+            if _is_frame_conv(child) and (frame_convs is None or frame_convs(path)):
+                kind = FrameConv3d
+            elif _is_patch_conv(child):
+                kind = PatchEmbed3d if isinstance(child, nn.Conv3d) else PatchUnembed3d
+            else:
                 continue
-            kind = PatchEmbed3d if isinstance(child, nn.Conv3d) else PatchUnembed3d
-            new = kind.from_conv(child)
-            setattr(module, child_name, new)
-            replaced.append(f"{name}.{child_name}" if name else child_name)
+            setattr(module, child_name, kind.from_conv(child))
+            replaced.append(path)
     return replaced
