@@ -150,7 +150,10 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=4, help="rollout context (default 4)")
     parser.add_argument("--val-sequences", type=int, default=32, help="default 32")
     parser.add_argument("--npz", default="", help="data from benchmarks/compare.py --export")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0",
+                        help="seeds, comma-separated (default 0): each row is trained once per "
+                             "seed and lr; the table shows the mean over seeds and each seed's "
+                             "rollout PSNR (V-BLT's spread between seeds exceeds most effects)")
     args = parser.parse_args()
     args.steps = args.steps or (60 if args.quick else 300)
     args.sequences = args.sequences or (160 if args.quick else 600)
@@ -162,6 +165,12 @@ def main() -> None:
         parser.error(f"--lrs {args.lrs!r}: give numbers, comma-separated")
     if not lrs or min(lrs) <= 0 or args.steps < 1 or not 1 <= args.context < 12:
         parser.error("--lrs must be positive, --steps >= 1 and --context in 1..11")
+    try:
+        seeds = [int(x) for x in comma_items(args.seeds)]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give integers, comma-separated")
+    if not seeds:
+        parser.error("--seeds: give at least one seed")
     if args.npz and not Path(args.npz).is_file():
         parser.error(f"--npz {args.npz}: no such file")
     labels = comma_items(args.rows) if args.rows else list(QUICK_ROWS if args.quick else ROWS)
@@ -192,42 +201,52 @@ def main() -> None:
         test = arrays[f"{kind}_test"]
         held = comparison.hold_last_metrics(test, args.context)
         copy_psnr = float(np.mean(held["psnr"]))
-        rows.append([kind, "copy-last", "", "", "", copy_psnr, float(np.mean(held["ssim"])),
+        rows.append([kind, "copy-last", "", "", "", copy_psnr, "", float(np.mean(held["ssim"])),
                      float(held["psnr"][0]), float(held["psnr"][-1]), "", ""])
         values[f"psnr_copy_{kind}"] = copy_psnr
         for label, spec in specs.items():
-            tried = []
-            for lr in lrs:
-                model, val_psnr, secs = train_row(spec, arrays, kind, lr, args)
-                tried.append((val_psnr, -lr, lr, model, secs))
-                print(f"{kind} {label} lr {lr:g}: val rollout PSNR {val_psnr:.2f} dB, "
-                      f"{secs:.0f} s", flush=True)
-            val_psnr, _, lr, model, secs = max(tried, key=lambda x: x[:2])
-            ahead = comparison.rollout_metrics(model, test, args.context,
-                                               batch_size=args.batch_size)
-            forced = comparison.score(model, test, args.context, batch_size=args.batch_size)
-            psnr = float(np.mean(ahead["psnr"]))
-            rows.append([kind, label, f"{lr:g}", val_psnr, model.frames_per_step, psnr,
-                         float(np.mean(ahead["ssim"])), float(ahead["psnr"][0]),
-                         float(ahead["psnr"][-1]), forced["psnr"], secs])
-            values[f"psnr_{re.sub(r'[^0-9A-Za-z]+', '_', label)}_{kind}"] = psnr
-            print(f"{kind} {label}: test rollout PSNR {psnr:.2f} dB (copy-last {copy_psnr:.2f})",
-                  flush=True)
+            runs = []  # per seed: the lr kept on val, its model and scores
+            for seed in seeds:
+                args.seed = seed
+                tried = []
+                for lr in lrs:
+                    model, val_psnr, secs = train_row(spec, arrays, kind, lr, args)
+                    tried.append((val_psnr, -lr, lr, model, secs))
+                    print(f"{kind} {label} seed {seed} lr {lr:g}: val rollout PSNR "
+                          f"{val_psnr:.2f} dB, {secs:.0f} s", flush=True)
+                val_psnr, _, lr, model, secs = max(tried, key=lambda x: x[:2])
+                ahead = comparison.rollout_metrics(model, test, args.context,
+                                                   batch_size=args.batch_size)
+                forced = comparison.score(model, test, args.context, batch_size=args.batch_size)
+                runs.append(dict(lr=lr, val=val_psnr, psnr=float(np.mean(ahead["psnr"])),
+                                 ssim=float(np.mean(ahead["ssim"])), first=float(ahead["psnr"][0]),
+                                 last=float(ahead["psnr"][-1]), forced=forced["psnr"], secs=secs,
+                                 step=model.frames_per_step))
+                print(f"{kind} {label} seed {seed}: test rollout PSNR {runs[-1]['psnr']:.2f} dB "
+                      f"(copy-last {copy_psnr:.2f})", flush=True)
+            mean = lambda key, runs=runs: float(np.mean([r[key] for r in runs]))  # noqa: E731
+            rows.append([kind, label, ",".join(f"{r['lr']:g}" for r in runs), mean("val"),
+                         runs[0]["step"], mean("psnr"),
+                         " / ".join(f"{r['psnr']:.2f}" for r in runs), mean("ssim"),
+                         mean("first"), mean("last"), mean("forced"), mean("secs")])
+            values[f"psnr_{re.sub(r'[^0-9A-Za-z]+', '_', label)}_{kind}"] = mean("psnr")
     table = markdown_table(
-        ["data", "row", "lr (val)", "val rollout PSNR", "frames/step", "rollout PSNR",
-         "rollout SSIM", "PSNR +1", f"PSNR +{12 - args.context}", "teacher-forced PSNR",
+        ["data", "row", "lr (val) per seed", "val rollout PSNR", "frames/step", "rollout PSNR",
+         "per seed", "rollout SSIM", "PSNR +1", f"PSNR +{12 - args.context}", "teacher-forced PSNR",
          "train s"], rows)
     total = time.perf_counter() - begin
     notes = (f"Budget per row and data set: {args.steps} AdamW steps of batch {args.batch_size} "
              f"at each lr of {','.join(f'{x:g}' for x in lrs)} (kept: best val rollout PSNR), "
-             f"seed {args.seed}, `small` presets plus the row's change; data `jobs.render "
+             f"seeds {','.join(map(str, seeds))} (numbers: means over seeds), `small` "
+             f"presets plus the row's change; data `jobs.render "
              f"--preset hard`, 12x{args.size}x{args.size} "
              f"({args.npz or f'{args.sequences} sequences rendered'}); rollouts from "
              f"{args.context} context frames on the whole test split; teacher-forced PSNR on "
              f"the same frames ({args.context}..11, each from the true frames before it). Rows: "
              + "; ".join(f"`{label}` = `{spec}`" for label, spec in shown.items())
              + f". Wall time {total:.0f} s.")
-    values.update(steps=args.steps, context=args.context, total_s=round(total))
+    values.update(steps=args.steps, context=args.context, seeds=len(seeds),
+                  total_s=round(total))
     report("vblt_ablation", "What makes V-BLT learn: one change per row, rollout protocol "
            "(issue 28)", table, notes, f"RESULT vblt_ablation {key_values(values)}")
 
