@@ -80,6 +80,16 @@ def _is_patch_conv(conv: nn.Module) -> bool:
             and getattr(conv, "output_padding", (0, 0, 0)) == (0, 0, 0))
 
 
+def _rows_from_conv(layer: nn.Module, conv: nn.Conv3d) -> nn.Module:
+    """`layer.proj` takes the convolution's kernel, one flattened row per output channel, and
+    its bias; the layer moves to the convolution's device."""
+    with torch.no_grad():
+        layer.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
+        if conv.bias is not None:
+            layer.proj.bias.copy_(conv.bias)
+    return layer.to(conv.weight.device)
+
+
 def _is_frame_conv(conv: nn.Module) -> bool:
     """A plain Conv3d (no subclass with its own padding) of kernel (1, k, k'), odd k and k',
     stride 1 and "same" padding: each output pixel maps its input neighbourhood in one frame."""
@@ -103,13 +113,9 @@ class FrameConv3d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv3d) -> FrameConv3d:
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
-                    conv.bias is not None)
-        with torch.no_grad():  # weight (cout, cin, 1, kh, kw): unfold's (cin, kh, kw) order
-            layer.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
-            if conv.bias is not None:
-                layer.proj.bias.copy_(conv.bias)
-        return layer.to(conv.weight.device)
+        # weight (cout, cin, 1, kh, kw): rows in unfold's (cin, kh, kw) order
+        return _rows_from_conv(cls(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
+                                   conv.bias is not None), conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution."""
@@ -137,12 +143,9 @@ class PatchEmbed3d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv3d) -> PatchEmbed3d:
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias is not None)
-        with torch.no_grad():  # weight (cout, cin, pt, ph, pw): flattened in the patch's order
-            layer.proj.weight.copy_(conv.weight.reshape(conv.out_channels, -1))
-            if conv.bias is not None:
-                layer.proj.bias.copy_(conv.bias)
-        return layer.to(conv.weight.device)
+        # weight (cout, cin, pt, ph, pw): rows flattened in the patch's order
+        return _rows_from_conv(cls(conv.in_channels, conv.out_channels, conv.kernel_size,
+                                   conv.bias is not None), conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution."""
