@@ -79,6 +79,11 @@ def parse_row(spec: str) -> tuple[str, dict, dict]:
     return name.strip(), overrides, optim
 
 
+def seed_mean(runs: list[dict], key: str) -> float:
+    """The mean of one score over a row's runs, one per seed."""
+    return sum(float(r[key]) for r in runs) / len(runs)
+
+
 def load_data(args: argparse.Namespace, root: Path) -> dict:
     """{'<kind>_<split>': uint8 (N, T, H, W, C)} from --npz or rendered here."""
     import numpy as np
@@ -224,12 +229,12 @@ def main() -> None:
                                  step=model.frames_per_step))
                 print(f"{kind} {label} seed {seed}: test rollout PSNR {runs[-1]['psnr']:.2f} dB "
                       f"(copy-last {copy_psnr:.2f})", flush=True)
-            mean = lambda key, runs=runs: float(np.mean([r[key] for r in runs]))  # noqa: E731
-            rows.append([kind, label, ",".join(f"{r['lr']:g}" for r in runs), mean("val"),
-                         runs[0]["step"], mean("psnr"),
-                         " / ".join(f"{r['psnr']:.2f}" for r in runs), mean("ssim"),
-                         mean("first"), mean("last"), mean("forced"), mean("secs")])
-            values[f"psnr_{re.sub(r'[^0-9A-Za-z]+', '_', label)}_{kind}"] = mean("psnr")
+            rows.append([kind, label, ",".join(f"{r['lr']:g}" for r in runs),
+                         seed_mean(runs, "val"), runs[0]["step"], seed_mean(runs, "psnr"),
+                         " / ".join(f"{r['psnr']:.2f}" for r in runs), seed_mean(runs, "ssim"),
+                         seed_mean(runs, "first"), seed_mean(runs, "last"),
+                         seed_mean(runs, "forced"), seed_mean(runs, "secs")])
+            values[f"psnr_{re.sub(r'[^0-9A-Za-z]+', '_', label)}_{kind}"] = seed_mean(runs, "psnr")
     table = markdown_table(
         ["data", "row", "lr (val) per seed", "val rollout PSNR", "frames/step", "rollout PSNR",
          "per seed", "rollout SSIM", "PSNR +1", f"PSNR +{12 - args.context}", "teacher-forced PSNR",
