@@ -643,9 +643,12 @@ def train_node_kill(root: Path, steps: int = 120, checkpoint_every: int = 20,
 
 
 def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> dict[str, float]:
-    """A Tune study of 3 training trials (lr grid) on a 2-node cluster, one `trainer` slot per
-    node (so 2 trials train at once, one per node); once a trial has finished and another one's
-    Ray Train worker runs on the worker node, kill that node (every process, SIGKILL). No node
+    """A Tune study of 3 training trials on a 2-node cluster, one `trainer` slot per node (so 2
+    trials train at once, one per node); once a trial has finished and another one's Ray Train
+    worker runs on the worker node, kill that node (every process, SIGKILL). The trials differ
+    in length (a grid over steps: steps // 2, 2 * steps, 2 * steps + 1) so that moment comes
+    whatever the CPU's speed: when the short trial ends, the worker node either still trains a
+    long one or takes the third. No node
     replaces it: the rest of the study runs on the head. The trial that lost its worker is
     retried by Ray Train from its checkpoint (--max-failures 1) or, when its trial process died
     with the node, marked failed by the study (Tune's max_failures=0). Reports the study's
@@ -664,10 +667,12 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
         space = root / f"{name}.yaml"
         space.write_text(yaml.safe_dump({
             "name": name, "job": "train",
-            "base": {"model": "vblt", "preset": "tiny", "steps": steps, "batch_size": 2,
-                     "log_every": 1, "checkpoint_every": checkpoint_every, "eval_every": steps,
+            "base": {"model": "vblt", "preset": "tiny", "lr": 0.002, "batch_size": 2,
+                     "log_every": 1, "checkpoint_every": checkpoint_every, "eval_every": 1000,
                      "eval_sequences": 2, "worker_resources": "trainer=1"},
-            "params": {"lr": {"grid": [0.001, 0.002, 0.003]}}, "metric": "val_psnr",
+            # Tune starts the grid in order: the short trial beside a long one, then the third.
+            "params": {"steps": {"grid": [max(2, steps // 2), 2 * steps, 2 * steps + 1]}},
+            "metric": "val_psnr",
             "mode": "max", "scheduler": "fifo", "trial_resources": {"cpu": 1}}))
         outcome: dict = {}
         errors: list[BaseException] = []
