@@ -15,8 +15,6 @@ tests/test_faults.py run the same functions and assert the guarantees.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import signal
 import subprocess
@@ -24,12 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cluster import ray_cluster  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -442,34 +440,6 @@ def serve_two_replicas_kill(root: Path, threads: int = 4, warmup_s: float = 3.0,
             "replica_serving_s": (serving - kill) if serving else float("nan"),
             "replica_replaced": int(bool(new)),
             **_phases(load.records, measured_from, kill, serving or end, end)}
-
-
-@contextlib.contextmanager
-def ray_cluster(**head: object) -> Iterator[object]:
-    """A Ray cluster of nodes on this machine (ray.cluster_utils.Cluster), this process its
-    driver, attached to the head: `head` is the head's add_node arguments (num_cpus,
-    resources); the caller adds and removes worker nodes. Shut down at the end."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from jobs.serve import free_port
-
-    if ray.is_initialized():
-        raise RuntimeError("the node scenarios start a Ray cluster of their own: call them "
-                           "before ray.init or after ray.shutdown (tests: in a fresh Python)")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
-        "object_store_memory": 300 * 2**20, **head})
-    try:
-        # The driver joins the head's raylet (Ray prefers the head among nodes on one host).
-        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR)
-        import ray.data
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def _node_alive(node_id: str) -> bool:

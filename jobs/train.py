@@ -206,6 +206,7 @@ def train_worker(loop_config: dict) -> None:
     import torch
     from mlflow.entities import Metric
 
+    from framecast.cluster import node_cpus
     from framecast.config import from_dict
     from framecast.heap import keep_freed_memory
     from framecast.train import (
@@ -222,7 +223,8 @@ def train_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     chief = ctx.get_world_rank() == 0
     torch.manual_seed(job["seed"])
-    torch.set_num_threads(max(1, int(loop_config["threads"])))
+    # The cluster's share per worker, but never more threads than this node has cores.
+    torch.set_num_threads(max(1, min(int(loop_config["threads"]), node_cpus())))
     keep_freed_memory()  # each step's big activations and gradients reuse the last step's pages
     model = loop_config["entry"].build(loop_config["model"], **loop_config["components"])
     device = ray.train.torch.get_device()

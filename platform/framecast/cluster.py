@@ -112,6 +112,20 @@ def total_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+def node_cpus() -> int:
+    """The cores a process on this Ray node may use: the node's CPUs as Ray counts them, and no
+    more than the process's CPU affinity allows. A worker sizes its thread pool by this, not by
+    the whole cluster's CPUs, which on several nodes are mostly other machines' cores."""
+    import os
+
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    ray_cpus = next((n["Resources"].get("CPU", 1.0) for n in ray.nodes()
+                     if n["NodeID"] == here and n["Alive"]), total_cpus())
+    return max(1, min(int(ray_cpus), len(os.sched_getaffinity(0))))
+
+
 def worker_cpus(workers: int, requested: float = 0.0, floor: float = 0.05) -> float:
     """CPUs to reserve per Ray worker/actor so one whole CPU stays free for Ray Data's read and
     write tasks (1 CPU each): a full reservation hangs on a small machine.
