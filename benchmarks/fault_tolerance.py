@@ -470,27 +470,22 @@ def serve_node_kill(root: Path, threads: int = 4, warmup_s: float = 3.0,
     from serve.app import build_app
 
     del root
-    # The head fits the ingress (0.1 CPU) and one replica (0.8), never 2 replicas: the app is
-    # deployed before the worker node joins, so the ingress lands on the head, and the second
-    # replica on the worker node (1 CPU) once it joins.
+    # Both nodes first, then the app, as a user deploys on a running cluster: the ingress goes
+    # on the head by its own placement (serve.app.ingress_on_head), the replicas (0.8 CPU of
+    # each node's 1) one per node.
     with ray_cluster(num_cpus=1) as cluster:
         version = _register_tiny_serve_model()
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1",
                                                              "port": port})
         url = f"http://127.0.0.1:{port}/{SERVE_APP}/v1/models/{SERVE_MODEL}/predict"
-        deploy = threading.Thread(target=serve.run, daemon=True, args=(build_app(_serve_args(
-            replicas=2, num_cpus=0.8, ingress_cpus=0.1)),),
-            kwargs={"name": SERVE_APP, "route_prefix": f"/{SERVE_APP}"})
         try:
-            deploy.start()
-            if not _wait(lambda: _serve_replicas("Ingress") and _serve_replicas(SERVE_MODEL),
-                         300, every=1.0):
-                raise RuntimeError("the ingress and a first replica did not start on the head")
-            worker = cluster.add_node(num_cpus=1)
-            deploy.join(timeout=300)
-            if deploy.is_alive() or _running_replicas(SERVE_MODEL) != 2:
-                raise RuntimeError("the second replica did not start on the worker node")
+            serve.run(build_app(_serve_args(replicas=2, num_cpus=0.8, ingress_cpus=0.1)),
+                      name=SERVE_APP, route_prefix=f"/{SERVE_APP}")
+            if _running_replicas(SERVE_MODEL) != 2:
+                raise RuntimeError("the app did not start 2 replicas")
             head_id = cluster.head_node.node_id
             placed = {a.node_id for a in _serve_replicas(SERVE_MODEL)}
             ingress_nodes = {a.node_id for a in _serve_replicas("Ingress")}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -75,7 +76,12 @@ class AppArgs(BaseModel):
     max_body_mb: float = Field(32.0, gt=0, description="larger request bodies get 413")
     max_context_frames: int = Field(0, ge=0, description="0: the training length minus a step")
     max_future_frames: int = Field(32, ge=1, description="longest rollout")
-    ingress_cpus: float = Field(0.25, ge=0)
+    ingress_cpus: float = Field(0.25, ge=0, description="CPUs the ingress reserves (none when "
+                                "it goes on a head node that has fewer CPUs than this)")
+    ingress_on_head: bool = Field(True, description=(
+        "place the ingress on the head node, beside the HTTP proxy clients reach there: the "
+        "loss of any other node then never drops a request the ingress holds (the model calls "
+        "it lost are sent again); the head's loss is the cluster's"))
 
 
 class Batching(BaseModel):
@@ -476,5 +482,23 @@ def build_app(args: AppArgs) -> serve.Application:
                          "batch_wait_timeout_s": m.batch_wait_timeout_s})
         handles[m.name] = deployment.bind(m.name, m.alias, tracking_uri, args.max_context_frames,
                                           args.max_future_frames, m.torch_threads, m.precision)
-    return Ingress.options(ray_actor_options={"num_cpus": args.ingress_cpus}).bind(
+    return Ingress.options(ray_actor_options=ingress_actor_options(args)).bind(
         handles, int(args.max_body_mb * MiB))
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # Ray gives the head node 1 of it, no other node any
+
+
+def ingress_actor_options(args: AppArgs) -> dict:
+    """The ingress's Ray options: its CPUs, and with `ingress_on_head` a share of the resource
+    only the head has. A head started with fewer CPUs than `ingress_cpus` (`ray start --head
+    --num-cpus 0`, to keep work off it) gets the ingress reserving none, so it still fits."""
+    if not args.ingress_on_head:
+        return {"num_cpus": args.ingress_cpus}
+    cpus = args.ingress_cpus
+    if ray.is_initialized():
+        head = next((n["Resources"] for n in ray.nodes()
+                     if n["Alive"] and HEAD_RESOURCE in n["Resources"]), None)
+        if head is not None and head.get("CPU", 0.0) < cpus:
+            cpus = 0.0
+    return {"num_cpus": cpus, "resources": {HEAD_RESOURCE: 0.001}}

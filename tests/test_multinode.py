@@ -9,7 +9,8 @@ not share. An MLflow server holds runs and artifacts. Then: a render whose Ray D
 on both nodes; `jobs.train --workers 2 --placement STRICT_SPREAD`, one worker per node, from
 the rendered set and from a stream (`--stream`: every sequence fresh and read once); a Tune
 study of two trials, one per node (`worker_resources: trainer=1`); Serve with 2 replicas, one
-per node; and a job whose --storage only the head sees, refused before any work.
+per node, and its ingress on the head; and a job whose --storage only the head sees, refused
+before any work.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def test_every_job_runs_on_both_nodes(two_nodes):
         replicas = serve_replica_nodes(cluster["address"])
         timings["serve"] = time.time() - begin
         assert len(replicas) == 2 and set(replicas) == both, replicas
+        # The ingress on the head (node_a), where node_b's loss cannot take it.
+        assert serve_replica_nodes(cluster["address"], ingress=True) == [nodes["node_a"]]
         info = requests.get(f"{base}/v1/models/fc-mn", timeout=30)
         assert info.status_code == 200, info.text
     finally:
@@ -170,15 +173,16 @@ def test_every_job_runs_on_both_nodes(two_nodes):
                                                         timings.items()))
 
 
-def serve_replica_nodes(address: str) -> list[str]:
-    """The node ids of the alive model replicas (not the ingress), from Ray's state API."""
+def serve_replica_nodes(address: str, ingress: bool = False) -> list[str]:
+    """The node ids of the alive model replicas (or, `ingress`, of the ingress's), from Ray's
+    state API."""
     from ray.util.state import list_actors
 
     def replicas():
         actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000,
                              raise_on_missing_output=False)
         return [a.node_id for a in actors if a.class_name.startswith("ServeReplica:")
-                and "Ingress" not in a.class_name]
+                and ("Ingress" in a.class_name) == ingress]
 
-    wait_for(lambda: len(replicas()) >= 2, "two model replicas", timeout=120)
+    wait_for(lambda: len(replicas()) >= (1 if ingress else 2), "the replicas", timeout=120)
     return replicas()

@@ -630,3 +630,18 @@ def test_auto_precision_keeps_the_faster_measured_form_and_says_why(second_app):
                              timeout=60)
     assert response.status_code == 200
     assert response.json()["precision"] == choice["chosen"]
+
+
+def test_the_ingress_goes_on_the_head_and_fits_a_head_without_spare_cpus(ray_local):
+    """On a cluster, a worker node's loss must never take the ingress (and the requests it holds)
+    with it: the ingress asks for the resource only the head has. A head with fewer CPUs than
+    the ingress would reserve (`--num-cpus 0`) still takes it, reserving none."""
+    from serve.app import HEAD_RESOURCE, ingress_actor_options
+
+    assert HEAD_RESOURCE in ray_local.cluster_resources()  # Ray's name for it, still
+    pinned = ingress_actor_options(AppArgs(ingress_cpus=0.1))
+    assert pinned == {"num_cpus": 0.1, "resources": {HEAD_RESOURCE: 0.001}}
+    too_big = ingress_actor_options(AppArgs(ingress_cpus=3.0))  # ray_local's head: 2 CPUs
+    assert too_big == {"num_cpus": 0.0, "resources": {HEAD_RESOURCE: 0.001}}
+    assert ingress_actor_options(AppArgs(ingress_cpus=3.0, ingress_on_head=False)) == {
+        "num_cpus": 3.0}
