@@ -613,10 +613,10 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
     worker runs on the worker node, kill that node (every process, SIGKILL). The trials differ
     in length (a grid over steps: steps // 2, 2 * steps, 2 * steps + 1) so that moment comes
     whatever the CPU's speed: when the short trial ends, the worker node either still trains a
-    long one or takes the third. No node
-    replaces it: the rest of the study runs on the head. The trial that lost its worker is
-    retried by Ray Train from its checkpoint (--max-failures 1) or, when its trial process died
-    with the node, marked failed by the study (Tune's max_failures=0). Reports the study's
+    long one or takes the third. No node replaces it: the rest of the study runs on the head.
+    The trial that lost its worker is retried by Ray Train from its checkpoint (--max-failures
+    1) or, when its trial process died with the node, marked failed by the study (Tune's
+    max_failures=0). Reports the study's
     outcome per trial and whether a trial that had finished before the kill ran again."""
     import mlflow
     import yaml

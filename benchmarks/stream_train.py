@@ -162,16 +162,16 @@ def measure(args: argparse.Namespace, preset: str, steps: int, where: dict | Non
             nodes = render_actor_nodes()
             names = {where["trainer"]: "trainer node", where["render"]: "render node"}
             on_render = nodes.get(where["render"], 0)
+            elsewhere = sum(nodes.values()) - on_render
+            trainer_placed = trainer_nodes == {where["trainer"]}
             placed = (f"Placement read back from Ray: the training worker on "
                       f"{', '.join(names.get(n, str(n)) for n in sorted(map(str, trainer_nodes)))}"
-                      f"; render actors: {on_render} on the render node, "
-                      f"{sum(nodes.values()) - on_render} elsewhere")
+                      f"; render actors: {on_render} on the render node, {elsewhere} elsewhere")
             print(placed, flush=True)
             values["actors_on_render_node"] = on_render
-            values["actors_elsewhere"] = sum(nodes.values()) - on_render
-            values["trainer_on_trainer_node"] = int(trainer_nodes == {where["trainer"]})
-            if values["actors_elsewhere"] or not on_render or not values[
-                    "trainer_on_trainer_node"]:
+            values["actors_elsewhere"] = elsewhere
+            values["trainer_on_trainer_node"] = int(trainer_placed)
+            if elsewhere or not on_render or not trainer_placed:
                 raise SystemExit(f"stream_train --cluster: not the placement measured here, "
                                  f"nothing recorded. {placed}")
     return rows, values, placed
