@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from framecast.metrics import entropy_bits
 from framecast.predict import window_length
 
 
@@ -42,9 +41,8 @@ def predict_steps(model: nn.Module, contexts: list[np.ndarray]) -> list[Step]:
         video = np.zeros((len(members), t + step, h, w, c), dtype=np.uint8)
         for row, i in enumerate(members):
             video[row, :t] = contexts[i]
-        logits = model.next_step_logits(torch.from_numpy(video)).float()  # (B, step, H, W, C, V)
-        frames = model.decode(logits).numpy()
-        entropy = entropy_bits(logits).numpy().astype(np.float32)
+        logits = model.next_step_logits(torch.from_numpy(video))  # (B, step, H, W, C, V)
+        frames, entropy = (x.numpy() for x in model.decode_with_entropy(logits))
         for row, i in enumerate(members):
             out[i] = Step(frames[row], entropy[row])
     return out  # type: ignore[return-value]

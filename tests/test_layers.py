@@ -2,10 +2,13 @@
 
 import math
 
+import pytest
 import torch
 
 from framecast.metrics import entropy_bits
 from framecast.models.layers import (
+    Block,
+    BlockCausal,
     apply_rope,
     block_causal_mask,
     grid_positions,
@@ -27,6 +30,41 @@ def test_mask_for_three_frames_of_2x2_tokens_equals_the_papers_figure_4():
 
 def test_block_size_one_is_the_ordinary_causal_mask():
     assert torch.equal(block_causal_mask(5, 1), torch.tril(torch.ones(5, 5, dtype=torch.bool)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_causal_attention_computes_what_the_dense_mask_computes(dtype):
+    """Each query block against its key prefix (`BlockCausal`): the dense masked product's
+    outputs, a future token changing nothing before its block, in training mode too."""
+    torch.manual_seed(0)
+    block = Block(24, 2).to(dtype)
+    x = torch.randn(3, 4 * 5, 24, dtype=dtype)
+    angles = rope_3d_angles(grid_positions(4, 1, 5), 12)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    for training in (False, True):
+        block.train(training)
+        with torch.no_grad():
+            want = block(x, angles, block_causal_mask(4, 5))
+            got = block(x, angles, BlockCausal(4, 5))
+        torch.testing.assert_close(got, want, **tol)
+    changed = x.clone()
+    changed[:, 15:] = torch.randn(3, 5, 24, dtype=dtype)  # the last block only
+    with torch.no_grad():
+        torch.testing.assert_close(block(changed, angles, BlockCausal(4, 5))[:, :15], got[:, :15])
+
+
+@pytest.mark.parametrize("rope_heads", [False, True])
+def test_a_blocks_last_tokens_alone_are_its_full_outputs_there(rope_heads):
+    """`Block.last_tokens`: the last block of a block-causal pass, its queries only."""
+    torch.manual_seed(1)
+    block = Block(24, 2).eval()
+    x = torch.randn(2, 3 * 4, 24)
+    angles = rope_3d_angles(grid_positions(3, 2, 2), 12)
+    if rope_heads:  # one set of angles per head (V-BLT's rope_width="model")
+        angles = torch.stack([angles, angles.flip(0)])
+    with torch.no_grad():
+        want = block(x, angles, block_causal_mask(3, 4))[:, -4:]
+        torch.testing.assert_close(block.last_tokens(x, angles, 4), want, atol=1e-5, rtol=1e-5)
 
 
 def test_grid_positions_are_slice_major():
@@ -112,3 +150,28 @@ def test_rope_as_one_complex_product_equals_eq5_in_real_arithmetic_in_every_form
     with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):  # no complex in ONNX
         assert torch.allclose(apply_rope(q, rope_rotations(angles)), eq5(q), atol=1e-5)
 
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_frame_conv_is_the_per_frame_conv3d(batch, layout):
+    """`FrameConv` (a 2D convolution over the frames for a float32 batch of one) computes what
+    nn.Conv3d with a (1, 3, 3) kernel computes, with the same state dict both ways."""
+    from torch import nn
+
+    from framecast.models.layers import FrameConv
+
+    torch.manual_seed(2)
+    conv3d = nn.Conv3d(5, 7, (1, 3, 3), padding=(0, 1, 1))
+    conv = FrameConv(5, 7)
+    conv.load_state_dict(conv3d.state_dict())
+    assert conv3d.load_state_dict(conv.state_dict()) is not None
+    x = torch.randn(batch, 4, 6, 9, 5).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
+    if layout == "contiguous":
+        x = x.contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), conv3d(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv.to(torch.bfloat16)(x.to(torch.bfloat16)).float(),
+                                   conv3d(x), atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="odd"):
+        FrameConv(5, 7, (2, 3))

@@ -64,3 +64,31 @@ def test_trimmed_decoding_ignores_a_thin_tail_but_blends_real_modes():
     assert decode_bytes(logits, "mean").tolist()[:2] == [4, 100]  # the tail drags black to 4
     assert decode_bytes(logits).tolist() == [0, 100, 128]
     assert decode_bytes(logits, "argmax").tolist()[:2] == [0, 0]
+
+
+@pytest.mark.parametrize("decode", ["trimmed", "mean", "argmax"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_with_entropy_is_decode_bytes_and_entropy_bits_from_one_softmax(decode, dtype):
+    """The serving and rollout path's fused, chunked form: the bytes `decode_bytes` gives and
+    the bits `entropy_bits` gives, across chunk boundaries, the caller's logits untouched."""
+    import torch
+
+    from framecast.distribution import CHUNK_PIXELS, decode_bytes, decode_with_entropy
+
+    torch.manual_seed(0)
+    pixels = 2 * CHUNK_PIXELS + 37  # a partial last chunk
+    logits = (torch.randn(pixels, 256) * 4).to(getattr(torch, dtype)).view(-1, 3, 1, 256)
+    logits[0, 0, 0] = -30.0
+    logits[0, 0, 0, 200] = 30.0  # all mass on 200: exactly 0 bits, byte 200
+    logits[0, 1, 0] = 0.0  # uniform: exactly 8 bits
+    kept = logits.clone()
+    got, bits = decode_with_entropy(logits, decode)
+    assert torch.equal(logits, kept)
+    assert got.shape == bits.shape == logits.shape[:-1] and got.dtype == torch.uint8
+    assert bits.dtype == torch.float32
+    assert torch.equal(got, decode_bytes(logits.float(), decode))
+    torch.testing.assert_close(bits, metrics.entropy_bits(logits), atol=2e-5, rtol=1e-5)
+    assert got[0, 0, 0] == 200 and bits[0, 0, 0] == pytest.approx(0.0, abs=1e-5)
+    assert bits[0, 1, 0] == pytest.approx(8.0, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown"):
+        decode_with_entropy(logits, "median")

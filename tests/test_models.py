@@ -274,7 +274,9 @@ def test_own_inputs_replace_predicted_frames_by_the_models_own_and_keep_the_targ
 
 
 @pytest.mark.parametrize("overrides", [{}, {"patch": (1, 4, 4)}, {"byte_skip": True,
-                                                                   "copy_prior": 8.0}])
+                                                                   "copy_prior": 8.0},
+                                       {"global_layers": 2, "rope_width": "model",
+                                        "encoder_convs": 1, "decoder_convs": 1}])
 def test_next_step_logits_are_the_last_step_of_the_full_forward_pass(overrides):
     """V-BLT computes only the last step for serving and rollouts (the decoder on one source
     slice, the last slice's placeholders never encoded): the same logits as the full pass."""

@@ -12,7 +12,6 @@ from torch import nn
 
 from framecast import metrics
 from framecast.distribution import DECODES, categorical_nll
-from framecast.metrics import entropy_bits
 
 
 def _batches_and_logits(model: nn.Module, videos: np.ndarray, batch_size: int,
@@ -43,8 +42,9 @@ def predict(model: nn.Module, videos: np.ndarray, *, batch_size: int = 8,
         target = batch[:, k:].to(logits.device).long()
         ce_sum += categorical_nll(logits, target, reduction="sum").item()
         n_bytes += target.numel()
-        preds.append(model.decode(logits, decode).cpu().numpy())
-        ents.append(entropy_bits(logits).cpu().numpy().astype(np.float32))
+        frames, bits = model.decode_with_entropy(logits, decode)
+        preds.append(frames.cpu().numpy())
+        ents.append(bits.cpu().numpy())
     return np.concatenate(preds), np.concatenate(ents), ce_sum / max(n_bytes, 1)
 
 
@@ -85,10 +85,10 @@ def rollout(model: nn.Module, videos: np.ndarray, context: int, *, batch_size: i
             keep = window_length(known.shape[1], t - step, step)
             window = known[:, known.shape[1] - keep:]
             placeholders = torch.zeros_like(window[:, :1]).expand(-1, step, -1, -1, -1)
-            logits = model.next_step_logits(torch.cat([window, placeholders], dim=1)).float()
-            frames = model.decode(logits, decode)  # (B, step, H, W, C)
+            logits = model.next_step_logits(torch.cat([window, placeholders], dim=1))
+            frames, bits = model.decode_with_entropy(logits, decode)  # (B, step, H, W, C)
             made.append(frames.cpu())
-            entropy.append(entropy_bits(logits).cpu())
+            entropy.append(bits.cpu())
             known = torch.cat([known, frames.to(known.dtype)], dim=1)
         preds.append(torch.cat(made, dim=1)[:, :t - context].numpy())
         ents.append(torch.cat(entropy, dim=1)[:, :t - context].numpy().astype(np.float32))

@@ -53,6 +53,7 @@ from framecast.distribution import (  # noqa: F401 (categorical_nll: for the mod
     DEFAULT_DECODE,
     categorical_nll,
     decode_bytes,
+    decode_with_entropy,
 )
 
 Metrics = dict[str, float]
@@ -197,6 +198,12 @@ class FramePredictor(Model):
         """One uint8 value per pixel from its distribution (`distribution.decode_bytes`); `how`
         defaults to the model's own `cfg.decode` (chosen on val by jobs.train)."""
         return decode_bytes(logits, how or getattr(self.cfg, "decode", DEFAULT_DECODE))
+
+    def decode_with_entropy(self, logits: torch.Tensor, how: str | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`decode(logits, how)`, each pixel's entropy in bits as float32) from one softmax
+        per pixel (`distribution.decode_with_entropy`): what a prediction step returns."""
+        return decode_with_entropy(logits, how or getattr(self.cfg, "decode", DEFAULT_DECODE))
 
     def evaluate(self, videos: np.ndarray, batch_size: int = 8) -> Metrics:
         from framecast.predict import evaluate, flat_summary

@@ -6,6 +6,8 @@ into a sequence of S * P tokens; `grid_positions` gives each token its (t, y, x)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,59 @@ def block_causal_mask(num_blocks: int, block_size: int, device: torch.device | N
     full inside a block, causal across blocks (V-BLT figure 4; NBP's block-wise mask)."""
     block = torch.arange(num_blocks * block_size, device=device) // block_size  # (L,)
     return block[:, None] >= block[None, :]
+
+
+@dataclass(frozen=True)
+class BlockCausal:
+    """`block_causal_mask(num_blocks, block_size)` given by its shape: `Attention` then computes
+    each query block against the keys of its own and earlier blocks only, skipping the
+    (num_blocks - 1) / (2 num_blocks) of the scores the dense mask would discard and the mask
+    itself (about 1.5x faster on a CPU for 5 blocks of 64 tokens: benchmarks/RESULTS.md, issue
+    31). The same outputs; inference paths use it (`VBLT.next_step_logits`), while `forward`
+    keeps the dense mask, so its FLOP count stays the dense one the comparisons report."""
+    num_blocks: int
+    block_size: int
+
+
+def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int,
+                           dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v under a block-causal mask, one query block at a time against
+    its key prefix: q, k, v (B, nh, L, hd), L a multiple of block_size."""
+    return torch.cat([F.scaled_dot_product_attention(
+        q[:, :, start:start + block_size], k[:, :, :start + block_size],
+        v[:, :, :start + block_size], dropout_p=dropout_p)
+        for start in range(0, q.shape[2], block_size)], dim=2)
+
+
+def frame_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+               ) -> torch.Tensor:
+    """F.conv3d(x, weight, bias) for x (B, C, T, H, W) and a kernel (cout, C, 1, kh, kw) with
+    "same" padding: each frame on its own. A float32 batch of one on a CPU runs as a 2D
+    convolution over its T frames: torch 2.13 sends that case of F.conv3d to its slow reference
+    kernel (5.1-5.8 ms against 0.9 for V-BLT `small`'s 32-channel 10x32x32 pixel convolution;
+    benchmarks/RESULTS.md, issue 31). Batches of 2 or more, and bf16, already get oneDNN's."""
+    kh, kw = weight.shape[-2:]
+    if x.shape[0] != 1 or x.dtype != torch.float32 or x.device.type != "cpu":
+        return F.conv3d(x, weight, bias, padding=(0, kh // 2, kw // 2))
+    _, c, t, h, w = x.shape
+    frames = x[0].transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (T, C, H, W)
+    y = F.conv2d(frames, weight.squeeze(2), bias, padding=(kh // 2, kw // 2))
+    return y.transpose(0, 1)[None]
+
+
+class FrameConv(nn.Conv3d):
+    """nn.Conv3d(cin, cout, (1, kh, kw)) with "same" padding, computed by `frame_conv`: the
+    same parameters and state dict as the Conv3d (models saved with one load into the other)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int] = (3, 3)
+                 ) -> None:
+        kh, kw = kernel
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"kernel {kernel}: odd sizes only (a 'same' convolution)")
+        super().__init__(in_channels, out_channels, (1, kh, kw), padding=(0, kh // 2, kw // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return frame_conv(x, self.weight, self.bias)
 
 
 def grid_positions(t: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
@@ -108,17 +163,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, q_angles: torch.Tensor, *,
                 context: torch.Tensor | None = None, kv_angles: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | BlockCausal | None = None) -> torch.Tensor:
         """x (B, N, D) queries; context (B, M, D) keys/values (x itself when None);
-        angles (N or M, head_dim / 2); mask (N, M) bool, True = may attend."""
+        angles (N or M, head_dim / 2); mask (N, M) bool, True = may attend, or a `BlockCausal`
+        (self-attention over the whole sequence)."""
         context = x if context is None else context
         kv_angles = q_angles if kv_angles is None else kv_angles
         q = apply_rope(self._split(self.q(x)), q_angles)
         k, v = self.kv(context).chunk(2, dim=-1)
         k = apply_rope(self._split(k), kv_angles)
-        y = F.scaled_dot_product_attention(
-            q, k, self._split(v), attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, N, hd)
+        dropout_p = self.dropout if self.training else 0.0
+        if isinstance(mask, BlockCausal):
+            y = block_causal_attention(q, k, self._split(v), mask.block_size, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, self._split(v), attn_mask=mask,
+                                               dropout_p=dropout_p)  # (B, nh, N, hd)
         return self.out(y.transpose(1, 2).reshape(x.shape))
 
 
@@ -133,10 +192,17 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, angles: torch.Tensor,
+                mask: torch.Tensor | BlockCausal | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), angles, mask=mask)
         return x + self.mlp(self.norm2(x))
+
+    def last_tokens(self, x: torch.Tensor, angles: torch.Tensor, n: int) -> torch.Tensor:
+        """`forward(x, angles, mask)[:, -n:]` where the last n tokens may attend to every token
+        (the last block of a block-causal mask): (B, n, D), their queries and MLP only."""
+        h = self.norm1(x)
+        y = x[:, -n:] + self.attn(h[:, -n:], angles[..., -n:, :], context=h, kv_angles=angles)
+        return y + self.mlp(self.norm2(y))
 
 
 def init_weights(module: nn.Module) -> None:
