@@ -232,6 +232,52 @@ def test_patch_layers_on_float_weights_run_as_convolutions_equal_to_their_gemm_f
             assert torch.allclose(got, layer(x), atol=1e-5), kind.__name__
 
 
+@pytest.mark.parametrize("kind", ["frame", "embed", "unembed"])
+@pytest.mark.parametrize("fastest", ["int8", "fp32_from_int8"])
+def test_an_int8_convolution_chooses_its_form_by_timing_the_whole_convolution(kind, fastest,
+                                                                               monkeypatch):
+    """A W8A8 layer inside a convolution's GEMM form is timed as that convolution (layout and
+    im2col in its int8 form, a direct convolution in its float one), filed apart from a bare
+    linear of its shape, and computes in the form that measured fastest."""
+    from framecast.quant import kernels
+
+    torch.manual_seed(5)
+    if kind == "frame":
+        conv, x = nn.Conv3d(4, 6, (1, 3, 3), padding=(0, 1, 1)), torch.randn(1, 4, 2, 8, 8)
+    elif kind == "embed":
+        conv, x = nn.Conv3d(4, 6, (2, 4, 4), stride=(2, 4, 4)), torch.randn(1, 4, 2, 8, 8)
+    else:
+        conv, x = nn.ConvTranspose3d(4, 6, (2, 4, 4), stride=(2, 4, 4)), torch.randn(1, 4, 1, 2, 2)
+    holder = nn.Sequential(conv)
+    linearize(holder)
+    layer = holder[0]
+    layer.proj = Int8Linear.from_float(layer.proj)
+    name = type(layer).__name__
+    # the real measure: ms for every form asked, of the whole convolution
+    ms = layer.measure(64, layer.proj.in_features, layer.proj.out_features, False,
+                       torch.float32, ("int8", kernels.FLOAT))
+    assert set(ms) == {"int8", kernels.FLOAT} and all(t > 0 for t in ms.values())
+    calls = []
+
+    def rigged(rows, k, n, asymmetric, dtype, forms):
+        calls.append((rows, k, n))
+        return {form: 1.0 if form == fastest else 10.0 for form in forms}
+    monkeypatch.setattr(type(layer), "measure", lambda self, *a: rigged(*a))
+    kernels.reset_choices()
+    # this module's tests compute in int8 (conftest); the chooser is what this one tests
+    with torch.no_grad(), kernels.choose(fused_quant=kernels.CHOICE.fused_quant):
+        want = conv(x)
+        gemm = layer._gemm(x)  # the int8 product over the layout
+        got = layer(x)
+    assert len(calls) == 1
+    assert any(key.startswith(f"{name}:") for key in kernels.choices()["layer_ms"])
+    assert set(layer.proj.chosen_forms().values()) == {fastest}
+    torch.testing.assert_close(got, gemm if fastest == "int8" else layer._float(
+        x, layer.proj.widened_weight(torch.float32)))
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    kernels.reset_choices()
+
+
 def test_int8_embedding_rows_stay_within_half_a_scale_and_are_near_four_times_smaller():
     torch.manual_seed(0)
     table = nn.Embedding(300, 64)

@@ -11,19 +11,27 @@ linear map of each pixel's k x k neighbourhood, run in int8 as one over the unfo
 neighbourhoods (im2col).
 
 Where the linear computes in float (not yet quantized, fp16 weights, or an int8 layer that the
-kernel chooser runs in float32 because int8 is slower for its shape), the forward pass runs
-the convolution itself on that float weight: the GEMM form's layout copies cost more than the
-product at V-BLT's byte level.
+kernel chooser runs in float because int8 is slower), the forward pass runs the convolution
+itself on that float weight: the GEMM form's layout copies cost more than the product at
+V-BLT's byte level. So an int8 layer here chooses its form by timing the whole convolution in
+each form (`_ConvAsLinear.measure`), layout copies and im2col included: timed as a bare linear,
+V-BLT `small`'s pixel convolutions chose int8 in float32 compute and ran 3x slower than the
+float model (benchmarks/RESULTS.md, issue 31).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from framecast.models.layers import FrameConv, frame_conv
+from framecast.quant import kernels
+from framecast.quant.int8 import Int8Linear
 
 
 def _float_weight(proj: nn.Module, tokens: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -93,7 +101,7 @@ def _rows_from_conv(layer: nn.Module, conv: nn.Conv3d) -> nn.Module:
 def _is_frame_conv(conv: nn.Module) -> bool:
     """A plain Conv3d (no subclass with its own padding) of kernel (1, k, k'), odd k and k',
     stride 1 and "same" padding: each output pixel maps its input neighbourhood in one frame."""
-    if type(conv) is not nn.Conv3d:
+    if type(conv) not in (nn.Conv3d, FrameConv):
         return False
     kt, kh, kw = conv.kernel_size
     return (kt == 1 and kh % 2 == 1 and kw % 2 == 1 and conv.stride == (1, 1, 1)
@@ -101,7 +109,73 @@ def _is_frame_conv(conv: nn.Module) -> bool:
             and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-class FrameConv3d(nn.Module):
+class _ConvAsLinear(nn.Module):
+    """A convolution as `self.proj` (a linear) over a layout of its input: `_float(x, weight)`
+    runs the convolution on a float weight, `_gemm(x)` the layout and `proj` (int8 where it
+    computes so); `forward` takes the form `proj` chose for the input's token count."""
+
+    proj: nn.Module
+
+    def _tokens(self, x: torch.Tensor) -> int:
+        raise NotImplementedError
+
+    def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+        """An input of `tokens` tokens for timing (`measure`)."""
+        raise NotImplementedError
+
+    def _linear(self, rows: torch.Tensor) -> torch.Tensor:
+        """proj over rows (..., in) on the GEMM path: an int8 layer's int8 product (its float
+        forms run as `_float`), or the layer itself (fake quantization while fine-tuning)."""
+        proj = self.proj
+        return proj._int8_forward(rows) if isinstance(proj, Int8Linear) else proj(rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj, tokens = self.proj, self._tokens(x)
+        if isinstance(proj, Int8Linear):
+            weight = proj.float_weight(tokens, x.dtype, self.measure, type(self).__name__)
+        else:
+            weight = _float_weight(proj, tokens, x.dtype)
+        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
+            return self._float(x.to(weight.dtype), weight).to(x.dtype)
+        return self._gemm(x)
+
+    def measure(self, rows: int, k: int, n: int, asymmetric: bool, dtype: torch.dtype,
+                forms: tuple[str, ...]) -> dict[str, float]:
+        """`kernels.Measure` for this convolution: ms of the whole convolution over `rows`
+        tokens of `dtype` in each form (int8: layout, quantizer, GEMM; float: the convolution
+        on the dequantized weight, casts included), on a random W8A8 copy of its geometry."""
+        probe = copy.copy(self)  # the geometry; a layer of its own below
+        probe._modules = dict(self._modules)
+        gen = torch.Generator().manual_seed(0)
+        probe.proj = Int8Linear.from_float(nn.Linear(k, n, bias=self.proj.bias is not None),
+                                           asymmetric=asymmetric)
+        x = probe._example(rows, torch.float32).normal_(generator=gen).to(dtype)
+
+        def float_form(form: str):  # noqa: ANN202
+            weight = probe.proj.widened_weight(kernels.FORM_DTYPES[form])
+            return lambda: probe._float(x.to(weight.dtype), weight).to(dtype)
+        runs = {form: (lambda: probe._gemm(x)) if form == "int8" else float_form(form)
+                for form in forms}
+        with torch.no_grad():
+            for run in runs.values():
+                run()
+            return kernels.time_side_by_side(runs, 5)[0]
+
+
+def _grid(tokens: int) -> tuple[int, int, int]:
+    """(t, h, w) with t * h * w = tokens where it divides: frames of 16 x 16 for timing."""
+    if tokens >= 256 and tokens % 256 == 0:
+        return tokens // 256, 16, 16
+    return 1, 1, tokens
+
+
+class FrameConv3d(_ConvAsLinear):
     """Conv3d(cin, cout, (1, kh, kw), padding "same") as Linear(cin * kh * kw, cout) over each
     pixel's unfolded neighbourhood."""
 
@@ -117,22 +191,30 @@ class FrameConv3d(nn.Module):
         return _rows_from_conv(cls(conv.in_channels, conv.out_channels, conv.kernel_size[1:],
                                    conv.bias is not None), conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution."""
+    # (B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution.
+    def _tokens(self, x: torch.Tensor) -> int:
+        b, _, t, h, w = x.shape
+        return b * t * h * w
+
+    def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel
+        return frame_conv(x, weight.view(-1, x.shape[1], 1, kh, kw), _bias(self.proj,
+                                                                            weight.dtype))
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         kh, kw = self.kernel
-        weight = _float_weight(self.proj, b * t * h * w, x.dtype)
-        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
-            y = F.conv3d(x.to(weight.dtype), weight.view(-1, c, 1, kh, kw),
-                         _bias(self.proj, weight.dtype), padding=(0, kh // 2, kw // 2))
-            return y.to(x.dtype)
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         cols = F.unfold(frames, (kh, kw), padding=(kh // 2, kw // 2))  # (B*T, c*kh*kw, H*W)
-        y = self.proj(cols.transpose(1, 2))  # (B*T, H*W, cout)
+        y = self._linear(cols.transpose(1, 2))  # (B*T, H*W, cout)
         return y.view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
 
+    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+        cin = self.proj.in_features // math.prod(self.kernel)
+        return torch.empty(1, cin, *_grid(tokens), dtype=dtype)
 
-class PatchEmbed3d(nn.Module):
+
+class PatchEmbed3d(_ConvAsLinear):
     """Conv3d(cin, cout, kernel=stride=p) as Linear(cin * prod(p), cout) over flattened patches."""
 
     def __init__(self, in_channels: int, out_channels: int, patch: tuple[int, int, int],
@@ -147,21 +229,30 @@ class PatchEmbed3d(nn.Module):
         return _rows_from_conv(cls(conv.in_channels, conv.out_channels, conv.kernel_size,
                                    conv.bias is not None), conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution."""
+    # (B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution.
+    def _tokens(self, x: torch.Tensor) -> int:
+        b, _, t, h, w = x.shape
+        pt, ph, pw = self.patch
+        return b * (t // pt) * (h // ph) * (w // pw)
+
+    def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv3d(x, weight.view(-1, x.shape[1], *self.patch),
+                        _bias(self.proj, weight.dtype), stride=self.patch)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         pt, ph, pw = self.patch
-        weight = _float_weight(self.proj, b * (t // pt) * (h // ph) * (w // pw), x.dtype)
-        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
-            y = F.conv3d(x.to(weight.dtype), weight.view(-1, c, pt, ph, pw),
-                         _bias(self.proj, weight.dtype), stride=self.patch)
-            return y.to(x.dtype)
         x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t // pt, h // ph, w // pw, -1)
-        return self.proj(x).permute(0, 4, 1, 2, 3)
+        return self._linear(x).permute(0, 4, 1, 2, 3)
+
+    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+        cin = self.proj.in_features // math.prod(self.patch)
+        grid = [n * p for n, p in zip(_grid(tokens), self.patch, strict=True)]
+        return torch.empty(1, cin, *grid, dtype=dtype)
 
 
-class PatchUnembed3d(nn.Module):
+class PatchUnembed3d(_ConvAsLinear):
     """ConvTranspose3d(cin, cout, kernel=stride=p) as Linear(cin, cout * prod(p)): each input
     vector paints its own output patch."""
 
@@ -181,23 +272,31 @@ class PatchUnembed3d(nn.Module):
                 layer.proj.bias.copy_(conv.bias.repeat_interleave(k))
         return layer.to(conv.weight.device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution."""
-        b, cin, s, hp, wp = x.shape
+    # (B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution.
+    def _tokens(self, x: torch.Tensor) -> int:
+        b, _, s, hp, wp = x.shape
+        return b * s * hp * wp
+
+    def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        _, cin, s, hp, wp = x.shape
         pt, ph, pw = self.patch
-        weight = _float_weight(self.proj, b * s * hp * wp, x.dtype)
-        if weight is not None:  # computed in the weight's dtype (bf16 where that won)
-            # rows (cout, pt, ph, pw) of the linear = the transposed convolution's kernel.
-            bias = _bias(self.proj, weight.dtype)
-            per_channel = None if bias is None else _channel_bias(self.proj, bias, pt * ph * pw)
-            y = F.conv_transpose3d(x.to(weight.dtype),
-                                   weight.t().reshape(cin, self.out_channels, pt, ph, pw),
-                                   per_channel, stride=self.patch)
-            if bias is not None and per_channel is None:  # a bias per position of a patch
-                y.add_(_bias_tile(self.proj, bias, self.out_channels, self.patch, (s, hp, wp),
-                                  y.is_contiguous()))
-            return y.to(x.dtype)
-        y = self.proj(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
+        # rows (cout, pt, ph, pw) of the linear = the transposed convolution's kernel.
+        bias = _bias(self.proj, weight.dtype)
+        per_channel = None if bias is None else _channel_bias(self.proj, bias, pt * ph * pw)
+        y = F.conv_transpose3d(x, weight.t().reshape(cin, self.out_channels, pt, ph, pw),
+                               per_channel, stride=self.patch)
+        if bias is not None and per_channel is None:  # a bias per position of a patch
+            y.add_(_bias_tile(self.proj, bias, self.out_channels, self.patch, (s, hp, wp),
+                              y.is_contiguous()))
+        return y
+
+    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(1, self.proj.in_features, *_grid(tokens), dtype=dtype)
+
+    def _gemm(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, s, hp, wp = x.shape
+        pt, ph, pw = self.patch
+        y = self._linear(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
         y = y.reshape(b, s, hp, wp, self.out_channels, pt, ph, pw)
         return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.out_channels, s * pt, hp * ph,
                                                          wp * pw)

@@ -167,19 +167,23 @@ class Int8Linear(KeepsWidened):
         layer.refresh()
         return layer.to(w.device)
 
-    def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32
+    def float_weight(self, tokens: int, dtype: torch.dtype = torch.float32,
+                     measure: kernels.Measure | None = None, kind: str = "linear"
                      ) -> torch.Tensor | None:
         """The weight this layer multiplies by for `tokens` tokens of `dtype`, in the dtype it
         computes in (float32 or bf16: the caller casts its input to it), or None where it
         computes in int8 (`compute_form`)."""
-        form = self.compute_form(tokens, dtype)
+        form = self.compute_form(tokens, dtype, measure, kind)
         return None if form == "int8" else self.widened_weight(kernels.FORM_DTYPES[form])
 
-    def compute_form(self, tokens: int, dtype: torch.dtype) -> str:
+    def compute_form(self, tokens: int, dtype: torch.dtype,
+                     measure: kernels.Measure | None = None, kind: str = "linear") -> str:
         """'int8', `kernels.FLOAT` or `kernels.BF16` for `tokens` tokens of `dtype`: the form
         this layer chose for their token class, measured the first time it meets it
         (`kernels.layer_mode`) and kept in `forms` (shown by repr and in jobs.quantize's plan);
-        int8 while `kernels.choose` or the environment force int8 compute."""
+        int8 while `kernels.choose` or the environment force int8 compute. `measure` and
+        `kind`: where the layer is a convolution's GEMM form, its owner times the whole
+        convolution in each form (`gemm_form`), not the product alone."""
         device = self.weight_q.device
         if kernels.int8_forced(device):
             return "int8"
@@ -188,7 +192,8 @@ class Int8Linear(KeepsWidened):
         key = kernels.form_key(tokens, dtype)
         if key not in self.forms:
             self.forms[key] = kernels.layer_mode(tokens, self.in_features, self.out_features,
-                                                 self.asymmetric, device, _measure_layer, dtype)
+                                                 self.asymmetric, device,
+                                                 measure or _measure_layer, dtype, kind)
         return self.forms[key]
 
     def widened_weight(self, dtype: torch.dtype) -> torch.Tensor:

@@ -382,6 +382,10 @@ class LayerMeasured:
     asymmetric: bool
     dtype: str
     ms: dict[str, float]
+    # What was timed: "linear", or the layer inside a convolution's GEMM form ("FrameConv3d",
+    # ...), whose int8 form pays layout copies (an im2col) that its float form, a direct
+    # convolution, does not (quant/gemm_form.py).
+    kind: str = "linear"
 
     @property
     def chosen(self) -> str:
@@ -429,7 +433,8 @@ Measure = Callable[[int, int, int, bool, torch.dtype, tuple[str, ...]], dict[str
 
 
 def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.device,
-               measure: Measure, dtype: torch.dtype = torch.float32) -> str:
+               measure: Measure, dtype: torch.dtype = torch.float32, kind: str = "linear"
+               ) -> str:
     """'int8', FLOAT or BF16: the fastest measured form (`layer_forms`) for the layer's shape
     and input dtype. Activation quantization and the rescale are passes over the tokens that a
     small GEMM does not pay back (on AVX2, V-BLT's byte-level layers of K=48 and a 384-token
@@ -437,17 +442,19 @@ def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.devi
     int8 one. The weights stay int8 in the model; the float forms only skip activation
     quantization. Measured once per shape class, input dtype and process by `measure(rows, k,
     n, asymmetric, dtype, forms) -> {form: ms}`; a forced GEMM path (`choose`,
-    FRAMECAST_INT8_KERNEL) always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0."""
+    FRAMECAST_INT8_KERNEL) always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0.
+    `kind` names what `measure` times besides the product (a convolution's GEMM form): layers of
+    one shape and different kinds are measured apart."""
     if int8_forced(device):
         return "int8"
-    key = (shape_class(tokens, k, n), asymmetric, dtype)
+    key = (shape_class(tokens, k, n), asymmetric, dtype, kind)
     if key not in _LAYERS:
         rows = min(key[0][0], MEASURE_ROWS)
         forms = layer_forms(dtype, device)
         m = LayerMeasured(key[0], asymmetric, str(dtype).removeprefix("torch."),
-                          measure(rows, k, n, asymmetric, dtype, forms))
+                          measure(rows, k, n, asymmetric, dtype, forms), kind)
         _LAYERS[key] = m
-        log.info("W8A8 layer %dx%dx%d%s, %s in: %s (%s)", *m.shape,
+        log.info("W8A8 %s %dx%dx%d%s, %s in: %s (%s)", kind, *m.shape,
                  " asymmetric" if asymmetric else "", m.dtype, m.chosen,
                  ", ".join(f"{f} {ms:.2f} ms" for f, ms in m.ms.items()))
     return _LAYERS[key].chosen
@@ -472,9 +479,10 @@ def choices() -> dict[str, Any]:
 
 
 def _layer_key(lm: LayerMeasured) -> str:
-    """'512x32x16' (+ 'a' when asymmetric, + '@bfloat16' for inputs other than float32)."""
-    return ("x".join(map(str, lm.shape)) + ("a" if lm.asymmetric else "")
-            + ("" if lm.dtype == "float32" else f"@{lm.dtype}"))
+    """'512x32x16' (+ 'a' when asymmetric, + '@bfloat16' for inputs other than float32;
+    'FrameConv3d:' first for a convolution's GEMM form)."""
+    return (("" if lm.kind == "linear" else f"{lm.kind}:") + "x".join(map(str, lm.shape))
+            + ("a" if lm.asymmetric else "") + ("" if lm.dtype == "float32" else f"@{lm.dtype}"))
 
 
 def reset_choices() -> None:
