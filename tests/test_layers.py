@@ -1,5 +1,6 @@
 """Masks, 3D RoPE and entropy: the pure building blocks."""
 
+import copy
 import math
 
 import pytest
@@ -155,8 +156,9 @@ def test_rope_as_one_complex_product_equals_eq5_in_real_arithmetic_in_every_form
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_frame_conv_is_the_per_frame_conv3d(batch, layout):
-    """`FrameConv` (a 2D convolution over the frames for a float32 batch of one) computes what
-    nn.Conv3d with a (1, 3, 3) kernel computes, with the same state dict both ways."""
+    """`FrameConv` (oneDNN's kernel for a float32 batch of one, outside autograd) computes what
+    nn.Conv3d with a (1, 3, 3) kernel computes, with the same state dict both ways, with and
+    without gradients."""
     from torch import nn
 
     from framecast.models.layers import FrameConv
@@ -170,8 +172,14 @@ def test_frame_conv_is_the_per_frame_conv3d(batch, layout):
     if layout == "contiguous":
         x = x.contiguous()
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), conv3d(x), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(conv.to(torch.bfloat16)(x.to(torch.bfloat16)).float(),
-                                   conv3d(x), atol=0.1, rtol=0.05)
+        want = conv3d(x)
+        torch.testing.assert_close(conv(x), want, atol=1e-5, rtol=1e-5)
+        half = copy.deepcopy(conv).to(torch.bfloat16)
+        torch.testing.assert_close(half(x.to(torch.bfloat16)).float(), want, atol=0.1,
+                                   rtol=0.05)
+    out = conv(x)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), want, atol=1e-5, rtol=1e-5)
+    assert conv.weight.grad is not None
     with pytest.raises(ValueError, match="odd"):
         FrameConv(5, 7, (2, 3))

@@ -43,25 +43,24 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
         for start in range(0, q.shape[2], block_size)], dim=2)
 
 
-def frame_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-               ) -> torch.Tensor:
-    """F.conv3d(x, weight, bias) for x (B, C, T, H, W) and a kernel (cout, C, 1, kh, kw) with
-    "same" padding: each frame on its own. A float32 batch of one on a CPU runs as a 2D
-    convolution over its T frames: torch 2.13 sends that case of F.conv3d to its slow reference
-    kernel (5.1-5.8 ms against 0.9 for V-BLT `small`'s 32-channel 10x32x32 pixel convolution;
-    benchmarks/RESULTS.md, issue 31). Batches of 2 or more, and bf16, already get oneDNN's."""
-    kh, kw = weight.shape[-2:]
-    if x.shape[0] != 1 or x.dtype != torch.float32 or x.device.type != "cpu":
-        return F.conv3d(x, weight, bias, padding=(0, kh // 2, kw // 2))
-    _, c, t, h, w = x.shape
-    frames = x[0].transpose(0, 1).contiguous(memory_format=torch.channels_last)  # (T, C, H, W)
-    y = F.conv2d(frames, weight.squeeze(2), bias, padding=(kh // 2, kw // 2))
-    return y.transpose(0, 1)[None]
+def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           padding: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor:
+    """F.conv3d(x, weight, bias, padding=padding), stride 1. A float32 batch of one on a CPU
+    outside autograd runs on oneDNN's kernel: torch 2.13 sends that case of F.conv3d (and only
+    that one: batches of 2 or more, and bf16, get oneDNN's) to its slow reference kernel, 5-6x
+    slower (V-BLT `small`'s 32-channel pixel convolution over 10x32x32: 5.1-5.8 ms against
+    0.8-0.9; benchmarks/RESULTS.md, issue 31)."""
+    if (x.shape[0] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and torch.backends.mkldnn.is_available()):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), [1, 1, 1],
+                                                 [1, 1, 1], 1)
+    return F.conv3d(x, weight, bias, padding=padding)
 
 
 class FrameConv(nn.Conv3d):
-    """nn.Conv3d(cin, cout, (1, kh, kw)) with "same" padding, computed by `frame_conv`: the
-    same parameters and state dict as the Conv3d (models saved with one load into the other)."""
+    """nn.Conv3d(cin, cout, (1, kh, kw)) with "same" padding, computed by `conv3d`: the same
+    parameters and state dict as the Conv3d (models saved with one load into the other)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int] = (3, 3)
                  ) -> None:
@@ -71,7 +70,7 @@ class FrameConv(nn.Conv3d):
         super().__init__(in_channels, out_channels, (1, kh, kw), padding=(0, kh // 2, kw // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return frame_conv(x, self.weight, self.bias)
+        return conv3d(x, self.weight, self.bias, self.padding)
 
 
 def grid_positions(t: int, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:

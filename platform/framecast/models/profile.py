@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, flop_registry
 
 
 def _attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -41,11 +41,19 @@ _BACKWARD = ("_scaled_dot_product_flash_attention_for_cpu_backward",
              "_scaled_dot_product_fused_attention_overrideable_backward")
 
 
+def _mkldnn_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's convolution, called directly by `layers.conv3d` for a float32 batch of one on
+    a CPU: counted as torch counts F.conv3d."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 def _attention_mapping() -> dict:
-    """Formulas for the attention ops above that this torch has and its counter lacks: passed
-    to each FlopCounterMode, so importing framecast changes no global registry."""
+    """Formulas for the attention ops above, and oneDNN's convolution, that this torch has and
+    its counter lacks: passed to each FlopCounterMode, so importing framecast changes no global
+    registry."""
     mapping = {}
-    for names, formula in ((_FORWARD, _attention_flops), (_BACKWARD, _attention_backward_flops)):
+    for names, formula in ((_FORWARD, _attention_flops), (_BACKWARD, _attention_backward_flops),
+                           (("mkldnn_convolution",), _mkldnn_conv_flops)):
         for name in names:
             if hasattr(torch.ops.aten, name):
                 op = getattr(torch.ops.aten, name)

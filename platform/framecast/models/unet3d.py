@@ -24,7 +24,7 @@ from torch import nn
 
 from framecast.distribution import DEFAULT_DECODE
 from framecast.models.contract import FramePredictor
-from framecast.models.layers import init_weights
+from framecast.models.layers import conv3d, init_weights
 from framecast.models.registry import register_model
 
 
@@ -68,7 +68,8 @@ class CausalConv3d(nn.Conv3d):
         self.left = kernel_t - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.pad(x, (1, 1, 1, 1, self.left, 0)))  # (W, W, H, H, T, T)
+        x = F.pad(x, (1, 1, 1, 1, self.left, 0))  # (W, W, H, H, T, T)
+        return conv3d(x, self.weight, self.bias)  # oneDNN for a float32 batch of one too
 
 
 class FrameNorm(nn.GroupNorm):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framecast.models.layers import FrameConv, frame_conv
+from framecast.models.layers import FrameConv, conv3d
 from framecast.quant import kernels
 from framecast.quant.int8 import Int8Linear
 
@@ -198,8 +198,8 @@ class FrameConv3d(_ConvAsLinear):
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel
-        return frame_conv(x, weight.view(-1, x.shape[1], 1, kh, kw), _bias(self.proj,
-                                                                            weight.dtype))
+        return conv3d(x, weight.view(-1, x.shape[1], 1, kh, kw), _bias(self.proj, weight.dtype),
+                      (0, kh // 2, kw // 2))
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
