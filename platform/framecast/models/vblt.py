@@ -514,8 +514,8 @@ class VBLT(FramePredictor):
         slice changes nothing before it) and the per-pixel decoder on the one slice that
         predicts it, not on every slice (5 of 6 decoder passes saved on a 12-frame `small`
         clip, the decoder being the largest byte-level cost). Its attention skips what the mask
-        hides (`BlockCausal`) and its last global block runs for the last slice only: about
-        10% less time per request on a CPU, batch 1 or 8 (benchmarks/RESULTS.md, issue 31)."""
+        hides (`BlockCausal`: 1.5x faster at 5 slices of 64 latents on a CPU) and its last
+        global block runs for the last slice only (benchmarks/RESULTS.md, issue 31)."""
         self._check_video(video)
         if self.entropy_model is not None:  # patches depend on the whole clip's entropy
             return super().next_step_logits(video)
