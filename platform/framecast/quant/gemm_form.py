@@ -13,9 +13,9 @@ neighbourhoods (im2col).
 Where the linear computes in float (not yet quantized, fp16 weights, or an int8 layer that the
 kernel chooser runs in float because int8 is slower), the forward pass runs the convolution
 itself on that float weight: the GEMM form's layout copies cost more than the product at
-V-BLT's byte level. So an int8 layer here chooses its form by timing the whole convolution in
-each form (`_ConvAsLinear.measure`), layout copies and im2col included: timed as a bare linear,
-V-BLT `small`'s pixel convolutions chose int8 in float32 compute and ran 3x slower than the
+V-BLT's byte level. So an int8 per-frame convolution chooses its form by timing the whole
+convolution in each form (`_ConvAsLinear.measure`), im2col included: timed as a bare linear,
+V-BLT `small`'s pixel convolutions chose int8 in float32 compute and ran 3-4x slower than the
 float model (benchmarks/RESULTS.md, issue 31).
 """
 
@@ -116,7 +116,18 @@ class _ConvAsLinear(nn.Module):
 
     proj: nn.Module
 
-    def _tokens(self, x: torch.Tensor) -> int:
+    # The (h, w) plane of the token grid last seen (`forward`): `measure` times inputs of it.
+    _plane: tuple[int, int] = (16, 16)
+    # Whether an int8 `proj` chooses its form by timing the whole convolution (`measure`) or
+    # as a bare linear of its shape. The whole convolution where the GEMM form's layout costs
+    # a multiple of the product (an im2col: `FrameConv3d`). For the patch layers the bare
+    # linear: timed whole, V-BLT `small`'s transposed patch convolution chose int8 in bf16
+    # compute, 1.6x faster alone and 1.3x slower inside the model (benchmarks/RESULTS.md,
+    # issue 31).
+    whole_timing: bool = False
+
+    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """The (t, h, w) grid of tokens (one row of `proj` each) per clip of x."""
         raise NotImplementedError
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -136,8 +147,9 @@ class _ConvAsLinear(nn.Module):
         return proj._int8_forward(rows) if isinstance(proj, Int8Linear) else proj(rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proj, tokens = self.proj, self._tokens(x)
-        if isinstance(proj, Int8Linear):
+        grid = self._token_grid(x)
+        proj, tokens, self._plane = self.proj, x.shape[0] * math.prod(grid), grid[1:]
+        if isinstance(proj, Int8Linear) and self.whole_timing:
             weight = proj.float_weight(tokens, x.dtype, self.measure, type(self).__name__)
         else:
             weight = _float_weight(proj, tokens, x.dtype)
@@ -153,8 +165,10 @@ class _ConvAsLinear(nn.Module):
         probe = copy.copy(self)  # the geometry; a layer of its own below
         probe._modules = dict(self._modules)
         gen = torch.Generator().manual_seed(0)
-        probe.proj = Int8Linear.from_float(nn.Linear(k, n, bias=self.proj.bias is not None),
-                                           asymmetric=asymmetric)
+        linear = nn.Linear(k, n, bias=self.proj.bias is not None)
+        if linear.bias is not None:  # its structure picks the float form's bias pass
+            linear.bias.data.copy_(self.proj.bias.float())
+        probe.proj = Int8Linear.from_float(linear, asymmetric=asymmetric)
         x = probe._example(rows, torch.float32).normal_(generator=gen).to(dtype)
 
         def float_form(form: str):  # noqa: ANN202
@@ -168,16 +182,19 @@ class _ConvAsLinear(nn.Module):
             return kernels.time_side_by_side(runs, 5)[0]
 
 
-def _grid(tokens: int) -> tuple[int, int, int]:
-    """(t, h, w) with t * h * w = tokens where it divides: frames of 16 x 16 for timing."""
-    if tokens >= 256 and tokens % 256 == 0:
-        return tokens // 256, 16, 16
+def _grid(tokens: int, plane: tuple[int, int]) -> tuple[int, int, int]:
+    """(t, h, w) with t * h * w = tokens: whole planes of (h, w) where they divide."""
+    h, w = plane
+    if tokens >= h * w and tokens % (h * w) == 0:
+        return tokens // (h * w), h, w
     return 1, 1, tokens
 
 
 class FrameConv3d(_ConvAsLinear):
     """Conv3d(cin, cout, (1, kh, kw), padding "same") as Linear(cin * kh * kw, cout) over each
     pixel's unfolded neighbourhood."""
+
+    whole_timing = True  # its int8 form pays an im2col of kh * kw times its input
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
                  bias: bool = True) -> None:
@@ -192,9 +209,8 @@ class FrameConv3d(_ConvAsLinear):
                                    conv.bias is not None), conv)
 
     # (B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution.
-    def _tokens(self, x: torch.Tensor) -> int:
-        b, _, t, h, w = x.shape
-        return b * t * h * w
+    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(x.shape[2:])
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel
@@ -211,7 +227,7 @@ class FrameConv3d(_ConvAsLinear):
 
     def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
         cin = self.proj.in_features // math.prod(self.kernel)
-        return torch.empty(1, cin, *_grid(tokens), dtype=dtype)
+        return torch.empty(1, cin, *_grid(tokens, self._plane), dtype=dtype)
 
 
 class PatchEmbed3d(_ConvAsLinear):
@@ -230,10 +246,8 @@ class PatchEmbed3d(_ConvAsLinear):
                                    conv.bias is not None), conv)
 
     # (B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution.
-    def _tokens(self, x: torch.Tensor) -> int:
-        b, _, t, h, w = x.shape
-        pt, ph, pw = self.patch
-        return b * (t // pt) * (h // ph) * (w // pw)
+    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(n // p for n, p in zip(x.shape[2:], self.patch, strict=True))
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv3d(x, weight.view(-1, x.shape[1], *self.patch),
@@ -248,7 +262,7 @@ class PatchEmbed3d(_ConvAsLinear):
 
     def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
         cin = self.proj.in_features // math.prod(self.patch)
-        grid = [n * p for n, p in zip(_grid(tokens), self.patch, strict=True)]
+        grid = [n * p for n, p in zip(_grid(tokens, self._plane), self.patch, strict=True)]
         return torch.empty(1, cin, *grid, dtype=dtype)
 
 
@@ -273,9 +287,8 @@ class PatchUnembed3d(_ConvAsLinear):
         return layer.to(conv.weight.device)
 
     # (B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution.
-    def _tokens(self, x: torch.Tensor) -> int:
-        b, _, s, hp, wp = x.shape
-        return b * s * hp * wp
+    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(x.shape[2:])
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         _, cin, s, hp, wp = x.shape
@@ -291,15 +304,19 @@ class PatchUnembed3d(_ConvAsLinear):
         return y
 
     def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(1, self.proj.in_features, *_grid(tokens), dtype=dtype)
+        return torch.empty(1, self.proj.in_features, *_grid(tokens, self._plane), dtype=dtype)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, _, s, hp, wp = x.shape
         pt, ph, pw = self.patch
         y = self._linear(x.permute(0, 2, 3, 4, 1))  # (B, S, Hp, Wp, cout * k)
         y = y.reshape(b, s, hp, wp, self.out_channels, pt, ph, pw)
-        return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, self.out_channels, s * pt, hp * ph,
-                                                         wp * pw)
+        # channels-last, as the transposed convolution writes it: the decoder reads each
+        # pixel's channels together, and a channels-first result cost V-BLT `small` 17% of
+        # its bf16 pass in copies downstream (benchmarks/RESULTS.md, issue 31)
+        y = y.permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, s * pt, hp * ph, wp * pw,
+                                                      self.out_channels)
+        return y.permute(0, 4, 1, 2, 3)
 
 
 def linearize(model: nn.Module, frame_convs: Callable[[str], bool] | None = None) -> list[str]:
