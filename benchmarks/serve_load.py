@@ -12,8 +12,9 @@ Without model references it registers, in a private store, a randomly initialise
 (frames 12x32x32) and its post-training mixed-precision W8A8 quantization (plan from S(W) on one
 random batch, as benchmarks/quantize.py does for its paper row): speed does not depend on training.
 Rows: each model with batching on, in fp32 compute and (where bf16 is native) in bf16 compute;
-then the int8 replica in its faster form reconfigured live (user_config) to max_batch_size 1,
-batching off. batching_gain = req/s on / req/s off for the int8 model. Then the
+then the int8 replica in its faster form reconfigured live (user_config) to max_batch_size 1
+and back, round by round: batching_gain = req/s on / req/s off for the int8 model, the median
+of the paired rounds. Then the
 same for a random NBP `small` generator and its W8A8 (tokenizer float) on /generate.
 """
 
@@ -280,16 +281,46 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
                   route_prefix="/bf16")
         targets += [(kind, "bf16", "/bf16/") for kind in bf16_kinds]
     measure(targets, args.max_batch)
-    # Batching off for the int8 model (fp32 without one) in its faster compute form: only
-    # user_config changes, the replicas stay.
+    # Batching off against on for the int8 model (fp32 without one) in its faster compute
+    # form, round by round: reconfigured live each round (only user_config changes, the
+    # replicas stay), so a drift of the machine's speed hits both. Measured after all the
+    # other rows instead, the batch-1 row once read a gain of 1.18 where the rounds of the
+    # same run paired read 1.4-1.6 (benchmarks/RESULTS.md, issue 31).
     kind = "int8" if "int8" in refs else "fp32"
     compute = max(("fp32", "bf16"), key=lambda c: values.get((route, kind, c, args.max_batch),
                                                              {"rps": -1.0})["rps"])
-    if compute == "bf16":
-        serve.run(app(bf16_kinds, 1, "bf16"), name="serve-load-bf16", route_prefix="/bf16")
-    else:
-        serve.run(app(list(refs), 1, "fp32"), name="serve-load", route_prefix="/")
-    measure([(kind, compute, "/" if compute == "fp32" else "/bf16/")], 1)
+
+    def deploy(batch: int) -> None:
+        if compute == "bf16":
+            serve.run(app(bf16_kinds, batch, "bf16"), name="serve-load-bf16",
+                      route_prefix="/bf16")
+        else:
+            serve.run(app(list(refs), batch, "fp32"), name="serve-load", route_prefix="/")
+    prefix = "/" if compute == "fp32" else "/bf16/"
+    rounds = max(1, min(args.rounds, args.requests // args.concurrency))
+    per_round = args.requests // rounds
+    paired: dict[int, list[dict]] = {1: [], args.max_batch: []}
+    deployed = args.max_batch
+    for r in range(rounds):
+        for batch in (1, args.max_batch) if r % 2 == 0 else (args.max_batch, 1):
+            if batch != deployed:  # off, on | on, off | ...: one reconfiguration per round
+                deploy(batch)
+                deployed = batch
+            name, what, _ = label(kind, prefix)
+            print(f"serve_load: {name} ({what}) /{route}, max batch {batch} (batching gain), "
+                  f"round {r + 1}/{rounds}: {per_round} requests at {args.concurrency} "
+                  "concurrent")
+            got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
+                       per_round, args.concurrency, warmup=r == 0 and batch == 1)
+            paired[batch].append(got)
+            print(f"serve_load:   {round_rps(got):.1f} req/s")
+    name, what, int8 = label(kind, prefix)
+    off = summary(paired[1])
+    rows.append([name, route, what, 1, per_round * rounds, args.concurrency, off["rps"],
+                 off["p50"], off["p95"], off["p99"], off["errors"], off["batch"],
+                 off["server_inference"] / max(off["batch"], 1.0), int8])
+    values[(route, kind, compute, 1)] = off
+    values[(route, kind, compute, "paired with batch 1")] = summary(paired[args.max_batch])
     if bf16_kinds:
         serve.delete("serve-load-bf16")
 
@@ -345,15 +376,15 @@ def main() -> None:
             (route, "fp32", "fp32", args.max_batch))
         best_float = faster(values, route, "fp32", args.max_batch)
         gain_model = "int8" if on else "fp32"
-        off, base = (faster(values, route, gain_model, 1),
-                     faster(values, route, gain_model, args.max_batch))
+        off = faster(values, route, gain_model, 1)
+        base = faster(values, route, gain_model, "paired with batch 1")
         result.update({f"rps_int8{suffix}": on["rps"] if on else "missing",
                        f"rps_fp32{suffix}": fp32["rps"] if fp32 else "missing",
                        f"rps_best_float{suffix}": best_float["rps"] if best_float else "missing",
                        f"rps_int8_vs_best_float{suffix}": paired_ratio(on, best_float)
                        if on and best_float else "missing",
                        f"p95_ms_int8{suffix}": on["p95"] if on else "missing",
-                       f"batching_gain{suffix}": base["rps"] / off["rps"]
+                       f"batching_gain{suffix}": paired_ratio(base, off)
                        if off and base and off["rps"] else "missing"})
         bf16 = values.get((route, "fp32", "bf16", args.max_batch))
         if bf16:
@@ -374,7 +405,8 @@ def main() -> None:
             f"a quantized model once jobs.quantize found its bf16 form within 0.3 dB). "
             f"rps_int8 and rps_best_float: the faster compute form of each. "
             f"Batching gain: req/s at max batch {args.max_batch} over max batch 1 (the int8 "
-            f"replica, in its faster compute form, reconfigured live). 'model ms/request': the "
+            f"replica, in its faster compute form, reconfigured live to one and back each "
+            f"round; the median of the rounds' ratios). 'model ms/request': the "
             f"replica's model time per request in its batch; when it does not fall with the "
             f"batch, batching cannot raise throughput (compute-bound on CPU). 'W8A8 layer "
             f"forms in int8': of the (layer, token class) forms the replica measured and "
