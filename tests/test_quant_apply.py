@@ -254,16 +254,17 @@ def test_an_int8_convolution_chooses_its_form_by_timing_the_whole_convolution(ki
     layer = holder[0]
     layer.proj = Int8Linear.from_float(layer.proj)
     name = type(layer).__name__
-    # the real measure: ms for every form asked, of the whole convolution
-    ms = layer.measure(64, layer.proj.in_features, layer.proj.out_features, False,
-                       torch.float32, ("int8", kernels.FLOAT))
-    assert set(ms) == {"int8", kernels.FLOAT} and all(t > 0 for t in ms.values())
+    if kind == "frame":  # the real measure: ms for every form asked, of the whole convolution
+        ms = layer.measure(64, layer.proj.in_features, layer.proj.out_features, False,
+                           torch.float32, ("int8", kernels.FLOAT))
+        assert set(ms) == {"int8", kernels.FLOAT} and all(t > 0 for t in ms.values())
     calls = []
 
     def rigged(rows, k, n, asymmetric, dtype, forms):
         calls.append((rows, k, n))
         return {form: 1.0 if form == fastest else 10.0 for form in forms}
-    monkeypatch.setattr(type(layer), "measure", lambda self, *a: rigged(*a))
+    # the patch layers have no whole-convolution timing: one planted must stay unused
+    monkeypatch.setattr(type(layer), "measure", lambda self, *a: rigged(*a), raising=False)
     kernels.reset_choices()
     # this module's tests compute in int8 (conftest); the chooser is what this one tests
     with torch.no_grad(), kernels.choose(fused_quant=kernels.CHOICE.fused_quant):

@@ -14,7 +14,7 @@ Where the linear computes in float (not yet quantized, fp16 weights, or an int8 
 kernel chooser runs in float because int8 is slower), the forward pass runs the convolution
 itself on that float weight: the GEMM form's layout copies cost more than the product at
 V-BLT's byte level. So an int8 per-frame convolution chooses its form by timing the whole
-convolution in each form (`_ConvAsLinear.measure`), im2col included: timed as a bare linear,
+convolution in each form (`FrameConv3d.measure`), im2col included: timed as a bare linear,
 V-BLT `small`'s pixel convolutions chose int8 in float32 compute and ran 3-4x slower than the
 float model (benchmarks/RESULTS.md, issue 31).
 """
@@ -116,18 +116,8 @@ class _ConvAsLinear(nn.Module):
 
     proj: nn.Module
 
-    # The (h, w) plane of the token grid last seen (`forward`): `measure` times inputs of it.
-    _plane: tuple[int, int] = (16, 16)
-    # Whether an int8 `proj` chooses its form by timing the whole convolution (`measure`) or
-    # as a bare linear of its shape. The whole convolution where the GEMM form's layout costs
-    # a multiple of the product (an im2col: `FrameConv3d`). For the patch layers the bare
-    # linear: timed whole, V-BLT `small`'s transposed patch convolution chose int8 in bf16
-    # compute, 1.6x faster alone and 1.3x slower inside the model (benchmarks/RESULTS.md,
-    # issue 31).
-    whole_timing: bool = False
-
-    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
-        """The (t, h, w) grid of tokens (one row of `proj` each) per clip of x."""
+    def _tokens(self, x: torch.Tensor) -> int:
+        """Rows of `proj` the input makes."""
         raise NotImplementedError
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -136,9 +126,12 @@ class _ConvAsLinear(nn.Module):
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-        """An input of `tokens` tokens for timing (`measure`)."""
-        raise NotImplementedError
+    def _weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The float weight to convolve x with, None for the GEMM form: what `proj` chose for
+        x's token count, timed as a bare linear of its shape. That suits the patch layers:
+        timed whole, V-BLT `small`'s transposed patch convolution chose int8 in bf16 compute,
+        1.6x faster alone and 1.3x slower inside the model (benchmarks/RESULTS.md, issue 31)."""
+        return _float_weight(self.proj, self._tokens(x), x.dtype)
 
     def _linear(self, rows: torch.Tensor) -> torch.Tensor:
         """proj over rows (..., in) on the GEMM path: an int8 layer's int8 product (its float
@@ -147,39 +140,10 @@ class _ConvAsLinear(nn.Module):
         return proj._int8_forward(rows) if isinstance(proj, Int8Linear) else proj(rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid = self._token_grid(x)
-        proj, tokens, self._plane = self.proj, x.shape[0] * math.prod(grid), grid[1:]
-        if isinstance(proj, Int8Linear) and self.whole_timing:
-            weight = proj.float_weight(tokens, x.dtype, self.measure, type(self).__name__)
-        else:
-            weight = _float_weight(proj, tokens, x.dtype)
+        weight = self._weight(x)
         if weight is not None:  # computed in the weight's dtype (bf16 where that won)
             return self._float(x.to(weight.dtype), weight).to(x.dtype)
         return self._gemm(x)
-
-    def measure(self, rows: int, k: int, n: int, asymmetric: bool, dtype: torch.dtype,
-                forms: tuple[str, ...]) -> dict[str, float]:
-        """`kernels.Measure` for this convolution: ms of the whole convolution over `rows`
-        tokens of `dtype` in each form (int8: layout, quantizer, GEMM; float: the convolution
-        on the dequantized weight, casts included), on a random W8A8 copy of its geometry."""
-        probe = copy.copy(self)  # the geometry; a layer of its own below
-        probe._modules = dict(self._modules)
-        gen = torch.Generator().manual_seed(0)
-        linear = nn.Linear(k, n, bias=self.proj.bias is not None)
-        if linear.bias is not None:  # its structure picks the float form's bias pass
-            linear.bias.data.copy_(self.proj.bias.float())
-        probe.proj = Int8Linear.from_float(linear, asymmetric=asymmetric)
-        x = probe._example(rows, torch.float32).normal_(generator=gen).to(dtype)
-
-        def float_form(form: str):  # noqa: ANN202
-            weight = probe.proj.widened_weight(kernels.FORM_DTYPES[form])
-            return lambda: probe._float(x.to(weight.dtype), weight).to(dtype)
-        runs = {form: (lambda: probe._gemm(x)) if form == "int8" else float_form(form)
-                for form in forms}
-        with torch.no_grad():
-            for run in runs.values():
-                run()
-            return kernels.time_side_by_side(runs, 5)[0]
 
 
 def _grid(tokens: int, plane: tuple[int, int]) -> tuple[int, int, int]:
@@ -194,7 +158,8 @@ class FrameConv3d(_ConvAsLinear):
     """Conv3d(cin, cout, (1, kh, kw), padding "same") as Linear(cin * kh * kw, cout) over each
     pixel's unfolded neighbourhood."""
 
-    whole_timing = True  # its int8 form pays an im2col of kh * kw times its input
+    # The (h, w) frame last seen by an int8 `proj`: `measure` times inputs of it.
+    _plane: tuple[int, int] = (16, 16)
 
     def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
                  bias: bool = True) -> None:
@@ -209,8 +174,42 @@ class FrameConv3d(_ConvAsLinear):
                                    conv.bias is not None), conv)
 
     # (B, cin, T, H, W) -> (B, cout, T, H, W), as the convolution.
-    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
-        return tuple(x.shape[2:])
+    def _tokens(self, x: torch.Tensor) -> int:
+        return math.prod(x.shape[:1] + x.shape[2:])
+
+    def _weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """An int8 `proj` chooses by timing the whole convolution in each form (`measure`):
+        its int8 form pays an im2col of kh * kw times its input."""
+        if not isinstance(self.proj, Int8Linear):
+            return super()._weight(x)
+        self._plane = tuple(x.shape[3:])
+        return self.proj.float_weight(self._tokens(x), x.dtype, self.measure,
+                                      type(self).__name__)
+
+    def measure(self, rows: int, k: int, n: int, asymmetric: bool, dtype: torch.dtype,
+                forms: tuple[str, ...]) -> dict[str, float]:
+        """`kernels.Measure` for this convolution: ms of the whole convolution over `rows`
+        pixels of `dtype` in each form (int8: im2col, quantizer, GEMM; float: the convolution
+        on the dequantized weight, casts included), on a random W8A8 copy of its geometry."""
+        probe = copy.copy(self)  # the geometry; a layer of its own below
+        probe._modules = dict(self._modules)
+        gen = torch.Generator().manual_seed(0)
+        linear = nn.Linear(k, n, bias=self.proj.bias is not None)
+        if linear.bias is not None:
+            linear.bias.data.copy_(self.proj.bias.float())
+        probe.proj = Int8Linear.from_float(linear, asymmetric=asymmetric)
+        cin = k // math.prod(self.kernel)
+        x = torch.empty(1, cin, *_grid(rows, self._plane)).normal_(generator=gen).to(dtype)
+
+        def float_form(form: str):  # noqa: ANN202
+            weight = probe.proj.widened_weight(kernels.FORM_DTYPES[form])
+            return lambda: probe._float(x.to(weight.dtype), weight).to(dtype)
+        runs = {form: (lambda: probe._gemm(x)) if form == "int8" else float_form(form)
+                for form in forms}
+        with torch.no_grad():
+            for run in runs.values():
+                run()
+            return kernels.time_side_by_side(runs, 5)[0]
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel
@@ -224,10 +223,6 @@ class FrameConv3d(_ConvAsLinear):
         cols = F.unfold(frames, (kh, kw), padding=(kh // 2, kw // 2))  # (B*T, c*kh*kw, H*W)
         y = self._linear(cols.transpose(1, 2))  # (B*T, H*W, cout)
         return y.view(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
-
-    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-        cin = self.proj.in_features // math.prod(self.kernel)
-        return torch.empty(1, cin, *_grid(tokens, self._plane), dtype=dtype)
 
 
 class PatchEmbed3d(_ConvAsLinear):
@@ -246,8 +241,10 @@ class PatchEmbed3d(_ConvAsLinear):
                                    conv.bias is not None), conv)
 
     # (B, cin, T, H, W) -> (B, cout, T/pt, H/ph, W/pw), as the convolution.
-    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
-        return tuple(n // p for n, p in zip(x.shape[2:], self.patch, strict=True))
+    def _tokens(self, x: torch.Tensor) -> int:
+        b, _, t, h, w = x.shape
+        pt, ph, pw = self.patch
+        return b * (t // pt) * (h // ph) * (w // pw)
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv3d(x, weight.view(-1, x.shape[1], *self.patch),
@@ -259,11 +256,6 @@ class PatchEmbed3d(_ConvAsLinear):
         x = x.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t // pt, h // ph, w // pw, -1)
         return self._linear(x).permute(0, 4, 1, 2, 3)
-
-    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-        cin = self.proj.in_features // math.prod(self.patch)
-        grid = [n * p for n, p in zip(_grid(tokens, self._plane), self.patch, strict=True)]
-        return torch.empty(1, cin, *grid, dtype=dtype)
 
 
 class PatchUnembed3d(_ConvAsLinear):
@@ -287,8 +279,9 @@ class PatchUnembed3d(_ConvAsLinear):
         return layer.to(conv.weight.device)
 
     # (B, cin, S, Hp, Wp) -> (B, cout, S*pt, Hp*ph, Wp*pw), as the transposed convolution.
-    def _token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
-        return tuple(x.shape[2:])
+    def _tokens(self, x: torch.Tensor) -> int:
+        b, _, s, hp, wp = x.shape
+        return b * s * hp * wp
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         _, cin, s, hp, wp = x.shape
@@ -303,8 +296,6 @@ class PatchUnembed3d(_ConvAsLinear):
                               y.is_contiguous()))
         return y
 
-    def _example(self, tokens: int, dtype: torch.dtype) -> torch.Tensor:
-        return torch.empty(1, self.proj.in_features, *_grid(tokens, self._plane), dtype=dtype)
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, _, s, hp, wp = x.shape
