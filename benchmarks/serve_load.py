@@ -258,21 +258,32 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         parts: dict[tuple, list[dict]] = {t: [] for t in targets}
         for r in range(rounds):
             for kind, precision, prefix in targets if r % 2 == 0 else targets[::-1]:
-                name, what, _ = label(kind, prefix)
-                print(f"serve_load: {name} ({what}) /{route}, max batch {batch}, round "
-                      f"{r + 1}/{rounds}: {per_round} requests at {args.concurrency} concurrent")
-                got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
-                           per_round, args.concurrency, warmup=r == 0)
-                parts[kind, precision, prefix].append(got)
-                print(f"serve_load:   {round_rps(got):.1f} req/s")
+                parts[kind, precision, prefix].append(
+                    one_round(kind, prefix, f"max batch {batch}, round {r + 1}/{rounds}",
+                              per_round, warmup=r == 0))
         for (kind, precision, prefix), got in parts.items():
-            name, what, int8 = label(kind, prefix)
-            result = summary(got)
-            per_item = result["server_inference"] / max(result["batch"], 1.0)
-            rows.append([name, route, what, batch, per_round * rounds, args.concurrency,
-                         result["rps"], result["p50"], result["p95"], result["p99"],
-                         result["errors"], result["batch"], per_item, int8])
-            values[(route, kind, precision, batch)] = result
+            record(kind, precision, prefix, batch, got)
+
+    def one_round(kind: str, prefix: str, what_round: str, requests_total: int,
+                  warmup: bool) -> dict:
+        """`load` on one deployment, announced and its req/s printed."""
+        name, what, _ = label(kind, prefix)
+        print(f"serve_load: {name} ({what}) /{route}, {what_round}: {requests_total} requests "
+              f"at {args.concurrency} concurrent")
+        got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
+                   requests_total, args.concurrency, warmup=warmup)
+        print(f"serve_load:   {round_rps(got):.1f} req/s")
+        return got
+
+    def record(kind: str, precision: str, prefix: str, batch: int, got: list[dict]) -> None:
+        """One row of the table and `values` from a deployment's rounds at `batch`."""
+        name, what, int8 = label(kind, prefix)
+        result = summary(got)
+        per_item = result["server_inference"] / max(result["batch"], 1.0)
+        rows.append([name, route, what, batch, sum(r["requests"] for r in got),
+                     args.concurrency, result["rps"], result["p50"], result["p95"],
+                     result["p99"], result["errors"], result["batch"], per_item, int8])
+        values[(route, kind, precision, batch)] = result
 
     serve.run(app(list(refs), args.max_batch, "fp32"), name="serve-load", route_prefix="/")
     targets = [(kind, "fp32", "/") for kind in refs]
@@ -306,20 +317,10 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
             if batch != deployed:  # off, on | on, off | ...: one reconfiguration per round
                 deploy(batch)
                 deployed = batch
-            name, what, _ = label(kind, prefix)
-            print(f"serve_load: {name} ({what}) /{route}, max batch {batch} (batching gain), "
-                  f"round {r + 1}/{rounds}: {per_round} requests at {args.concurrency} "
-                  "concurrent")
-            got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
-                       per_round, args.concurrency, warmup=r == 0 and batch == 1)
-            paired[batch].append(got)
-            print(f"serve_load:   {round_rps(got):.1f} req/s")
-    name, what, int8 = label(kind, prefix)
-    off = summary(paired[1])
-    rows.append([name, route, what, 1, per_round * rounds, args.concurrency, off["rps"],
-                 off["p50"], off["p95"], off["p99"], off["errors"], off["batch"],
-                 off["server_inference"] / max(off["batch"], 1.0), int8])
-    values[(route, kind, compute, 1)] = off
+            paired[batch].append(one_round(
+                kind, prefix, f"max batch {batch} (batching gain), round {r + 1}/{rounds}",
+                per_round, warmup=r == 0 and batch == 1))
+    record(kind, compute, prefix, 1, paired[1])
     values[(route, kind, compute, "paired with batch 1")] = summary(paired[args.max_batch])
     if bf16_kinds:
         serve.delete("serve-load-bf16")
