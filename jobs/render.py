@@ -24,6 +24,9 @@ from framecast.config import ConfigError, flat_params, project_home, to_dict
 from framecast.render.spec import RenderConfig
 from jobs.common import run_job
 
+# CPUs each Ray Data write task reserves: it only turns rendered rows into Parquet.
+WRITE_CPUS = 0.1
+
 
 @dataclass(frozen=True)
 class RenderJobConfig(RenderConfig):
@@ -32,7 +35,7 @@ class RenderJobConfig(RenderConfig):
     workers: int = field(default=2, metadata={"help": "Ray Data actors, each with a warm plotter"})
     cpus_per_worker: float = field(
         default=0.0, metadata={"help": "CPUs reserved per actor; 0 = auto, leaving room for Ray "
-                                       "Data's read tasks (a full reservation hangs on 2 cores)"})
+                                       "Data's write tasks (a full reservation hangs)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per map_batches call"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace a different framecast data set already in --out (other files are "
@@ -118,7 +121,11 @@ def render_to_staging(config: RenderJobConfig, staging: Path) -> tuple[float, di
     blocks = min(n, max(4 * config.workers, math.ceil(n / 64)))
     tally = ray.remote(num_cpus=0)(NodeTally).remote()
     start = time.perf_counter()
-    ds = ray.data.range(n, override_num_blocks=blocks).map_batches(
+    # The indices come from the driver (no read tasks) and the write tasks reserve a tenth of
+    # a CPU: with 1-CPU tasks, actors spread one per node of a cluster of 1-CPU nodes left no
+    # node a whole CPU, and the render waited forever.
+    ds = ray.data.from_items([{"id": i} for i in range(n)],
+                             override_num_blocks=blocks).map_batches(
         TalliedRenderer,
         fn_constructor_kwargs={"config": to_dict(config.data_config), "tally": tally},
         compute=ray.data.ActorPoolStrategy(size=config.workers),
@@ -126,7 +133,8 @@ def render_to_staging(config: RenderJobConfig, staging: Path) -> tuple[float, di
         batch_size=config.batch_size,
         batch_format="numpy",
     )
-    ds.write_parquet(str(staging / fdata.SHARDS), partition_cols=["split"])
+    ds.write_parquet(str(staging / fdata.SHARDS), partition_cols=["split"],
+                     ray_remote_args={"num_cpus": WRITE_CPUS})
     seconds = time.perf_counter() - start
     nodes = ray.get(tally.get.remote())
     ray.kill(tally)

@@ -145,3 +145,29 @@ def test_an_interrupted_render_never_reads_as_a_dataset_and_the_next_run_redoes_
     assert "removing partial output of an interrupted render" in rerun.stdout
     videos, _ = fdata.load_numpy(out, "all", verify=True)
     assert len(videos) == 400 and not fdata.stale_staging_dirs(out)
+
+
+ONE_CPU_NODES = """
+import json, sys
+sys.path.insert(0, {repo!r})
+from benchmarks.lib.cluster import ray_cluster
+from jobs.render import RenderJobConfig, render
+
+with ray_cluster(num_cpus=1) as cluster:
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    result = render(RenderJobConfig(workers=2, out={out!r}, num_sequences=8, frames=4, size=16,
+                                    mlflow=False))
+    print(json.dumps(result.manifest.counts))
+"""
+
+
+def test_two_workers_render_on_a_cluster_of_one_cpu_nodes(tmp_path):
+    """Two actors on two 1-CPU nodes hold half a CPU each: Ray Data's 1-CPU read and write
+    tasks found no node with a whole CPU free and the render waited forever, silently."""
+    script = ONE_CPU_NODES.format(repo=str(REPO), out=str(tmp_path / "d"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=240, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert sum(json.loads(out.stdout.strip().splitlines()[-1]).values()) == 8
+    assert len(fdata.load_numpy(tmp_path / "d", "all", verify=True)[0]) == 8
