@@ -12,9 +12,9 @@ Without model references it registers, in a private store, a randomly initialise
 (frames 12x32x32) and its post-training mixed-precision W8A8 quantization (plan from S(W) on one
 random batch, as benchmarks/quantize.py does for its paper row): speed does not depend on training.
 Rows: each model with batching on, in fp32 compute and (where bf16 is native) in bf16 compute;
-then the int8 replica in its faster form reconfigured live (user_config) to max_batch_size 1
-and back, round by round: batching_gain = req/s on / req/s off for the int8 model, the median
-of the paired rounds. Then the
+then the int8 replica in its faster form reconfigured in place (its own `reconfigure`, through a
+handle: the same replica process) to max_batch_size 1 and back, round by round: batching_gain =
+req/s on / req/s off for the int8 model, the median of the paired rounds. Then the
 same for a random NBP `small` generator and its W8A8 (tokenizer float) on /generate.
 """
 
@@ -218,7 +218,8 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
           context: np.ndarray, rows: list, values: dict, bf16_kinds: list[str]) -> None:
     """Deploy `refs` in fp32 compute as one app and load each with batching on; deploy the
     models of `bf16_kinds` in bf16 compute (a second app, where bf16 is native) and load them;
-    then the int8 model (or fp32) in its faster compute form reconfigured live to max batch 1.
+    then the int8 model (or fp32) in its faster compute form reconfigured in place to max batch
+    1 and back, round by round.
     Results keyed (route, kind, compute, max batch)."""
     import requests
     from ray import serve
@@ -279,7 +280,7 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         """One row of the table and `values` from a deployment's rounds at `batch`."""
         name, what, int8 = label(kind, prefix)
         result = summary(got)
-        per_item = result["server_inference"] / max(result["batch"], 1.0)
+        per_item = model_ms(result)
         rows.append([name, route, what, batch, sum(r["requests"] for r in got),
                      args.concurrency, result["rps"], result["p50"], result["p95"],
                      result["p99"], result["errors"], result["batch"], per_item, int8])
@@ -293,20 +294,24 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         targets += [(kind, "bf16", "/bf16/") for kind in bf16_kinds]
     measure(targets, args.max_batch)
     # Batching off against on for the int8 model (fp32 without one) in its faster compute
-    # form, round by round: reconfigured live each round (only user_config changes, the
-    # replicas stay), so a drift of the machine's speed hits both. Measured after all the
-    # other rows instead, the batch-1 row once read a gain of 1.18 where the rounds of the
+    # form, round by round, so a drift of the machine's speed hits both. Measured after all
+    # the other rows instead, the batch-1 row once read a gain of 1.18 where the rounds of the
     # same run paired read 1.4-1.6 (benchmarks/RESULTS.md, issue 31).
     kind = "int8" if "int8" in refs else "fp32"
     compute = max(("fp32", "bf16"), key=lambda c: values.get((route, kind, c, args.max_batch),
                                                              {"rps": -1.0})["rps"])
+    replica = serve.get_deployment_handle(
+        refs[kind].partition("@")[0], app_name="serve-load" if compute == "fp32" else
+        "serve-load-bf16")
 
     def deploy(batch: int) -> None:
-        if compute == "bf16":
-            serve.run(app(bf16_kinds, batch, "bf16"), name="serve-load-bf16",
-                      route_prefix="/bf16")
-        else:
-            serve.run(app(list(refs), batch, "fp32"), name="serve-load", route_prefix="/")
+        """The one replica's own `reconfigure`, called through a handle: the same process,
+        model and measured layer forms with batching off and on. A `serve.run` with a new
+        user_config restarts the replicas (Serve updates them in place only for `serve
+        deploy` of a config): each round then met a cold replica (its layer forms measured
+        anew, 12-18 req/s where a warm one gave 25), and each restart cost 20-25 s."""
+        replica.reconfigure.remote({"max_batch_size": batch,
+                                    "batch_wait_timeout_s": args.batch_wait_ms / 1e3}).result()
     prefix = "/" if compute == "fp32" else "/bf16/"
     rounds = max(1, min(args.rounds, args.requests // args.concurrency))
     per_round = args.requests // rounds
@@ -332,6 +337,12 @@ def faster(values: dict[tuple, dict], route: str, kind: str, batch: int) -> dict
     return max(found, key=lambda r: r["rps"]) if found else None
 
 
+def model_ms(result: dict) -> float:
+    """The replica's model time per request in its batches (ms): where the replica is
+    compute-bound, batch 1's over the batched one's bounds the served batching gain."""
+    return result["server_inference"] / max(result["batch"], 1.0)
+
+
 def paired_ratio(a: dict, b: dict) -> float:
     """a's req/s over b's, round by round (the two were loaded one after the other in each
     round, so a drift of the machine's speed between rounds hits both), the median round."""
@@ -344,7 +355,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
-                        help="requests per row (default 600; 300 with --quick)")
+                        help="requests per row (default 600; 240 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per row, the deployments alternated, the median kept")
@@ -357,7 +368,7 @@ def main() -> None:
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
     parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
-    args.requests = args.requests or (300 if args.quick else 600)
+    args.requests = args.requests or (240 if args.quick else 600)
 
     with tempfile.TemporaryDirectory() as tmp:
         if not (args.fp32_model or args.int8_model):
@@ -386,7 +397,9 @@ def main() -> None:
                        if on and best_float else "missing",
                        f"p95_ms_int8{suffix}": on["p95"] if on else "missing",
                        f"batching_gain{suffix}": paired_ratio(base, off)
-                       if off and base and off["rps"] else "missing"})
+                       if off and base and off["rps"] else "missing",
+                       f"model_batching_gain{suffix}": model_ms(off) / model_ms(base)
+                       if off and base and model_ms(base) > 0 else "missing"})
         bf16 = values.get((route, "fp32", "bf16", args.max_batch))
         if bf16:
             result[f"rps_bf16{suffix}"] = bf16["rps"]
@@ -406,10 +419,13 @@ def main() -> None:
             f"a quantized model once jobs.quantize found its bf16 form within 0.3 dB). "
             f"rps_int8 and rps_best_float: the faster compute form of each. "
             f"Batching gain: req/s at max batch {args.max_batch} over max batch 1 (the int8 "
-            f"replica, in its faster compute form, reconfigured live to one and back each "
+            f"replica, in its faster compute form, reconfigured in place (the same replica "
+            f"process) to one and back each "
             f"round; the median of the rounds' ratios). 'model ms/request': the "
             f"replica's model time per request in its batch; when it does not fall with the "
-            f"batch, batching cannot raise throughput (compute-bound on CPU). 'W8A8 layer "
+            f"batch, batching cannot raise throughput (compute-bound on CPU); "
+            f"model_batching_gain: batch 1's over the batched one's, from the same paired "
+            f"rounds, the bound on the served gain of a compute-bound replica. 'W8A8 layer "
             f"forms in int8': of the (layer, token class) forms the replica measured and "
             f"kept (/v1/models layer_forms), how many compute in int8 (the rest in float "
             f"from the int8 weights).")

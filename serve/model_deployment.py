@@ -5,8 +5,10 @@ A frame predictor answers /predict and /rollout: concurrent requests of the same
 share one forward pass; a rollout's steps go through the same batcher, so rollouts batch with each
 other and with plain predictions. A token generator answers /generate: concurrent requests of the
 same context length and future share one block-by-block generation, each with its own sampling
-settings. Batch size and wait are a `user_config` (`max_batch_size`, `batch_wait_timeout_s`),
-changeable without restarting replicas; `max_batch_size: 1` turns batching off. A model
+settings. Batch size and wait are a `user_config` (`max_batch_size`, `batch_wait_timeout_s`):
+`serve deploy` of a config whose deployments' user_config alone changed updates the replicas in
+place (new application args, or a `serve.run` from Python, start new replicas);
+`max_batch_size: 1` turns batching off. A model
 runs in fp32 or, where the CPU computes bf16 natively, in bf16 (`precision`: auto keeps the faster
 measured form, `compute_form`; a quantized model keeps its int8 weights either way).
 """
