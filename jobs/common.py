@@ -106,10 +106,10 @@ def load_logged_model(ref: str):
     does not know `ref`. Returns (model, meta)."""
     import mlflow
 
-    from framecast import model_io, tracking
+    from framecast import model_io
 
     try:
         return model_io.load_logged_model(ref)
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"--model {ref!r} not found in MLflow "
-                         f"({tracking.default_tracking_uri()}): {err.message[:200]}") from None
+                         f"({mlflow.get_tracking_uri()}): {err.message[:200]}") from None

@@ -154,6 +154,9 @@ def source_run_id(ref: str) -> str | None:
     """The MLflow run that logged the model `ref` points at (None if it cannot be told)."""
     import mlflow
 
+    from framecast.tracking import ensure_tracking_uri
+
+    ensure_tracking_uri()
     uri = resolve_model_uri(ref)
     if uri.startswith("runs:/"):
         return uri.removeprefix("runs:/").split("/")[0]
@@ -174,7 +177,10 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
 
     import mlflow
 
+    from framecast.tracking import ensure_tracking_uri
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file: noise
+    ensure_tracking_uri()
     uri = resolve_model_uri(ref)
     if uri.endswith("@latest"):
         name = uri.removeprefix("models:/").removesuffix("@latest")

@@ -56,13 +56,25 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{store_dir() / 'mlflow.db'}"
 
 
+def ensure_tracking_uri() -> None:
+    """Point MLflow at framecast's store (`default_tracking_uri`) unless something in this process
+    already chose one (MLFLOW_TRACKING_URI, `mlflow.set_tracking_uri`, `use_experiment`). A
+    bare Python session loading a model would otherwise ask MLflow's own default, a new empty
+    `mlflow.db` in the current folder, and find nothing the jobs logged."""
+    import mlflow
+
+    if not mlflow.is_tracking_uri_set():
+        mlflow.set_tracking_uri(default_tracking_uri())
+
+
 def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at the default store and experiment `name` (created if new); its id."""
     import mlflow
 
     uri = default_tracking_uri()
-    # Decide before set_tracking_uri, which exports MLFLOW_TRACKING_URI itself.
-    local_default = uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI")
+    # framecast's own store (MLFLOW_TRACKING_URI may hold it: set_tracking_uri exports it, as in
+    # `ensure_tracking_uri`) keeps its artifacts beside it; a store the user named keeps MLflow's.
+    local_default = uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
