@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framecast.models.layers import FrameConv, conv3d
-from framecast.quant import kernels
-from framecast.quant.int8 import Int8Linear
+from framecast.quant.int8 import Int8Linear, time_forms
 
 
 def _float_weight(proj: nn.Module, tokens: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -201,15 +200,10 @@ class FrameConv3d(_ConvAsLinear):
         cin = k // math.prod(self.kernel)
         x = torch.empty(1, cin, *_grid(rows, self._plane)).normal_(generator=gen).to(dtype)
 
-        def float_form(form: str):  # noqa: ANN202
-            weight = probe.proj.widened_weight(kernels.FORM_DTYPES[form])
-            return lambda: probe._float(x.to(weight.dtype), weight).to(dtype)
-        runs = {form: (lambda: probe._gemm(x)) if form == "int8" else float_form(form)
-                for form in forms}
-        with torch.no_grad():
-            for run in runs.values():
-                run()
-            return kernels.time_side_by_side(runs, 5)[0]
+        def floated(compute: torch.dtype) -> Callable[[], torch.Tensor]:
+            weight = probe.proj.widened_weight(compute)
+            return lambda: probe._float(x.to(compute), weight).to(dtype)
+        return time_forms(forms, lambda: probe._gemm(x), floated)
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel
@@ -295,7 +289,6 @@ class PatchUnembed3d(_ConvAsLinear):
             y.add_(_bias_tile(self.proj, bias, self.out_channels, self.patch, (s, hp, wp),
                               y.is_contiguous()))
         return y
-
 
     def _gemm(self, x: torch.Tensor) -> torch.Tensor:
         b, _, s, hp, wp = x.shape

@@ -263,29 +263,36 @@ class Int8Linear(KeepsWidened):
                 f"{f', computes {forms}' if forms else ''}")
 
 
+def time_forms(forms: tuple[str, ...], int8: Callable[[], torch.Tensor],
+               floated: Callable[[torch.dtype], Callable[[], torch.Tensor]]
+               ) -> dict[str, float]:
+    """ms of each of `forms` (a `kernels.Measure` answer): `int8` for the int8 form,
+    `floated(dtype)` for a float form computing in `dtype`. Each is warmed up (the quantizer
+    compiles on its first call in the process), then they alternate, the fastest of five calls
+    each (replicas warming up side by side add noise)."""
+    runs = {form: int8 if form == "int8" else floated(kernels.FORM_DTYPES[form])
+            for form in forms}
+    with torch.no_grad():
+        for run in runs.values():
+            run()
+        return kernels.time_side_by_side(runs, 5)[0]
+
+
 def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
                    dtype: torch.dtype = torch.float32,
                    forms: tuple[str, ...] = ("int8", kernels.FLOAT)) -> dict[str, float]:
     """ms of one (rows, k) -> n W8A8 layer on `dtype` inputs in each of `forms` (int8, or a
     float32 / bf16 product with its dequantized int8 weights, casts included), on random
-    operands: each form warmed up (the quantizer compiles on its first call in the process),
-    then alternated, the fastest of five calls each."""
+    operands (`time_forms`)."""
     gen = torch.Generator().manual_seed(0)
     layer = Int8Linear.from_float(nn.Linear(k, n), asymmetric=asymmetric)
     x = torch.randn(rows, k, generator=gen).to(dtype)
 
-    def float_form(form: str) -> Callable[[], torch.Tensor]:
-        compute = kernels.FORM_DTYPES[form]
+    def floated(compute: torch.dtype) -> Callable[[], torch.Tensor]:
         weight, bias = layer.widened_weight(compute), layer.widened_bias(compute)
         return lambda: F.linear(x.to(compute), weight, bias).to(dtype)
 
-    runs = {form: (lambda: layer._int8_forward(x)) if form == "int8" else float_form(form)
-            for form in forms}
-    with torch.no_grad():
-        for run in runs.values():
-            run()
-        # min of five: replicas warming up side by side add noise
-        return kernels.time_side_by_side(runs, 5)[0]
+    return time_forms(forms, lambda: layer._int8_forward(x), floated)
 
 
 class HalfLinear(KeepsWidened):
