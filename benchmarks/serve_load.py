@@ -304,7 +304,7 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         refs[kind].partition("@")[0], app_name="serve-load" if compute == "fp32" else
         "serve-load-bf16")
 
-    def deploy(batch: int) -> None:
+    def set_batch(batch: int) -> None:
         """The one replica's own `reconfigure`, called through a handle: the same process,
         model and measured layer forms with batching off and on. A `serve.run` with a new
         user_config restarts the replicas (Serve updates them in place only for `serve
@@ -316,12 +316,12 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
     rounds = max(1, min(args.rounds, args.requests // args.concurrency))
     per_round = args.requests // rounds
     paired: dict[int, list[dict]] = {1: [], args.max_batch: []}
-    deployed = args.max_batch
+    current = args.max_batch
     for r in range(rounds):
         for batch in (1, args.max_batch) if r % 2 == 0 else (args.max_batch, 1):
-            if batch != deployed:  # off, on | on, off | ...: one reconfiguration per round
-                deploy(batch)
-                deployed = batch
+            if batch != current:  # off, on | on, off | ...: one reconfiguration per round
+                set_batch(batch)
+                current = batch
             paired[batch].append(one_round(
                 kind, prefix, f"max batch {batch} (batching gain), round {r + 1}/{rounds}",
                 per_round, warmup=r == 0 and batch == 1))

@@ -50,10 +50,13 @@ def store_dir() -> Path:
     return project_home() / "mlruns"
 
 
-def default_tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+def local_tracking_uri() -> str:
+    """framecast's own store: a SQLite file under the project home."""
     return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri()
 
 
 def ensure_tracking_uri() -> None:
@@ -74,7 +77,7 @@ def use_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     uri = default_tracking_uri()
     # framecast's own store (MLFLOW_TRACKING_URI may hold it: set_tracking_uri exports it, as in
     # `ensure_tracking_uri`) keeps its artifacts beside it; a store the user named keeps MLflow's.
-    local_default = uri == f"sqlite:///{store_dir() / 'mlflow.db'}"
+    local_default = uri == local_tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
