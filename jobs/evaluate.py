@@ -1,6 +1,6 @@
 """Evaluate a logged model on a data split against copy-last-frame; print and log a table.
 
-    python -m jobs.evaluate --model vblt-2d --data data/2d-demo-s0 --split test
+    python -m jobs.evaluate --model vblt-2d --data data/2d-demo-s0 --split test  # make demo data
     python -m jobs.evaluate --model runs:/<run_id>/model --data DIR      # or a bare run id
 
 `--model` takes an MLflow run id, a `runs:/` or `models:/` URI, or a registered model name (its
@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
-from framecast.config import ConfigError, flat_params
+from framecast.config import ConfigError, check_bounds, flat_params
 from jobs.common import load_logged_model, log_prediction_figure, run_job
 
 
@@ -32,8 +32,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if not self.model or not self.data:
             raise ConfigError("--model and --data are required")
-        if self.limit < 0 or self.batch_size <= 0:
-            raise ConfigError("limit must be >= 0 and batch_size > 0")
+        check_bounds(self, positive=("batch_size",), non_negative=("limit",))
 
 
 def per_frame_rows(result: dict, context_frames: int) -> list[dict[str, float]]:

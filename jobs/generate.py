@@ -1,6 +1,6 @@
 """Continue test clips with a token generator (NBP); score the frames against the truth.
 
-    python -m jobs.generate --model nbp-2d --data data/2d-demo-s0 --cond-frames 4
+    python -m jobs.generate --model nbp-2d --data data/2d-demo-s0 --cond-frames 4  # make demo data
     python -m jobs.generate --model nbp-2d --data DIR --temperature 0.8 --top-k 50 --seed 1
 
 For each of the first `--clips` test sequences the first `--cond-frames` frames are the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from framecast.config import ConfigError, flat_params
+from framecast.config import ConfigError, check_bounds, flat_params
 from jobs.common import load_logged_model, run_job
 
 
@@ -39,8 +39,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if not self.model or not self.data:
             raise ConfigError("--model and --data are required")
-        if self.temperature < 0 or self.top_k < 0 or self.clips < 0 or self.batch_size < 1:
-            raise ConfigError("temperature, top_k and clips must be >= 0, batch_size >= 1")
+        check_bounds(self, positive=("batch_size",),
+                     non_negative=("temperature", "top_k", "clips"))
 
 
 def generate_job(config: GenerateConfig) -> dict:

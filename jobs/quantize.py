@@ -1,6 +1,6 @@
 """Quantize a logged model to mixed-precision W8A8 (VQ-ViT) and register it for serving.
 
-    python -m jobs.quantize --model vblt-2d --data data/2d-demo-s0
+    python -m jobs.quantize --model vblt-2d --data data/2d-demo-s0     # data of `make demo`
     python -m jobs.quantize --model <run id> --data DIR --tau-low 0.01 --tau-high 0.05
 
 The schedule (framecast.quant.schedule): sensitivity S(W) of every linear layer (patch
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from framecast.config import ConfigError, flat_params
+from framecast.config import ConfigError, check_bounds, flat_params
 from framecast.quant.schedule import QuantConfig
 from jobs.common import load_logged_model, log_prediction_figure, run_job
 
@@ -58,10 +58,8 @@ class QuantizeJobConfig(QuantConfig):
         super().__post_init__()
         if not self.model or not self.data:
             raise ConfigError("--model and --data are required")
-        if min(self.batch_size, self.eval_sequences, self.latency_repeats) <= 0 or \
-                min(self.test_sequences, self.latency_span_ms) < 0:
-            raise ConfigError("batch_size, eval_sequences and latency_repeats must be positive, "
-                              "test_sequences and latency_span_ms >= 0")
+        check_bounds(self, positive=("batch_size", "eval_sequences", "latency_repeats"),
+                     non_negative=("test_sequences", "latency_span_ms"))
 
 
 def shuffled_batches(videos: np.ndarray, batch_size: int, seed: int) -> Iterator:

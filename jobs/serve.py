@@ -1,4 +1,4 @@
-"""Serve registered models over HTTP with Ray Serve until stopped (Ctrl-C shuts down cleanly).
+r"""Serve registered models over HTTP with Ray Serve until stopped (Ctrl-C shuts down cleanly).
 
     python -m jobs.serve                                       # vblt-2d-int8@candidate, :8000
     python -m jobs.serve --model vblt-2d-int8,vblt-2d@latest --port 8080
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from framecast.config import ConfigError
+from framecast.config import ConfigError, check_bounds
 from jobs.common import run_job
 
 SMOKE_APP = "framecast-smoke"
@@ -69,13 +69,12 @@ class ServeJobConfig:
             raise ConfigError("--model needs at least one registered model name")
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port {self.port} is not a TCP port (1..65535)")
-        if min(self.max_batch_size, self.min_replicas, self.max_future_frames) < 1 or \
-                self.max_replicas < self.min_replicas:
-            raise ConfigError("max_batch_size, min_replicas and max_future_frames must be >= 1, "
-                              "max_replicas >= min_replicas")
-        if self.batch_wait_ms < 0 or self.cpus_per_replica <= 0 or self.max_body_mb <= 0:
-            raise ConfigError("batch_wait_ms >= 0, cpus_per_replica > 0 and max_body_mb > 0 "
-                              "are required")
+        check_bounds(self, positive=("max_batch_size", "min_replicas", "max_future_frames",
+                                     "cpus_per_replica", "max_body_mb"),
+                     non_negative=("batch_wait_ms",))
+        if self.max_replicas < self.min_replicas:
+            raise ConfigError(f"--max-replicas {self.max_replicas} must be >= --min-replicas "
+                              f"{self.min_replicas}")
         if self.precision == "bf16":  # the replicas' own check, made here in one line
             from framecast.quant import compute_form
 
@@ -108,15 +107,25 @@ def app_args(config: ServeJobConfig, tracking_uri: str) -> dict[str, Any]:
 
 
 def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
-    """{name: registry version} for every model, before anything is deployed: a missing model
-    is one line for the user, not a replica failing to start."""
+    """{name: registry version} for every model, before anything is deployed: a missing model,
+    or one no route answers (a tokenizer), is one line for the user, not a replica failing to
+    start a minute later."""
     import mlflow
 
-    from framecast.model_io import resolve_version
+    from framecast.model_io import logged_meta, resolve_version
     from framecast.tracking import default_tracking_uri
+    from serve.model_deployment import FAMILY_ROUTES
 
     mlflow.set_tracking_uri(default_tracking_uri())
-    return {name: resolve_version(name, alias) for name, alias in specs}
+    versions = {}
+    for name, alias in specs:
+        versions[name] = resolve_version(name, alias)
+        family = logged_meta(f"models:/{name}/{versions[name]}").get("family")
+        if family not in FAMILY_ROUTES:
+            raise ConfigError(f"{name}@{alias} (v{versions[name]}) is a {family}: jobs.serve "
+                              "serves frame predictors (/predict, /rollout) and token "
+                              "generators (/generate)")
+    return versions
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -126,6 +135,17 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def check_host(host: str) -> None:
+    """Refuse (ConfigError) a --host this machine cannot bind (not one of its addresses, or
+    no address at all), before Ray starts: otherwise it reads as a busy port."""
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+    except OSError as err:  # socket.gaierror among them
+        raise ConfigError(f"--host {host}: cannot bind it here ({err.strerror or err}); use "
+                          "127.0.0.1, 0.0.0.0 or one of this machine's addresses") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -204,6 +224,7 @@ def serve_job(config: ServeJobConfig) -> dict[str, Any]:
     from framecast.tracking import default_tracking_uri
     from serve.app import build_app
 
+    check_host(config.host)
     specs = model_specs(config.model, config.alias)
     versions = check_models(specs)
     base, started = start_serve(config.host, config.port)

@@ -1,6 +1,7 @@
 """Train a video-prediction model with Ray Train; log everything to MLflow.
 
     python -m jobs.train --model vblt --preset small --data data/2d-demo-s0 --steps 300 --workers 2
+    # (data/2d-demo-s0: the 2D data `make demo` renders; any folder from jobs.render)
     ray job submit --working-dir . -- python -m jobs.train --data /shared/data/tri --preset paper
 
     python -m jobs.train --data DIR --preset tiny --model-config global_layers=2,patch=1x4x4
@@ -37,7 +38,7 @@ from typing import Any
 
 from framecast import data as fdata
 from framecast import tracking
-from framecast.config import ConfigError, flat_params, project_home, to_dict
+from framecast.config import ConfigError, check_bounds, flat_params, project_home, to_dict
 from framecast.models import registry
 from framecast.train import OptimConfig
 from jobs.common import log_prediction_figure, run_job
@@ -53,9 +54,11 @@ STREAM_LOG_RESUMED = "stream/indices_rank{}_from_step{}.json"
 @dataclass(frozen=True)
 class TrainJobConfig(OptimConfig):
     data: str = field(default="", metadata={"help": "data set folder from jobs.render (required)"})
-    model: str = field(default="vblt", metadata={"help": "model name in the registry"})
+    model: str = field(default="vblt", metadata={
+        "help": "model name in the registry: " + ", ".join(registry.available_models())})
     preset: str = field(default="small", metadata={
-        "help": "model preset: tiny, small, demo, paper"})
+        "help": "model preset: " + "; ".join(f"{m}: {', '.join(registry.presets(m))}"
+                                             for m in registry.available_models())})
     model_config: str = field(default="", metadata={
         "help": "override model fields: KEY=VALUE[,KEY=VALUE...], tuples written 2x4x4 "
                 "(e.g. global_layers=2,patch=1x4x4)"})
@@ -99,9 +102,8 @@ class TrainJobConfig(OptimConfig):
                      "stream_actors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0 or self.cache_mb < 0:
-            raise ConfigError("lr must be > 0; warmup_steps, eval_every and cache_mb must be "
-                              ">= 0")
+        check_bounds(self, positive=("lr",),
+                     non_negative=("warmup_steps", "eval_every", "cache_mb"))
         registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
         if not 0 <= self.own_inputs < 1:
             raise ConfigError(f"own_inputs={self.own_inputs} must be in [0, 1)")
@@ -174,13 +176,17 @@ def plan(config: TrainJobConfig) -> TrainPlan:
     if not config.stream and manifest.counts["train"] < config.batch_size * config.workers:
         raise ConfigError(f"the train split has {manifest.counts['train']} sequences, fewer than "
                           f"batch_size x workers = {config.batch_size * config.workers}")
+    if not manifest.counts.get("val") and not manifest.counts.get("test"):
+        raise ConfigError(f"{config.data} has no val or test sequences ({manifest.counts}) "
+                          "for the final evaluation; render more (--num-sequences)")
     from framecast.model_io import load_components
 
     frame_shape = tuple(manifest.config.frame_shape)
     entry = registry.entry(config.model)
     model = registry.model_config(config.model, config.preset, frame_shape=frame_shape,
                                   **config.overrides)
-    components = load_components(entry.model_class.component_refs(model))
+    components = load_components(entry.model_class.component_refs(model),
+                                 entry.model_class.component_families())
     try:
         built = entry.build(model, **components)
         built.check_data(frame_shape)
@@ -439,11 +445,13 @@ def fit(plan: TrainPlan, run_id: str, *, callbacks: Sequence[Any] = (), threads:
 def train(config: TrainJobConfig) -> dict:
     """Train, evaluate, log and register; returns {'run_id', 'model_uri', 'metrics', ...}."""
     from framecast import tracking
-    from framecast.cluster import init_ray, worker_cpus
+    from framecast.cluster import check_gpus, init_ray, worker_cpus
 
     checked = plan(config)  # before Ray and MLflow: a bad flag leaves nothing behind
     init_ray()
     worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # before the MLflow run
+    if config.use_gpu:
+        check_gpus(config.workers)
     check_storage("train", [config.data], checked.storage, config.experiment)
     resumed = tracking.find_run(config.experiment, tracking.RAY_RUN_TAG, checked.name)
     if resumed:

@@ -1,5 +1,6 @@
 """Run a Ray Tune study defined as data: a search space in tune_spaces/*.yaml.
 
+    python -m jobs.render --kind 2d --num-sequences 400 --size 16 --out data/2d-16
     python -m jobs.tune --space tune_spaces/vblt_patch_sizes.yaml --data data/2d-16
     python -m jobs.tune --space tune_spaces/nbp_block_shapes.yaml --data DIR --name blocks-a
     python -m jobs.tune --space tune_spaces/quant_thresholds.yaml --data DIR     # quantize trials
@@ -135,7 +136,7 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
     import mlflow
 
     from framecast import tracking
-    from framecast.cluster import init_ray, total_cpus, verbose
+    from framecast.cluster import check_gpus, init_ray, total_cpus, verbose
 
     study = prepare(config)  # before Ray and MLflow: a bad space leaves nothing behind
     spec = study.spec
@@ -147,6 +148,9 @@ def tune_job(config: TuneJobConfig) -> dict[str, Any]:
     data = sorted({str(v) for p in spec.params if p.key == "data" for v in p.values}
                   | ({str(spec.base["data"])} if spec.base.get("data") else set()))
     check_storage("tune", data, study.storage, study.experiment)
+    if spec.job == "train" and (spec.base.get("use_gpu") or any(
+            p.key == "use_gpu" and any(p.values) for p in spec.params)):
+        check_gpus(int(spec.base.get("workers", 1)), f"{spec.source}: use_gpu")
     cpus = total_cpus()
     # A training trial's Ray Train workers leave one CPU for Ray Data's read tasks.
     room = cpus - 1.0 if spec.job == "train" else cpus

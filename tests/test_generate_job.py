@@ -25,7 +25,7 @@ def run_count() -> int:
     (["--cond-frames", "0"], "--cond-frames 0 must be in 1..3 (the clips have 4 frames)"),
     (["--cond-frames", "4"], "--cond-frames 4 must be in 1..3"),
     (["--model", "no-such-model"], "no registered model named 'no-such-model'"),
-    (["--temperature", "-1"], "temperature, top_k and clips must be >= 0"),
+    (["--temperature", "-1"], "--temperature -1.0 must be >= 0"),
 ])
 def test_bad_generate_input_is_one_line_and_logs_nothing(clips, flags, message, capsys):
     before = run_count()

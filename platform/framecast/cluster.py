@@ -147,6 +147,24 @@ def worker_cpus(workers: int, requested: float = 0.0, floor: float = 0.05) -> fl
     return round(min(1.0, max(floor, spare / workers)), 3)
 
 
+def check_gpus(needed: int, what: str = "--use-gpu") -> None:
+    """Ray waits, with no message, for resources the cluster lacks. For `needed` GPUs on a
+    local Ray started in-process (nothing will ever add one): ConfigError. On a cluster joined
+    through RAY_ADDRESS an autoscaler may add GPU nodes: say what the run waits for."""
+    import ray
+
+    from framecast.config import ConfigError
+
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if have >= needed:
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        raise ConfigError(f"{what} needs {needed} GPU(s) and this machine's Ray has {have:g}; "
+                          "drop the flag or join a cluster with GPUs (RAY_ADDRESS)")
+    print(f"{what}: the cluster has {have:g} GPU(s) now and the run needs {needed}; it waits "
+          "until nodes with GPUs join (Ctrl-C stops)", flush=True)
+
+
 def alive_nodes() -> list[dict]:
     """The cluster's alive nodes as `ray.nodes()` lists them (NodeID, NodeManagerAddress, ...)."""
     import ray

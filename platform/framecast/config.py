@@ -36,6 +36,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_bounds(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()
+                 ) -> None:
+    """Refuse (ConfigError) the first of `config`'s fields outside its bound, naming its flag
+    and value: `positive` ones must be > 0, `non_negative` ones >= 0."""
+    for names, ok, rule in ((positive, lambda v: v > 0, "> 0"),
+                            (non_negative, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if not ok(value):
+                raise ConfigError(f"{_flag(name)} {value} must be {rule}")
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

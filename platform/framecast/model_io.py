@@ -12,8 +12,10 @@ logged as a pyfunc model whose loader is this module, so the registry can hold i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +173,10 @@ def source_run_id(ref: str) -> str | None:
     return mlflow.MlflowClient().get_model_version(name, number).run_id
 
 
-def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Download a logged model from MLflow and load it; returns (model, its meta dict)."""
+@contextlib.contextmanager
+def _downloaded(ref: str) -> Iterator[Path]:
+    """The logged model `ref`'s data folder (its META beside the weights), downloaded from
+    MLflow into a temporary folder for the block."""
     import os
 
     import mlflow
@@ -187,13 +191,26 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
         uri = f"models:/{name}/{resolve_version(name)}"
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        data = next(p.parent for p in local.rglob(META))
+        yield next(p.parent for p in local.rglob(META))
+
+
+def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Download a logged model from MLflow and load it; returns (model, its meta dict)."""
+    with _downloaded(ref) as data:
         return load_model(data, device), read_meta(data)
 
 
-def load_components(refs: dict[str, str]) -> dict[str, nn.Module]:
+def logged_meta(ref: str) -> dict[str, Any]:
+    """A logged model's meta dict (registry name, family, config, data), without building it."""
+    with _downloaded(ref) as data:
+        return read_meta(data)
+
+
+def load_components(refs: dict[str, str], families: dict[str, str] | None = None
+                    ) -> dict[str, nn.Module]:
     """Load the logged models a new model is built around (`Model.component_refs`), by
-    constructor argument. A missing or unknown reference raises ConfigError naming it."""
+    constructor argument. A missing or unknown reference, or one of another family than
+    `families` (`Model.component_families`) names, raises ConfigError naming it."""
     import mlflow
 
     from framecast.config import ConfigError
@@ -211,4 +228,8 @@ def load_components(refs: dict[str, str]) -> dict[str, nn.Module]:
             text = getattr(err, "message", str(err)).splitlines()[0][:160]
             raise ConfigError(f"{attr} {ref!r} not found in MLflow ({default_tracking_uri()}): "
                               f"{text}") from None
+        want, got = (families or {}).get(attr), getattr(out[attr], "family", None)
+        if want and got != want:
+            raise ConfigError(f"{attr} {ref!r} is a {got}, not a {want}: name a logged {want} "
+                              f"(--model-config {attr}=NAME)")
     return out

@@ -282,17 +282,22 @@ def _check_flags(spec: StudySpec, config_class: type) -> None:
         if param.model_field is not None and param.kind not in ("choice", "grid"):
             raise ConfigError(f"{where}: params.{param.key}: model fields take choice or grid "
                               f"(every value is checked against the data), not {param.kind}")
+    def error(flags: dict[str, Any]) -> str | None:
+        try:
+            from_dict(config_class, flags)
+        except (TypeError, ValueError) as err:  # ConfigError among them
+            return str(err)
+        return None
+
+    in_base = error(spec.trial_flags({}))  # the same error without any param: base's own
+    first = {p.key: p.corners()[0] for p in spec.params}
     for param in spec.params:
-        first = {p.key: p.corners()[0] for p in spec.params}
         for value in param.corners():
-            try:
-                from_dict(config_class, spec.trial_flags({**first, param.key: value}))
-            except ConfigError as err:
-                raise ConfigError(f"{where}: params.{param.key}={_model_text(value)}: {err}"
-                                  ) from None
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"{where}: params.{param.key}={_model_text(value)}: {err}"
-                                  ) from None
+            found = error(spec.trial_flags({**first, param.key: value}))
+            if found == in_base and found is not None:
+                raise ConfigError(f"{where}: base: {found}")
+            if found is not None:
+                raise ConfigError(f"{where}: params.{param.key}={_model_text(value)}: {found}")
 
 
 def model_variants(spec: StudySpec) -> list[dict[str, Any]]:

@@ -125,6 +125,13 @@ class Model(nn.Module, abc.ABC):
         from MLflow and pass them to the constructor; saved, the model carries them itself."""
         return {}
 
+    @classmethod
+    def component_families(cls) -> dict[str, str]:
+        """The family each component must be, by constructor argument (checked when a job
+        loads them: a frame predictor named as a generator's tokenizer is one line, not an
+        AttributeError deep in the constructor)."""
+        return {}
+
 
 def check_patched_video(video: torch.Tensor, patch: tuple[int, int, int], channels: int,
                         what: str = "patch") -> None:
@@ -269,6 +276,10 @@ class TokenGenerator(Model):
     def component_refs(cls, cfg: Any) -> dict[str, str]:
         """The tokenizer named by the config's `tokenizer` field."""
         return {"tokenizer": cfg.tokenizer}
+
+    @classmethod
+    def component_families(cls) -> dict[str, str]:
+        return {"tokenizer": Tokenizer.family}
 
     @abc.abstractmethod
     def generate(self, context: torch.Tensor, future_frames: int, *, temperature: Any = 1.0,
