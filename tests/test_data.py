@@ -67,6 +67,9 @@ def test_a_folder_without_manifest_is_not_a_dataset(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(fdata.DatasetError, match="not a complete framecast data set"):
         fdata.load_numpy(tmp_path, "train")
+    (tmp_path / fdata.MANIFEST).write_text("{}")
+    with pytest.raises(fdata.DatasetError, match="manifest.json is a file; give the data set's"):
+        fdata.read_manifest(tmp_path / fdata.MANIFEST)  # the manifest for its folder
 
 
 def test_missing_or_corrupted_shards_are_detected(tmp_path):
@@ -117,6 +120,20 @@ def test_a_second_render_into_the_same_folder_is_refused_while_one_runs(tmp_path
                 pass
     with fdata.render_lock(tmp_path / "d"):  # free again once the first is done
         pass
+    assert list(tmp_path.iterdir()) == []  # and no lock file is left beside --out
+
+
+def test_the_render_lock_is_the_file_on_disk_not_one_a_finished_render_removed(tmp_path):
+    import fcntl
+
+    with fdata.render_lock(tmp_path / "d"):
+        late = open(tmp_path / ".d.lock")  # opened before the first render removed it
+    fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an orphan: locking it excludes no one
+    with fdata.render_lock(tmp_path / "d"):
+        with pytest.raises(fdata.DatasetError, match="another render into"):
+            with fdata.render_lock(tmp_path / "d"):
+                pass
+    late.close()
 
 
 def test_a_missing_folder_is_named_as_missing(tmp_path):

@@ -16,6 +16,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import os
 import platform as _stdlib_platform
 import shutil
 import uuid
@@ -178,6 +179,9 @@ def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST
     if not Path(root).exists():
         raise DatasetError(f"{root} does not exist")
+    if Path(root).is_file():
+        raise DatasetError(f"{root} is a file; give the data set's folder (the one holding "
+                           f"{MANIFEST})")
     if not path.is_file():
         raise DatasetError(f"{root} is not a complete framecast data set (no {MANIFEST}); "
                            "render one with `python -m jobs.render --out DIR`")
@@ -321,18 +325,32 @@ def output_status(out: Path, config: RenderConfig, overwrite: bool) -> str:
 @contextlib.contextmanager
 def render_lock(out: Path) -> Iterator[None]:
     """Exclusive lock for rendering into `out`, so a second render cannot take a running one's
-    staging folder for an interrupted one's leftovers."""
+    staging folder for an interrupted one's leftovers. The lock file beside `out` is removed
+    when the render ends (still locked, so a render that opened it meanwhile sees it gone and
+    takes a new one): nothing is left beside --out."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as handle:
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        handle = open(path, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise DatasetError(f"another render into --out {out} is running; wait for it or "
                                "choose another folder") from None
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        handle.close()  # locked a file the last render had removed: take the new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def publish(staging: Path, out: Path, manifest: Manifest) -> None:
