@@ -59,6 +59,8 @@ def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str
                 print(f"{prog}: {note}", file=sys.stderr)
         print(f"{prog}: {'stopped by ' + Stopped.received if Stopped.received else 'interrupted'}",
               file=sys.stderr, flush=True)
+        # The shell's convention: 128 + the signal's number (SIGTERM 143; Ctrl-C 130).
+        code = 128 + signal.Signals[Stopped.received].value if Stopped.received else 130
         main_module = getattr(sys.modules["__main__"], "__spec__", None)
         if Stopped.received and getattr(main_module, "name", "") == f"jobs.{name}":
             # This job's own process, its runs ended: exit now. Interpreter teardown (ray.shutdown,
@@ -67,8 +69,8 @@ def run_job(name: str, cls: type[T], main: Callable[[T], object], argv: list[str
             import os
 
             sys.stdout.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
     except BaseException:
         if note := _end_runs("FAILED"):
             print(f"{prog}: {note}", file=sys.stderr)

@@ -49,7 +49,7 @@ def test_sigterm_ends_the_runs_killed_in_the_handler_though_ray_loses_the_except
             tracking.remember_run(child.info.run_id)
             ray_get_like(seen)
 
-    assert run_job("stopped", Nothing, job, [], description="") == 130
+    assert run_job("stopped", Nothing, job, [], description="") == 143  # 128 + SIGTERM
     assert seen["statuses"] == {"KILLED"}  # already, before the exception left `ray.get`
     runs = mlflow.search_runs(experiment_names=[seen["experiment"]], output_format="list")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"KILLED"}
@@ -67,7 +67,7 @@ def test_a_job_whose_code_swallows_the_stop_still_ends_stopped(capsys):
             except KeyboardInterrupt:
                 pass  # e.g. a library that treats Ctrl-C as "stop waiting"
 
-    assert run_job("swallowed", Nothing, job, [], description="") == 130
+    assert run_job("swallowed", Nothing, job, [], description="") == 143
     runs = mlflow.search_runs(experiment_names=["signals-swallowed"], output_format="list")
     assert [r.info.status for r in runs] == ["KILLED"]
     assert capsys.readouterr().err.rstrip().endswith("stopped by SIGTERM")
@@ -114,7 +114,7 @@ def test_a_job_process_stopped_by_sigterm_exits_at_once_with_its_runs_killed():
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.returncode == 143, done.stderr[-2000:]
     assert done.stderr.rstrip().endswith("stopped by SIGTERM")
     assert "returned" not in done.stdout and "teardown ran" not in done.stdout
     runs = mlflow.search_runs(experiment_names=["signals-process"], output_format="list")
