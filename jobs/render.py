@@ -171,7 +171,7 @@ def render(config: RenderJobConfig) -> RenderResult:
     result = RenderResult(out, "replaced" if status == "replace" else "created", manifest, seconds,
                           nodes=nodes)
     print(f"render: wrote {manifest.counts} sequences of {data_config.frame_shape} to {out} "
-          f"in {seconds:.1f} s ({result.seq_per_s:.1f} sequences/s)")
+          f"in {seconds:.1f} s ({result.seq_per_s:.3g} sequences/s)")
     print(f"render: sequences per Ray node: {json.dumps(nodes, sort_keys=True)}")
     if config.mlflow:
         result.run_id = log_render(config, result)
