@@ -121,7 +121,7 @@ def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
     for name, alias in specs:
         versions[name] = resolve_version(name, alias)
         family = logged_meta(f"models:/{name}/{versions[name]}").get("family")
-        if family not in FAMILY_ROUTES:
+        if family is not None and family not in FAMILY_ROUTES:  # None: the replica tells
             raise ConfigError(f"{name}@{alias} (v{versions[name]}) is a {family}: jobs.serve "
                               "serves frame predictors (/predict, /rollout) and token "
                               "generators (/generate)")

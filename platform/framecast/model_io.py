@@ -201,9 +201,15 @@ def load_logged_model(ref: str, device: str | torch.device = "cpu") -> tuple[nn.
 
 
 def logged_meta(ref: str) -> dict[str, Any]:
-    """A logged model's meta dict (registry name, family, config, data), without building it."""
+    """A logged model's meta dict (registry name, family, config, data), without building it.
+    Models saved before meta held the family get their registry entry's."""
+    from framecast.models import registry
+
     with _downloaded(ref) as data:
-        return read_meta(data)
+        meta = read_meta(data)
+    if "family" not in meta and meta.get("name") in registry.available_models():
+        meta["family"] = registry.entry(meta["name"]).model_class.family
+    return meta
 
 
 def load_components(refs: dict[str, str], families: dict[str, str] | None = None
