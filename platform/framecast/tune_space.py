@@ -282,6 +282,7 @@ def _check_flags(spec: StudySpec, config_class: type) -> None:
         if param.model_field is not None and param.kind not in ("choice", "grid"):
             raise ConfigError(f"{where}: params.{param.key}: model fields take choice or grid "
                               f"(every value is checked against the data), not {param.kind}")
+
     def error(flags: dict[str, Any]) -> str | None:
         try:
             from_dict(config_class, flags)
@@ -294,10 +295,9 @@ def _check_flags(spec: StudySpec, config_class: type) -> None:
     for param in spec.params:
         for value in param.corners():
             found = error(spec.trial_flags({**first, param.key: value}))
-            if found == in_base and found is not None:
-                raise ConfigError(f"{where}: base: {found}")
             if found is not None:
-                raise ConfigError(f"{where}: params.{param.key}={_model_text(value)}: {found}")
+                what = "base" if found == in_base else f"params.{param.key}={_model_text(value)}"
+                raise ConfigError(f"{where}: {what}: {found}")
 
 
 def model_variants(spec: StudySpec) -> list[dict[str, Any]]:
