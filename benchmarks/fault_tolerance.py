@@ -611,12 +611,14 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
     """A Tune study of 3 training trials on a 2-node cluster, one `trainer` slot per node (so 2
     trials train at once, one per node); once a trial has finished and another one's Ray Train
     worker runs on the worker node, kill that node (every process, SIGKILL). The trials differ
-    in length (a grid over steps: steps // 2, 2 * steps, 2 * steps + 1) so that moment comes
-    whatever the CPU's speed: when the short trial ends, the worker node either still trains a
-    long one or takes the third. No node replaces it: the rest of the study runs on the head.
-    The trial that lost its worker is retried by Ray Train from its checkpoint (--max-failures
-    1) or, when its trial process died with the node, marked failed by the study (Tune's
-    max_failures=0). Reports the study's
+    in length (a grid over steps: steps // 2, 2 * steps, 3 * steps), each pair far apart, so
+    that moment comes whichever two trials take the slots first and whatever the CPU's speed:
+    when the shorter of the two ends, the worker node either still trains the other or takes
+    the third. (With 2 * steps and 2 * steps + 1 the two long trials could train first and
+    end within a second of each other: no moment came and the study ran through.) No node
+    replaces it: the rest of the study runs on the head. The trial that lost its worker is
+    retried by Ray Train from its checkpoint (--max-failures 1) or, when its trial process died
+    with the node, marked failed by the study (Tune's max_failures=0). Reports the study's
     outcome per trial and whether a trial that had finished before the kill ran again."""
     import mlflow
     import yaml
@@ -635,8 +637,8 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
             "base": {"model": "vblt", "preset": "tiny", "lr": 0.002, "batch_size": 2,
                      "log_every": 1, "checkpoint_every": checkpoint_every, "eval_every": 1000,
                      "eval_sequences": 2, "worker_resources": "trainer=1"},
-            # Tune starts the grid in order: the short trial beside a long one, then the third.
-            "params": {"steps": {"grid": [max(2, steps // 2), 2 * steps, 2 * steps + 1]}},
+            # Any two trials may take the two slots first: every pair ends far apart.
+            "params": {"steps": {"grid": [max(2, steps // 2), 2 * steps, 3 * steps]}},
             "metric": "val_psnr",
             "mode": "max", "scheduler": "fifo", "trial_resources": {"cpu": 1}}))
         outcome: dict = {}
