@@ -103,6 +103,28 @@ def test_a_cpu_reservation_that_would_hang_is_refused(ray_local, tmp_path, capsy
     assert not (tmp_path / "d").exists() and not fdata.stale_staging_dirs(tmp_path / "d")
 
 
+def test_a_killed_renders_late_writes_are_removed_at_the_end(ray_local, tmp_path, monkeypatch,
+                                                             capsys):
+    """A killed render's Ray workers write on for a second or two after the kill, into the
+    staging folder the next render has just removed: that render removes it again at its end."""
+    import jobs.render as job
+
+    out = tmp_path / "d"
+    real = job.render_to_staging
+
+    def late_write_then_render(config, staging):
+        orphan = fdata.staging_dir(out) / "shards" / "split=train"
+        orphan.mkdir(parents=True)
+        (orphan / "late.parquet").write_bytes(b"partial")
+        return real(config, staging)
+
+    monkeypatch.setattr(job, "render_to_staging", late_write_then_render)
+    render(RenderJobConfig(out=str(out), **TINY))
+    assert not fdata.stale_staging_dirs(out)
+    assert "removing partial output of an interrupted render" in capsys.readouterr().out
+    assert len(fdata.load_numpy(out, "all", verify=True)[0]) == 12
+
+
 def test_an_empty_split_is_a_clear_error_for_the_ray_reader(ray_local, tmp_path, capsys):
     result = render(RenderJobConfig(out=str(tmp_path / "d"), **{**TINY, "num_sequences": 3}))
     assert "the val split is empty" in capsys.readouterr().out
