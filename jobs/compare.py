@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from framecast import tracking
-from framecast.config import ConfigError, flat_params, project_home
+from framecast.config import ConfigError, check_bounds, flat_params, project_home
 from framecast.models import registry
 from framecast.train import OptimConfig
 from jobs.common import run_job
@@ -90,9 +90,7 @@ class CompareConfig(OptimConfig):
                                   "predictor; accepted: "
                                   + ", ".join(registry.available_models("frame_predictor")))
             registry.model_config(name, self.preset)  # unknown preset: one line
-        for name in ("steps", "batch_size", "workers", "eval_sequences"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_bounds(self, positive=("steps", "batch_size", "workers", "eval_sequences"))
         if self.lrs and not self.lr_grid:
             raise ConfigError(f"--lrs {self.lrs!r}: give positive numbers, comma-separated")
         if self.lrs and self.run_refs:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from framecast import data as fdata
-from framecast.config import ConfigError, flat_params, project_home, to_dict
+from framecast.config import ConfigError, check_bounds, flat_params, project_home, to_dict
 from framecast.render.spec import RenderConfig
 from jobs.common import run_job
 
@@ -46,9 +46,7 @@ class RenderJobConfig(RenderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("workers", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_bounds(self, positive=("workers", "batch_size"))
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 = auto)")
 

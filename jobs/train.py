@@ -98,11 +98,8 @@ class TrainJobConfig(OptimConfig):
     def __post_init__(self) -> None:
         if not self.data:
             raise ConfigError("--data is required: a folder written by `python -m jobs.render`")
-        for name in ("steps", "batch_size", "workers", "log_every", "checkpoint_every",
-                     "stream_actors"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        check_bounds(self, positive=("lr",),
+        check_bounds(self, positive=("steps", "batch_size", "workers", "log_every",
+                                     "checkpoint_every", "stream_actors", "lr"),
                      non_negative=("warmup_steps", "eval_every", "cache_mb"))
         registry.model_config(self.model, self.preset, **self.overrides)  # names, keys, types
         if not 0 <= self.own_inputs < 1:

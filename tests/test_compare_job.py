@@ -111,7 +111,7 @@ def test_data_given_twice_becomes_one_list():
     (["--data", "x", "--models", "vblt,gpt5"], "model 'gpt5' is unknown"),
     (["--data", "x", "--models", "fsq"], "not a frame predictor"),
     (["--data", "x", "--preset", "huge"], "preset 'huge'"),
-    (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
+    (["--data", "x", "--steps", "0"], "--steps 0 must be > 0"),
     (["--data", "a", "--data", "b", "--data", "c"], "give one or two"),
     (["--data", "x", "--lrs", "1e-3,fast"], "give positive numbers"),
     (["--data", "x", "--lrs", "0,1e-3"], "give positive numbers"),

@@ -64,7 +64,7 @@ def test_render_logs_to_mlflow_and_a_rerun_reuses_the_dataset(ray_local, tmp_pat
     (["--num-sequences", "-5"], "num_sequences=-5"),
     (["--base-range", "2", "1"], "base_range=(2.0, 1.0) is an empty range"),
     (["--kind", "3d", "--cubes-range", "2", "12"], "outside what the polycube enumerator"),
-    (["--workers", "0"], "workers=0 must be a positive integer"),
+    (["--workers", "0"], "--workers 0 must be > 0"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit, match="2") as exit_info:

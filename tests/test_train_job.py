@@ -66,7 +66,7 @@ def test_two_workers_train_checkpoint_log_and_resume(tiny_data, tmp_path):
     ([], "--data is required"),
     (["--data", "/nonexistent"], "/nonexistent does not exist"),
     (["--data", "/tmp"], "not a complete framecast data set"),
-    (["--data", "x", "--steps", "0"], "steps=0 must be a positive integer"),
+    (["--data", "x", "--steps", "0"], "--steps 0 must be > 0"),
     (["--data", "x", "--placement", "ROUND"], "placement='ROUND': expected one of PACK"),
     (["--data", "x", "--worker-resources", "CPU=1"], "worker_resources: 'CPU=1': expected"),
     (["--data", "x", "--worker-resources", "trainer"], "worker_resources: 'trainer': expected"),

@@ -97,7 +97,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
     ({"params": {"lr": {"normal": [0, 1]}}}, "params.lr: unknown distribution 'normal'"),
     ({"params": {"lr": {"uniform": [-1.0, 1e-3]}}}, "params.lr=-1.0: --lr -1.0 must be > 0"),
     ({"base": {"model": "vblt", "preset": "tiny", "steps": -2}},
-     "space.yaml: base: steps=-2 must be a positive integer"),
+     "space.yaml: base: --steps -2 must be > 0"),
     ({"mode": "maximize"}, "mode 'maximize' must be min or max"),
     ({"job": "render"}, "job 'render' is unknown; accepted: train, quantize"),
     ({"base": {"model": "vblt", "preset": "tiny", "storage": "/x"}},
