@@ -2,7 +2,7 @@
 
     python -m jobs.render --kind 2d --num-sequences 1000 --workers 2 --out data/tri
     ray job submit --working-dir . -- python -m jobs.render --kind 3d --out /shared/data/cubes
-    python -m jobs.render --kind 3d --preset hard --out data/cubes-hard   # see the epilog
+    python -m jobs.render --kind 3d --preset hard --out data/cubes-hard   # see --preset
 
 Each Ray Data actor keeps one PyVista plotter warm; sequence i depends only on (seed, i), so the
 bytes do not depend on the number of workers. Shards are written to a staging folder beside
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from framecast import data as fdata
 from framecast.config import ConfigError, check_bounds, flat_params, project_home, to_dict
-from framecast.render.spec import RenderConfig
+from framecast.render.spec import DATA_PRESETS, RenderConfig, preset_flags
 from jobs.common import run_job
 
 # CPUs each Ray Data write task reserves: it only turns rendered rows into Parquet.
@@ -43,9 +43,24 @@ class RenderJobConfig(RenderConfig):
     experiment: str = field(default="framecast", metadata={"help": "MLflow experiment"})
     mlflow: bool = field(default=True, metadata={"help": "log the run to MLflow"})
     preview: int = field(default=4, metadata={"help": "sequences in the logged contact sheet/GIF"})
+    preset: str = field(default="", metadata={"help": (
+        "a data preset, whose settings apply under the flags given beside it or in --config: "
+        + "; ".join(f"{name} = {' '.join(preset_flags(name))}" for name in sorted(DATA_PRESETS))
+        + " (the V-BLT comparison's data)")})
+
+    @classmethod
+    def expand_values(cls, values: dict) -> dict:
+        """The preset's settings under the given values (`config.from_dict`'s hook: the
+        command line and --config), so that flags given beside it win."""
+        if not values.get("preset"):
+            return values
+        preset_flags(values["preset"])  # an unknown name: one line naming the presets
+        return {**DATA_PRESETS[values["preset"]], **values}
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.preset:
+            preset_flags(self.preset)
         check_bounds(self, positive=("workers", "batch_size"))
         if self.cpus_per_worker < 0:
             raise ConfigError(f"cpus_per_worker={self.cpus_per_worker} must be >= 0 (0 = auto)")
@@ -211,42 +226,8 @@ def log_render(config: RenderJobConfig, result: RenderResult) -> str:
     return run.info.run_id
 
 
-def expand_preset(argv: list[str]) -> list[str]:
-    """`--preset NAME` (or `--preset=NAME`) replaced by the preset's flags, placed first so
-    that flags given on the command line win over it."""
-    from framecast.render.spec import preset_flags
-
-    rest, flags, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--preset" and i + 1 < len(argv):
-            flags += preset_flags(argv[i + 1])
-            i += 2
-            continue
-        if arg.startswith("--preset="):
-            flags += preset_flags(arg.partition("=")[2])
-        else:
-            rest.append(arg)
-        i += 1
-    return flags + rest
-
-
-def _presets_help() -> str:
-    from framecast.render.spec import DATA_PRESETS, preset_flags
-
-    lines = ["data presets (--preset NAME; flags given beside it win):"]
-    lines += [f"  {name}: {' '.join(preset_flags(name))}" for name in sorted(DATA_PRESETS)]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        argv = expand_preset(sys.argv[1:] if argv is None else list(argv))
-    except ConfigError as err:
-        print(f"python -m jobs.render: error: {err}", file=sys.stderr)
-        return 2
-    return run_job("render", RenderJobConfig, render, argv, description=__doc__,
-                   epilog=_presets_help())
+    return run_job("render", RenderJobConfig, render, argv, description=__doc__)
 
 
 if __name__ == "__main__":

@@ -84,13 +84,32 @@ def test_quantization_linearizes_the_patch_convolutions_and_keeps_outputs(name):
 
 def test_the_hard_preset_expands_to_flags_that_the_command_line_overrides():
     from framecast.config import parse_args
-    from jobs.render import RenderJobConfig, expand_preset
+    from jobs.render import RenderJobConfig
 
-    argv = expand_preset(["--kind", "3d", "--preset", "hard", "--spin-range-3d", "1", "2"])
+    argv = ["--kind", "3d", "--preset", "hard", "--spin-range-3d", "1", "2"]
     config = parse_args(RenderJobConfig, argv)
     assert config.fill_frame and config.spin_range_3d == (1.0, 2.0)
-    assert config.spin_range_2d == (10.0, 25.0)
+    assert config.spin_range_2d == (10.0, 25.0) and config.preset == "hard"
     assert not parse_args(RenderJobConfig, []).fill_frame  # the old defaults stay the defaults
+    # a flag set to its default beside the preset still wins over the preset
+    assert not parse_args(RenderJobConfig, ["--preset=hard", "--fill-frame", "false"]).fill_frame
+
+
+def test_the_hard_preset_in_a_config_file_applies_under_its_keys_and_the_flags(tmp_path, capsys):
+    import pytest
+
+    from framecast.config import parse_args
+    from jobs.render import RenderJobConfig
+
+    path = tmp_path / "render.yaml"
+    path.write_text("preset: hard\nspin_range_2d: [1, 2]\n")
+    config = parse_args(RenderJobConfig, ["--config", str(path), "--spin-range-3d", "3", "4"])
+    assert config.fill_frame and config.spin_range_2d == (1.0, 2.0)
+    assert config.spin_range_3d == (3.0, 4.0)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(RenderJobConfig, ["--preset", "easy"], prog="python -m jobs.render")
+    assert stop.value.code == 2
+    assert "data preset 'easy' is unknown; available: hard" in capsys.readouterr().err
 
 
 def test_fill_frame_makes_every_object_as_large_as_the_largest():

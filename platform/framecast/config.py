@@ -99,10 +99,14 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
-    """Build `cls` from a dict, checking every key and converting lists to tuples.
+    """Build `cls` from a dict, checking every key and converting lists to tuples. A class
+    with an `expand_values(values)` classmethod fills in what the given values imply first (a
+    preset's settings under the keys given beside it).
 
     Raises ConfigError on an unknown key or a value of the wrong type.
     """
+    if expand := getattr(cls, "expand_values", None):
+        values = expand(dict(values))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
