@@ -19,7 +19,6 @@ mb_<model>_paper=..`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import parse_kinds  # noqa: E402
+from benchmarks.lib.cli import new_parser, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +66,7 @@ def export(path: Path, *, sequences: int, size: int) -> None:
 
 def main() -> None:
     begin = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per model and data set (default 300; 30 with --quick)")
@@ -82,7 +80,8 @@ def main() -> None:
                         help="sequences per data set (default 600; 160 with --quick)")
     parser.add_argument("--size", type=int, default=None,
                         help="frame size (default 32; 16 with --quick)")
-    parser.add_argument("--models", default="vblt,vivit,unet3d")
+    parser.add_argument("--models", default="vblt,vivit,unet3d",
+                        help="frame predictors to compare, comma-separated")
     parser.add_argument("--kinds", default=None,
                         help="data sets, comma-separated (default 2d,3d; 2d with --quick: six "
                              "Ray Train fits do not fit in 5 minutes)")

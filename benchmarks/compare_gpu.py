@@ -4,7 +4,7 @@ matplotlib only: no Ray, MLflow or PyVista.
 
     # where PyVista is (this repository's machines): render and pack the data, <= ~60 MB
     python benchmarks/compare.py --export data/compare-paper.npz --sequences 2000 --size 64
-    # on the GPU machine (H100: sized for ~25 minutes with the defaults)
+    # on the GPU machine (the defaults, 3000 steps: ~21 min on an H200 by its probe's step times)
     python benchmarks/compare_gpu.py --npz data/compare-paper.npz --out compare-gpu
     # a lease shorter than that: probe step times, then the most equal steps that fit 360 s
     python benchmarks/compare_gpu.py --npz data/compare-paper.npz --budget-s 360
@@ -22,7 +22,6 @@ best on val, as `jobs.compare` chooses it. The .npz holds uint8 arrays `<kind>_<
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from framecast import comparison  # noqa: E402
 from framecast.models import create  # noqa: E402
 from framecast.predict import adopt_best_decode, describe_decode_choice  # noqa: E402
@@ -251,9 +251,9 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--npz", default="", help="pre-rendered data (see above)")
+    parser = new_parser(__doc__)
+    parser.add_argument("--npz", default="",
+                        help="pre-rendered data (see above); needed unless --quick")
     parser.add_argument("--quick", "--smoke", dest="smoke", action="store_true",
                         help="CPU smoke run (seconds, what `make bench` runs): tiny presets, "
                              "4 steps, made-up 6x16x16 data")

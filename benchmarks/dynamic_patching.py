@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import comma_items, parse_kinds  # noqa: E402
+from benchmarks.lib.cli import comma_items, new_parser, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,8 +176,7 @@ def plot(results: dict, kinds: list[str], copy_psnr: dict[str, float], statics: 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="< 5 minutes: 2D, 150 steps, one seed, budget 0.5, 160 sequences")
     parser.add_argument("--thresholds", default=None,

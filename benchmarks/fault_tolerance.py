@@ -14,7 +14,6 @@ tests/test_faults.py run the same functions and assert the guarantees.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.cluster import ray_cluster  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
@@ -827,8 +827,7 @@ def _values(got: dict[str, dict]) -> dict[str, float | int | str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="smaller scenarios (~300 s on 2 cores; tune_node only when "
                              "--only names it)")

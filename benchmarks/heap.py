@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "platform")]  # run as a script from anywhere
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
+
 CASES = ("train vblt", "train unet3d", "predict 1", "predict 8")
 
 
@@ -97,8 +99,7 @@ def run_case(case: str, keep: bool, reps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds, the two settings alternated (default 5; 3 with --quick)")

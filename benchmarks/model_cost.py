@@ -10,7 +10,6 @@ Also times one forward pass on this machine. The V-BLT paper's table 1 gives 6.5
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 import torch  # noqa: E402
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from framecast.models import available_models, create  # noqa: E402
 from framecast.models.profile import model_cost  # noqa: E402
@@ -28,8 +28,7 @@ FAMILIES = ("frame_predictor", "tokenizer")  # models whose input is a uint8 vid
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="same measurements (they are fast)")
     parser.parse_args()
     torch.manual_seed(0)

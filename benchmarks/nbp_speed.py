@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import comma_items, parse_sizes  # noqa: E402
+from benchmarks.lib.cli import comma_items, new_parser, parse_sizes  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 
@@ -130,8 +130,7 @@ def parse_blocks(text: str, parser: argparse.ArgumentParser) -> list[tuple[int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
                         help="generator steps per block shape (default 600; 30 with --quick)")

@@ -34,6 +34,7 @@ from framecast.quant import kernels
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from benchmarks.lib import ort  # noqa: E402
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.nbp_forms import (  # noqa: E402
     NBP_WIDE,
     ROUNDS,
@@ -159,8 +160,7 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps (default 1000; 24 with --quick)")

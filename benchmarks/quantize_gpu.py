@@ -11,7 +11,6 @@ machine; the table and a JSON go to --out, to be copied into RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 
 import torch  # noqa: E402
 
-from benchmarks.lib.cli import parse_sizes  # noqa: E402
+from benchmarks.lib.cli import new_parser, parse_sizes  # noqa: E402
 from benchmarks.lib.nbp_forms import NBP_WIDE, nbp_rows  # noqa: E402
 from benchmarks.lib.report import markdown_table  # noqa: E402
 
@@ -35,8 +34,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="CPU smoke run: small generator only, batch 1 and 2, one round of "
                              "1 pass")

@@ -10,7 +10,6 @@ figure without Ray shows what one warm plotter does on its own.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from framecast import data as fdata
 from framecast.render.scene import SequenceRenderer
@@ -52,8 +52,7 @@ def ray_job_seconds(kind: str, workers: int, n: int, root: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="small N: under 5 minutes")
     parser.add_argument("--num-sequences", type=int, default=None,
                         help="sequences per Ray run (default 4000; 960 with --quick)")

@@ -2,7 +2,7 @@
 frame predictor (/predict) and the NBP generator (/generate); bf16 where the CPU has it.
 
     python benchmarks/serve_load.py --quick      # < 5 minutes on 2 cores
-    python benchmarks/serve_load.py              # 500 requests at 16 concurrent per row
+    python benchmarks/serve_load.py              # 600 requests at 16 concurrent per row
     python benchmarks/serve_load.py --fp32-model vblt-2d --int8-model vblt-2d-int8@candidate
 
 The real path: the app of serve/app.py (FastAPI ingress, one model deployment per registered model
@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 FRAME_SHAPE = [12, 32, 32, 1]
@@ -351,8 +352,7 @@ def paired_ratio(a: dict, b: dict) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per row (default 600; 240 with --quick)")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.lib.cli import new_parser  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from jobs.render import RenderJobConfig, render  # noqa: E402
 from jobs.train import TrainJobConfig, train  # noqa: E402
@@ -178,8 +179,7 @@ def measure(args: argparse.Namespace, preset: str, steps: int, where: dict | Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny model, 60 steps")
     parser.add_argument("--cluster", action="store_true",
                         help="a 2-node Ray cluster on this machine: trainer node and render node "

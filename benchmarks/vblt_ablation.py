@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import comma_items, parse_kinds  # noqa: E402
+from benchmarks.lib.cli import comma_items, new_parser, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 # One change each against the V-BLT `small` preset (and UNet-3D `small` as the bar to reach). The
@@ -135,8 +135,7 @@ def train_row(spec: tuple[str, dict, dict], arrays: dict, kind: str, lr: float,
 
 def main() -> None:
     begin = time.perf_counter()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help=f"< 5 minutes: rows {','.join(QUICK_ROWS)}, 2D, 60 steps, one lr")
     parser.add_argument("--rows", default=None,

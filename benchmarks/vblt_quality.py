@@ -5,9 +5,9 @@
 
 The real path: `jobs.render` writes each data set, `jobs.train` trains the `small` preset with Ray
 Train (1 worker, all cores), and the trained model is evaluated on the test split; copy-last-frame
-is scored on the very same frames. Predictions decode each pixel's distribution to its trimmed
-mean (the default: the mean over bytes of probability >= 3%); the mean and argmax columns decode
-to the plain mean and to the most likely byte instead.
+is scored on the very same frames. The headline PSNR and SSIM use the decoding jobs.train chose
+on val (trimmed mean, mean or argmax of each pixel's 256-way distribution); the table gives each
+decoding's test scores beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import parse_kinds  # noqa: E402
+from benchmarks.lib.cli import new_parser, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 from benchmarks.lib.trained import render_and_train  # noqa: E402
 
@@ -41,8 +41,7 @@ def run_kind(kind: str, args: argparse.Namespace, root: Path) -> dict[str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per data set (default 1000; 60 with --quick)")

@@ -272,6 +272,22 @@ def test_benchmark_options_take_comma_lists_and_refuse_bad_ones(capsys):
         assert repr(text) in err and len(err.strip().splitlines()) == 2  # usage + the reason
 
 
+def test_benchmark_help_shows_each_default_once_and_only_where_there_is_one():
+    from benchmarks.lib.cli import new_parser
+
+    parser = new_parser("doc\n    indented as written")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per row")
+    parser.add_argument("--steps", type=int, default=None, help="steps (default 300)")
+    parser.add_argument("--size", type=int, default=16, help="frame size (default 32 on GPU)")
+    parser.add_argument("--out", default="", help="folder")
+    parser.add_argument("--quick", action="store_true", help="smoke run")
+    text = " ".join(parser.format_help().split())
+    assert "    indented as written" in parser.format_help()
+    assert "rounds per row (default: 3)" in text and "steps (default 300) --size" in text
+    assert "(default 32 on GPU) --out" in text and "folder --quick" in text
+    assert text.endswith("smoke run")
+
+
 def test_top_k_sampling_draws_from_the_tempered_softmax_of_the_k_likeliest_only():
     """Per row: argmax at temperature 0; with top_k, only the k likeliest tokens, at the
     frequencies of their tempered softmax renormalised; a row's draws do not depend on its

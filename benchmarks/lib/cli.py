@@ -30,3 +30,20 @@ def parse_kinds(text: str, parser: argparse.ArgumentParser) -> list[str]:
     if not kinds or set(kinds) - set(KINDS):
         parser.error(f"--kinds {text!r}: give 2d, 3d or 2d,3d")
     return kinds
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written, and each option's default after its help, unless the help
+    already states one or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, "", argparse.SUPPRESS)
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def new_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's parser: its docstring as the description, defaults shown in --help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=_Help)
