@@ -55,7 +55,9 @@ class ServeJobConfig:
                                                            "(autoscaling above min_replicas)"})
     cpus_per_replica: float = field(default=0.5, metadata={"help": "CPUs per model replica"})
     max_body_mb: float = field(default=32.0, metadata={"help": "request body limit (413 above)"})
-    max_future_frames: int = field(default=32, metadata={"help": "longest rollout"})
+    max_future_frames: int = field(default=32, metadata={
+        "help": "most frames one /rollout or /generate request may ask for (a generator is "
+                "also held to the clip length it was trained on)"})
     app_name: str = field(default="framecast", metadata={"help": "Serve application name"})
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
         "help": "compute precision: auto keeps the faster of fp32 and bf16 as each replica "
