@@ -188,7 +188,9 @@ class PixelConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, D, T, H, W) -> the same shape."""
-        y = self.norm(x.movedim(1, -1)).movedim(-1, 1)
+        # Positive dims: the TorchScript ONNX exporter writes movedim(-1, 1) as a Transpose with
+        # perm {0, -1, ...}, which ONNX Runtime refuses to load.
+        y = self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         return x + self.conv2(F.gelu(self.conv1(y)))
 
 
