@@ -40,7 +40,13 @@ class GenerateConfig:
         if not self.model or not self.data:
             raise ConfigError("--model and --data are required")
         check_bounds(self, positive=("batch_size",),
-                     non_negative=("temperature", "top_k", "clips"))
+                     non_negative=("temperature", "top_k", "clips", "seed"))
+        from framecast.models.nbp import check_sampling
+
+        try:
+            check_sampling(self.temperature, self.top_k, self.seed)  # inf, past 64 bits
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def generate_job(config: GenerateConfig) -> dict:
@@ -51,6 +57,7 @@ def generate_job(config: GenerateConfig) -> dict:
     from framecast import metrics, tracking, viz
     from framecast.generation import continue_clips
     from framecast.models.contract import TokenGenerator
+    from framecast.models.nbp import MAX_SEED
 
     manifest = fdata.read_manifest(config.data)
     t = manifest.config.frame_shape[0]
@@ -66,6 +73,9 @@ def generate_job(config: GenerateConfig) -> dict:
     test = test[:config.clips] if config.clips else test
     if not len(test):
         raise ConfigError(f"the test split of {config.data} is empty")
+    if config.seed + len(test) - 1 > MAX_SEED:  # clip i draws with seed + i
+        raise ConfigError(f"--seed {config.seed}: clip i draws with seed + i, so for "
+                          f"{len(test)} clips give at most {MAX_SEED - len(test) + 1}")
 
     k, future = config.cond_frames, t - config.cond_frames
     print(f"generate: {meta['name']} ({config.model}) continues {len(test)} test clips of "

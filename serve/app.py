@@ -420,10 +420,12 @@ class Ingress:
             future_frames: int | None = Query(None, gt=0, description="frames to generate "
                                               "(.npy uploads; JSON bodies carry the settings "
                                               "as fields)"),
-            temperature: float | None = Query(None, ge=0, description="0 = greedy; default 1"),
+            temperature: float | None = Query(None, ge=0, allow_inf_nan=False,
+                                              description="0 = greedy; default 1"),
             top_k: int | None = Query(None, ge=1, description="sample among the k likeliest "
                                                               "tokens; absent = all"),
-            seed: int | None = Query(None, ge=0, description="the same seed, the same frames")
+            seed: int | None = Query(None, ge=0, le=codec.MAX_SEED,
+                                     description="the same seed, the same frames (64 bits)")
     ) -> Response:
         """Context frames in; a token generator continues them block by block (sampling with
         the given temperature, top-k and seed) and the generated frames come out."""

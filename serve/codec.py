@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from framecast.models.nbp import MAX_SEED
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> 8-bit PIL mode
 ENTROPY_PNG_BITS = 8.0 / 255.0  # an entropy PNG pixel p means p * 8/255 bits (0..8 bits)
@@ -86,10 +88,12 @@ class GenerateRequest(PredictRequest):
     """Context frames, how many frames to generate after them, and how to sample the tokens."""
 
     future_frames: StrictInt = Field(gt=0, description="frames to generate after the context")
-    temperature: float = Field(1.0, ge=0, description="sampling temperature; 0 = greedy")
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False,
+                               description="sampling temperature; 0 = greedy")
     top_k: StrictInt | None = Field(None, ge=1, description="sample among the k likeliest "
                                                             "tokens; absent = all")
-    seed: StrictInt = Field(0, ge=0, description="the same seed gives the same frames")
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED,
+                            description="the same seed gives the same frames (64 bits)")
 
 
 def check_content_type(content_type: str | None) -> str:

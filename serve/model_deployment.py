@@ -26,6 +26,7 @@ from ray import serve
 if TYPE_CHECKING:  # torch is imported by the replicas only, not by the ingress
     from framecast.quant.compute_form import Choice
 
+from framecast.models.nbp import check_sampling
 from serve.codec import InputSpec, RequestError, check_count
 from serve.inference import (
     GenerationRequest,
@@ -256,8 +257,8 @@ class ModelReplica:
         most = future_limit(self.spec, self.frame_shape[0], len(frames))
         if not 0 < future_frames <= most:
             raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
-        if temperature < 0 or top_k < 0:
-            raise ValueError(f"temperature={temperature} and top_k={top_k} must be >= 0")
+        # Checked here, not in the batch: one bad row would fail every request batched with it.
+        check_sampling(float(temperature), int(top_k), int(seed))
         out, ms, batch = await self._generate(GenerationRequest(
             frames, future_frames, float(temperature), int(top_k), int(seed)))
         steps = self.model.forward_steps((len(frames) + future_frames, *self.frame_shape[1:]),

@@ -26,6 +26,10 @@ def run_count() -> int:
     (["--cond-frames", "4"], "--cond-frames 4 must be in 1..3"),
     (["--model", "no-such-model"], "no registered model named 'no-such-model'"),
     (["--temperature", "-1"], "--temperature -1.0 must be >= 0"),
+    # A traceback, an unnamed overflow, and a seed /generate refuses, before:
+    (["--temperature", "inf"], "temperature=inf must be a finite number"),
+    (["--seed", str(2**64)], f"seed={2**64} must be in 0..{2**64 - 1}"),
+    (["--seed", "-1"], "--seed -1 must be >= 0"),
 ])
 def test_bad_generate_input_is_one_line_and_logs_nothing(clips, flags, message, capsys):
     before = run_count()

@@ -308,3 +308,31 @@ def test_top_k_sampling_draws_from_the_tempered_softmax_of_the_k_likeliest_only(
     assert torch.equal(tokens[1], logits[1].argmax(-1))
     alone = sample_tokens(logits[:1], [0.7], [5], [torch.Generator().manual_seed(1)])
     assert torch.equal(alone[0], tokens[0])
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-40, 1e-30, 1e-8])
+def test_a_tiny_temperature_draws_the_argmax_not_nan(temperature):
+    """Before, logits / 1e-300 overflowed to inf and softmax gave nan: torch.multinomial
+    raised, failing every request of the served batch. A tiny temperature is the greedy
+    limit: each draw is the argmax, whatever the logits' scale."""
+    from framecast.models.nbp import sample_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 64, 30) * 50
+    for k in (0, 5):
+        tokens = sample_tokens(logits, [temperature] * 2, [k] * 2,
+                               [torch.Generator().manual_seed(s) for s in (0, 1)])
+        assert torch.equal(tokens, logits.argmax(-1))
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ((float("inf"), 0, 0), "temperature=inf"), ((float("nan"), 0, 0), "temperature=nan"),
+    ((-0.5, 0, 0), "temperature=-0.5"), ((1.0, -1, 0), "top_k=-1"),
+    ((1.0, 0, 2**64), f"seed={2**64}"), ((1.0, 0, -1), "seed=-1")])
+def test_sampling_settings_the_generator_cannot_use_are_refused_in_one_line(settings, words):
+    from framecast.models.nbp import MAX_SEED, check_sampling
+
+    with pytest.raises(ValueError, match=words.replace("+", r"\+")):
+        check_sampling(*settings)
+    check_sampling(1e-300, 0, MAX_SEED)  # the bounds themselves are fine
+    torch.Generator().manual_seed(MAX_SEED)

@@ -4,6 +4,7 @@ each bad parameter's 422, and the bf16 refusal on CPUs without native bf16."""
 
 import copy
 import io
+import json
 
 import mlflow
 import numpy as np
@@ -152,6 +153,22 @@ def test_the_same_seed_gives_the_same_frames(served):
     assert ask(4) != first
 
 
+def test_a_tiny_temperature_is_greedy_and_fails_no_request_batched_with_it(served):
+    """temperature 1e-300 overflowed the tempered logits to nan: torch.multinomial raised and
+    every request in the replica's batch got a 500. Now it is the greedy limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{served}/v1/models/{NAME}/generate"
+    frames = [encode_png(clip(1, 7)[0])]
+    bodies = [{"frames": frames, "future_frames": 3, "temperature": t, "seed": i}
+              for i, t in enumerate([1e-300, 1.0, 1e-40, 0.7, 0.0, 1.0])]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: requests.post(url, json=b, timeout=120), bodies))
+    assert [a.status_code for a in answers] == [200] * len(bodies), [a.text for a in answers]
+    greedy = answers[4].json()["frames"]
+    assert answers[0].json()["frames"] == greedy and answers[2].json()["frames"] == greedy
+
+
 BAD_GENERATE = {
     "temperature below 0": ({"temperature": -0.5}, "invalid_field", "temperature"),
     "top_k below 1": ({"top_k": 0}, "invalid_field", "top_k"),
@@ -159,6 +176,9 @@ BAD_GENERATE = {
                                     "future_frames=4"),
     "future_frames zero": ({"future_frames": 0}, "invalid_field", "future_frames"),
     "seed not an integer": ({"seed": "x"}, "invalid_field", "seed"),
+    # Both passed the ingress before and failed inside the batch, with every request in it.
+    "seed past 64 bits": ({"seed": 2**64}, "invalid_field", "seed"),
+    "temperature infinite": ({"temperature": float("inf")}, "invalid_field", "temperature"),
 }
 
 
@@ -166,7 +186,9 @@ BAD_GENERATE = {
 def test_each_bad_parameter_gets_a_422_naming_it(served, case):
     fields, code, named = BAD_GENERATE[case]
     body = {"frames": [encode_png(clip(1)[0])], "future_frames": 2, **fields}
-    answer = requests.post(f"{served}/v1/models/{NAME}/generate", json=body, timeout=60)
+    # json.dumps writes inf as Infinity, which Python's json.loads (the ingress's) accepts
+    answer = requests.post(f"{served}/v1/models/{NAME}/generate", data=json.dumps(body),
+                           headers={"Content-Type": "application/json"}, timeout=60)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"] == code and named in answer.json()["detail"]
 
@@ -176,6 +198,8 @@ def test_bad_npy_parameters_and_frames_are_refused_too(served):
     buf = io.BytesIO()
     np.save(buf, clip(1))
     for params, named in (({"future_frames": 2, "temperature": -1}, "temperature"),
+                          ({"future_frames": 2, "temperature": "inf"}, "temperature"),
+                          ({"future_frames": 2, "seed": 2**64}, "seed"),
                           ({"future_frames": 2, "top_k": 0}, "top_k"),
                           ({}, "future_frames")):
         answer = requests.post(url, data=buf.getvalue(), params=params, timeout=60,

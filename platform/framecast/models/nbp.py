@@ -126,6 +126,21 @@ def block_mask(grid: Shape3, block: Shape3, cond_tokens: int,
 Sampling = float | int | Sequence[float] | Sequence[int]
 
 
+# torch.Generator.manual_seed takes any seed of 64 bits; a larger one overflows.
+MAX_SEED = 2**64 - 1
+
+
+def check_sampling(temperature: float, top_k: int, seed: int) -> None:
+    """Refuse (ValueError, one line) a setting sampling cannot use: a temperature that is
+    negative or not finite, a negative top_k, a seed outside 0..MAX_SEED."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy)")
+    if top_k < 0:
+        raise ValueError(f"top_k={top_k} must be >= 0 (0 = all tokens)")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed} must be in 0..{MAX_SEED} (2**64 - 1)")
+
+
 def _per_row(value: Sampling, rows: int, name: str) -> list:
     """A sampling setting for the whole batch, or one per row, as one per row."""
     if isinstance(value, int | float):
@@ -155,7 +170,13 @@ def sample_tokens(logits: torch.Tensor, temperature: list[float], top_k: list[in
         # One top-k for the rows that share k; then each row draws from its own generator.
         values, index = logits[rows].topk(k, dim=-1) if k else (logits[rows], None)
         for i, row in enumerate(rows):
-            probs = (values[i].float() / temperature[row]).softmax(-1)
+            # Shifted to max 0 before tempering: a tiny temperature then sends the others to
+            # -inf (a one-hot draw) instead of the top to +inf (inf - inf = nan in softmax).
+            # Below float32's smallest normal it would be 0 in float32: the draw is the same.
+            scores = values[i].float()
+            scores = (scores - scores.amax(-1, keepdim=True)) / max(
+                temperature[row], torch.finfo(torch.float32).tiny)
+            probs = scores.softmax(-1)
             pick = torch.multinomial(probs, 1, generator=generators[row])
             tokens[row] = (pick if index is None else index[i].gather(-1, pick))[:, 0]
     return tokens
@@ -430,6 +451,8 @@ class NBP(TokenGenerator):
                         self.norm.weight.dtype) if use_cache else None
         temperature = _per_row(temperature, b, "temperature")
         top_k, seed = _per_row(top_k, b, "top_k"), _per_row(seed, b, "seed")
+        for row in range(b):
+            check_sampling(float(temperature[row]), int(top_k[row]), int(seed[row]))
         generators = [torch.Generator(device).manual_seed(int(s)) if t else None
                       for t, s in zip(temperature, seed, strict=True)]
         for j in range(done, total):
