@@ -30,6 +30,7 @@ chosen or not.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -79,6 +80,9 @@ class CompareConfig(OptimConfig):
     def __post_init__(self) -> None:
         if not self.data_dirs:
             raise ConfigError("--data is required: a folder written by `python -m jobs.render`")
+        # Absolute from here on: Ray Train workers run in their own working directory.
+        object.__setattr__(self, "data", ",".join(
+            os.path.abspath(os.path.expanduser(d)) for d in self.data_dirs))
         if len(self.data_dirs) > 2 or len(set(self.data_dirs)) != len(self.data_dirs):
             raise ConfigError(f"--data {self.data!r}: give one or two different folders")
         if not self.model_names and not self.runs:

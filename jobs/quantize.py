@@ -60,6 +60,11 @@ class QuantizeJobConfig(QuantConfig):
             raise ConfigError("--model and --data are required")
         check_bounds(self, positive=("batch_size", "eval_sequences", "latency_repeats"),
                      non_negative=("test_sequences", "latency_span_ms"))
+        from framecast.tracking import check_alias, check_registered_name
+
+        if self.register not in ("", "none"):
+            check_registered_name(self.register)
+        check_alias(self.alias)
 
 
 def shuffled_batches(videos: np.ndarray, batch_size: int, seed: int) -> Iterator:
@@ -155,6 +160,8 @@ def quantize(config: QuantizeJobConfig) -> dict:
     test = test[:config.test_sequences] if config.test_sequences else test
     register = None if config.register == "none" else (
         config.register or f"{meta['name']}-{manifest.config.kind}-int8")
+    if register:
+        tracking.check_register_precision(register, "w8a8")
 
     print(f"quantize: {meta['name']} from {config.model} (run {fp32_run}); calibrating on "
           f"{len(train)} train sequences of {config.data}")

@@ -98,6 +98,9 @@ class TrainJobConfig(OptimConfig):
     def __post_init__(self) -> None:
         if not self.data:
             raise ConfigError("--data is required: a folder written by `python -m jobs.render`")
+        # Absolute from here on: Ray Train workers run in their own working directory, where
+        # a relative --data (as the docs write it) does not exist.
+        object.__setattr__(self, "data", os.path.abspath(os.path.expanduser(self.data)))
         check_bounds(self, positive=("steps", "batch_size", "workers", "log_every",
                                      "checkpoint_every", "stream_actors", "lr"),
                      non_negative=("warmup_steps", "eval_every", "cache_mb"))
@@ -108,6 +111,10 @@ class TrainJobConfig(OptimConfig):
             raise ConfigError(f"placement={self.placement!r}: expected one of "
                               f"{', '.join(PLACEMENTS)}")
         _ = self.extra_resources  # checks --worker-resources
+        if self.register not in ("", "none"):
+            from framecast.tracking import check_registered_name
+
+            check_registered_name(self.register)
         family = registry.entry(self.model).model_class.family
         if self.own_inputs and family != "frame_predictor":
             raise ConfigError(f"--own-inputs is for frame predictors; {self.model} is a "
@@ -156,6 +163,13 @@ class TrainPlan:
         if self.built:
             return self.built.pop()
         return registry.entry(self.config.model).build(self.model, **self.components)
+
+    @property
+    def registered_name(self) -> str | None:
+        """The registered model name the run registers under (None: --register none)."""
+        register = self.config.register
+        return None if register == "none" else (
+            register or f"{self.config.model}-{self.manifest.config.kind}")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -445,16 +459,36 @@ def train(config: TrainJobConfig) -> dict:
     from framecast.cluster import check_gpus, init_ray, worker_cpus
 
     checked = plan(config)  # before Ray and MLflow: a bad flag leaves nothing behind
+    if checked.registered_name:
+        tracking.check_register_precision(checked.registered_name, "fp32")
+    resumed = tracking.find_run(config.experiment, tracking.RAY_RUN_TAG, checked.name)
+    if resumed:
+        check_resumable(checked, resumed)
     init_ray()
     worker_cpus(config.workers, config.cpus_per_worker, floor=0.25)  # before the MLflow run
     if config.use_gpu:
         check_gpus(config.workers)
     check_storage("train", [config.data], checked.storage, config.experiment)
-    resumed = tracking.find_run(config.experiment, tracking.RAY_RUN_TAG, checked.name)
     if resumed:
         print(f"train: resuming run {checked.name} (MLflow run {resumed})")
     with train_run(checked, run_id=resumed) as run:
         return fit_and_finish(checked, run.info.run_id)
+
+
+def check_resumable(checked: TrainPlan, run_id: str) -> None:
+    """Refuse (ConfigError, one line) resuming run `run_id` (found by --name) with another model
+    than it trains: its checkpoint would not load, and the failure would mark it FAILED."""
+    import mlflow
+
+    had = mlflow.MlflowClient().get_run(run_id).data.params
+    now = {k: str(v) for k, v in checked.params.items() if k == "model" or k.startswith("model.")}
+    changed = sorted(k for k, v in now.items() if k in had and had[k] != v)
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--name {checked.name} resumes MLflow run {run_id}, which trains "
+                          f"{key}={had[key]}, not {now[key]}"
+                          + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else "")
+                          + "; give the same model flags to resume it, or a new --name")
 
 
 @contextlib.contextmanager
@@ -584,8 +618,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any, model: Any = None) -> 
         mlflow.log_metrics({f"final_val_psnr_{d}": v for d, v in psnr.items()}, step=step)
         print(f"train: {describe_decode_choice(best, psnr)}")
     summary = {f"val_{k}": v for k, v in model.eval().evaluate(val, config.batch_size).items()}
-    registered = None if config.register == "none" else (
-        config.register or f"{config.model}-{manifest.config.kind}")
+    registered = plan.registered_name
     mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}, step=step)
     log_prediction_figure(model, val[0], title=f"{plan.name} step {step}")
     info = model_io.log_model(model, config.model, registered_name=registered,

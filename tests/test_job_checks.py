@@ -66,3 +66,73 @@ def test_a_host_this_machine_cannot_bind_is_named_as_such():
     check_host("127.0.0.1")
     with pytest.raises(ConfigError, match="--host 192.0.2.1: cannot bind it here"):
         check_host("192.0.2.1")  # TEST-NET-1: never one of this machine's addresses
+
+
+def test_a_relative_data_folder_reaches_ray_train_workers_absolute(tmp_path, monkeypatch):
+    """Ray Train workers run in a working directory of their own: `jobs.train --data
+    data/2d-demo-s0` (as the docs write it) failed in the workers, "does not exist", after
+    the MLflow run had started. The jobs now make --data absolute as they parse it."""
+    from jobs.compare import CompareConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert TrainJobConfig(data="data/tri").data == str(tmp_path / "data" / "tri")
+    both = CompareConfig(data="data/2d,data/3d/")
+    assert both.data_dirs == [str(tmp_path / "data" / "2d"), str(tmp_path / "data" / "3d")]
+    with pytest.raises(ConfigError, match="two different folders"):
+        CompareConfig(data="data/2d,./data/2d")  # one folder, written two ways
+
+
+@pytest.mark.parametrize(("check", "value"), [
+    ("alias", "latest"), ("alias", "Latest"), ("alias", "v3"), ("alias", "bad alias!"),
+    ("alias", ""), ("name", "a/b"), ("name", "x@candidate"), ("name", "a:b"), ("name", " "),
+    ("name", "it's")])
+def test_names_and_aliases_mlflow_or_the_jobs_cannot_use_are_refused(check, value):
+    """`jobs.quantize --alias latest` (or --register a/b) failed with a traceback after all its
+    work, leaving a READY version of a FAILED run that @latest then served."""
+    from framecast.tracking import check_alias, check_registered_name
+
+    with pytest.raises(ConfigError, match="--alias" if check == "alias" else "--register"):
+        (check_alias if check == "alias" else check_registered_name)(value)
+    check_alias("champion-2_b")
+    check_registered_name("vblt-2d-int8")
+
+
+def test_a_float_and_a_quantized_model_never_share_a_registered_name(logged, tmp_path):
+    """`jobs.quantize --register vblt-2d` (the fp32 model's own name) was accepted: its int8
+    version became vblt-2d@latest, and later quantize, tune and evaluate runs broke on it."""
+    from framecast.tracking import check_register_precision
+
+    with pytest.raises(ConfigError, match="--register checks-vblt: its versions are float"):
+        check_register_precision("checks-vblt", "w8a8")
+    check_register_precision("checks-vblt", "fp32")
+    check_register_precision("checks-nothing-yet", "w8a8")
+    with mlflow.start_run():
+        info = model_io.log_model(create("vblt", "tiny"), "vblt", registered_name="checks-int8")
+    mlflow.MlflowClient().set_model_version_tag("checks-int8", info.registered_model_version,
+                                                "precision", "w8a8")
+    check_register_precision("checks-int8", "w8a8")
+    data = tiny_2d(tmp_path / "tri", num_sequences=12, frames=4, size=16)
+    from jobs.train import train
+
+    with pytest.raises(ConfigError, match="--register checks-int8: its versions are W8A8"):
+        train(TrainJobConfig(data=str(data), preset="tiny", batch_size=2,
+                             register="checks-int8"))
+
+
+def test_resuming_a_named_run_with_another_model_is_refused_untouched(tmp_path):
+    """`jobs.train --name X` with another model config resumed X's run, failed loading its
+    checkpoint (state_dict mismatch, a traceback) and turned the FINISHED run FAILED."""
+    from jobs.train import train
+
+    data = tiny_2d(tmp_path / "tri", num_sequences=12, frames=4, size=16)
+    config = TrainJobConfig(data=str(data), preset="tiny", batch_size=2, name="resume-other",
+                            experiment="test-job-checks", register="none")
+    params = {k: str(v) for k, v in plan(config).params.items() if k.startswith("model")}
+    tracking.use_experiment("test-job-checks")
+    with mlflow.start_run() as run:
+        mlflow.set_tag(tracking.RAY_RUN_TAG, "resume-other")
+        mlflow.log_params({**params, "model.dim": "999"})
+    with pytest.raises(ConfigError, match=r"--name resume-other resumes MLflow run \w+, which "
+                                          r"trains model.dim=999, not 24"):
+        train(config)
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"

@@ -153,3 +153,23 @@ def test_the_report_reads_each_ratio_the_right_way_round():
                           "latency_ms_fp32_b1": 10.0, "latency_ms_quant_b1": 12.5,
                           "speedup_b1": 0.8})
     assert "4.00x smaller" in table and "1.25x slower" in table and "faster" not in table
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--alias", "latest"], "--alias 'latest': an alias is"),
+    (["--register", "a/b"], "--register 'a/b': a registered model name"),
+])
+def test_names_mlflow_refuses_exit_2_before_any_work(flags, message, capsys):
+    """Before, they failed with a traceback after calibration, fine-tuning and logging."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m", "--data", "d", *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_int8_model_under_the_fp32_model_s_own_name_is_refused(fp32_model, capsys):
+    data, _, _ = fp32_model
+    client = mlflow.MlflowClient()
+    before = len(client.search_model_versions("name='qtest-2d'"))
+    assert main(["--model", "qtest-2d", "--data", str(data), "--register", "qtest-2d"]) == 2
+    assert "--register qtest-2d: its versions are float models" in capsys.readouterr().err
+    assert len(client.search_model_versions("name='qtest-2d'")) == before

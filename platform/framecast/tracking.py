@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from framecast.config import project_home
+from framecast.config import ConfigError, project_home
 
 DEFAULT_EXPERIMENT = "framecast"
 
@@ -269,3 +270,40 @@ def mark_stage(run_id: str, key: str, **tags: str) -> None:
     client = mlflow.MlflowClient()
     for name, value in {STAGE_KEY_TAG: key, **tags}.items():
         client.set_tag(run_id, name, str(value))
+
+
+_ALIAS = re.compile(r"[\w\-]{1,255}")  # MLflow's rule for an alias
+
+
+def check_registered_name(name: str, flag: str = "--register") -> None:
+    """Refuse (ConfigError, one line) a registered model name MLflow would refuse only once the
+    model is logged ('/' or ':'), or one the jobs cannot read back as NAME[@ALIAS] ('@') or in
+    a registry search (a quote): before any work, not after it."""
+    if not name.strip() or name != name.strip() or any(c in name for c in "/:@'\"\\"):
+        raise ConfigError(f"{flag} {name!r}: a registered model name has no '/', ':', '@', "
+                          "quotes or surrounding spaces (e.g. vblt-2d-int8)")
+
+
+def check_alias(alias: str, flag: str = "--alias") -> None:
+    """Refuse (ConfigError, one line) an alias MLflow refuses or keeps for itself: 'latest'
+    (the newest version) and v<N> (version N)."""
+    if not _ALIAS.fullmatch(alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+",
+                                                                                   alias):
+        raise ConfigError(f"{flag} {alias!r}: an alias is letters, digits, '_' and '-', and not "
+                          "'latest' or v<N>, which name the newest version and version N")
+
+
+def check_register_precision(name: str, precision: str, flag: str = "--register") -> None:
+    """Refuse (ConfigError, one line) registering a `precision` model ('fp32' or 'w8a8') under
+    a name whose versions are of the other: serve, tune and evaluate read a name's versions as
+    one model (an int8 version under the fp32 model's name broke later quantize runs)."""
+    import mlflow
+
+    ensure_tracking_uri()
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    other = [v for v in versions if (v.tags.get("precision") == "w8a8") != (precision == "w8a8")]
+    if other:
+        kind = "W8A8 (quantized)" if precision != "w8a8" else "float"
+        raise ConfigError(f"{flag} {name}: its versions are {kind} models (version "
+                          f"{other[0].version}); register this {precision} model under "
+                          "another name")
