@@ -44,13 +44,16 @@ from framecast.models import registry
 from framecast.train import OptimConfig
 from jobs.common import run_job
 
+DEFAULT_MODELS = "vblt,vivit,unet3d"
+
 
 @dataclass(frozen=True)
 class CompareConfig(OptimConfig):
     data: str = field(default="", metadata={
         "help": "data set folder(s) from jobs.render: DIR or DIR,DIR2 (or --data twice)"})
-    models: str = field(default="vblt,vivit,unet3d", metadata={
-        "help": "registered frame predictors to compare, comma-separated"})
+    models: str = field(default="", metadata={
+        "help": f"frame predictors to train and compare, comma-separated (empty: "
+                f"{DEFAULT_MODELS}, or none when --runs is given; 'none': none)"})
     preset: str = field(default="small", metadata={
         "help": "preset of every model: tiny (tests), small (CPU), paper (table 1 sizes)"})
     lrs: str = field(default="", metadata={
@@ -86,7 +89,7 @@ class CompareConfig(OptimConfig):
         if len(self.data_dirs) > 2 or len(set(self.data_dirs)) != len(self.data_dirs):
             raise ConfigError(f"--data {self.data!r}: give one or two different folders")
         if not self.model_names and not self.runs:
-            raise ConfigError("--models is empty and no --runs given: nothing to compare")
+            raise ConfigError("--models none and no --runs given: nothing to compare")
         for name in self.model_names:
             entry = registry.entry(name)  # unknown names: one line listing the known ones
             if entry.model_class.family != "frame_predictor":
@@ -111,7 +114,11 @@ class CompareConfig(OptimConfig):
 
     @property
     def model_names(self) -> list[str]:
-        return [m.strip() for m in self.models.split(",") if m.strip()]
+        """The models to train: --models, else the default three unless --runs gives some."""
+        if self.models.strip() == "none":
+            return []
+        models = self.models or ("" if self.runs else DEFAULT_MODELS)
+        return [m.strip() for m in models.split(",") if m.strip()]
 
     @property
     def lr_grid(self) -> list[float]:
@@ -186,6 +193,11 @@ def prepare(config: CompareConfig, stamp: str) -> tuple[dict[str, Any], list[Ent
                                     lr=lr))
     for ref in config.run_refs:
         entrants += _logged_entrant(ref, manifests)
+    keys = [e.key for e in entrants if e.model is not None] + list(
+        {e.key for e in entrants if e.model is None})  # trained: one key for all its lrs
+    for e in entrants:  # a logged model named as another entrant: it would replace it in tables
+        if e.model is not None and keys.count(e.key) > 1:
+            e.name = f"{e.name} ({e.ref})"
     check_context(config.context, manifests, entrants)
     return manifests, entrants
 

@@ -15,6 +15,7 @@ from test_data import write_dataset
 
 from framecast import comparison, model_io, tracking
 from framecast import data as fdata
+from framecast.config import ConfigError
 from framecast.models import create
 from framecast.render.spec import RenderConfig
 from jobs.compare import CompareConfig, Entrant, choose_lrs, compare, main, merge_data_flags
@@ -328,3 +329,20 @@ def test_an_ablation_row_splits_model_fields_from_training_options_and_refuses_b
                          ("vblt:init=unit", "init='unit'")):
         with pytest.raises(ConfigError, match=message):
             parse_row(bad)
+
+
+def test_runs_alone_train_nothing_and_a_logged_model_keeps_its_own_row(logged):
+    """`--runs` without `--models` trained the default three as well (the docstring's
+    "logged: no training" example), and a logged vblt beside a trained vblt shared its table
+    row, one replacing the other."""
+    from jobs.compare import prepare
+
+    dirs, refs = logged
+    assert CompareConfig(data="x", runs=refs[0]).model_names == []
+    assert CompareConfig(data="x").model_names == ["vblt", "vivit", "unet3d"]
+    assert CompareConfig(data="x", models="unet3d", runs=refs[0]).model_names == ["unet3d"]
+    with pytest.raises(ConfigError, match="nothing to compare"):
+        CompareConfig(data="x", models="none")
+    _, entrants = prepare(CompareConfig(data=str(dirs["2d"]), models="vblt", preset="tiny",
+                                        runs=f"{refs[0]},{refs[1]}", context=2), "t")
+    assert [e.name for e in entrants] == ["vblt", f"vblt ({refs[0]})", "vivit"]
