@@ -115,3 +115,20 @@ def load_logged_model(ref: str):
     except mlflow.exceptions.MlflowException as err:
         raise ValueError(f"--model {ref!r} not found in MLflow "
                          f"({mlflow.get_tracking_uri()}): {err.message[:200]}") from None
+
+
+def note_other_data_kind(job: str, ref: str, meta: dict, manifest) -> None:
+    """One line when the model was trained on another kind of data (2d / 3d) than `manifest`'s:
+    frames of the same shape run, so nothing else would tell the user the scores are off-kind.
+    The kind is in meta from now on; for older models, read from the data folder they name."""
+    from framecast import data as fdata
+
+    trained = meta.get("data_kind")
+    if not trained and meta.get("data"):
+        try:
+            trained = fdata.read_manifest(meta["data"]).config.kind
+        except (fdata.DatasetError, OSError):
+            return
+    if trained and trained != manifest.config.kind:
+        print(f"{job}: note: {ref} was trained on {trained} data; this data is "
+              f"{manifest.config.kind}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from framecast.config import ConfigError, check_bounds, flat_params
-from jobs.common import load_logged_model, log_prediction_figure, run_job
+from jobs.common import load_logged_model, log_prediction_figure, note_other_data_kind, run_job
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ def evaluate_job(config: EvaluateConfig) -> dict:
     tracking.use_experiment(config.experiment)
     model, meta = load_logged_model(config.model)
     model.check_data(manifest.config.frame_shape)
+    note_other_data_kind("evaluate", config.model, meta, manifest)
     videos, _ = fdata.load_numpy(config.data, config.split)
     if config.limit:
         videos = videos[:config.limit]

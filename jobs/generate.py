@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 from framecast.config import ConfigError, check_bounds, flat_params
-from jobs.common import load_logged_model, run_job
+from jobs.common import load_logged_model, note_other_data_kind, run_job
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ def generate_job(config: GenerateConfig) -> dict:
     if not isinstance(model, TokenGenerator):
         raise ConfigError(f"--model {config.model!r} is a {model.family}, not a token generator")
     model.check_data(manifest.config.frame_shape)  # the tokenizer must take these frames
+    note_other_data_kind("generate", config.model, meta, manifest)
     test, _ = fdata.load_numpy(config.data, "test")
     test = test[:config.clips] if config.clips else test
     if not len(test):

@@ -27,7 +27,7 @@ import numpy as np
 
 from framecast.config import ConfigError, check_bounds, flat_params
 from framecast.quant.schedule import QuantConfig
-from jobs.common import load_logged_model, log_prediction_figure, run_job
+from jobs.common import load_logged_model, log_prediction_figure, note_other_data_kind, run_job
 
 LATENCY_BATCH_SIZES = (1, 8)  # one clip (a user waiting) and a batch (a server's throughput)
 
@@ -150,6 +150,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
         raise ConfigError(f"jobs.quantize quantizes frame predictors and token generators; "
                           f"{meta['name']} is a {fp32.family}")
     fp32.check_data(manifest.config.frame_shape)
+    note_other_data_kind("quantize", config.model, meta, manifest)
     train, _ = fdata.load_numpy(config.data, "train")
     val, _ = fdata.load_numpy(config.data, "val")
     test, _ = fdata.load_numpy(config.data, "test")

@@ -623,6 +623,7 @@ def finish(plan: TrainPlan, run_id: str, checkpoint: Any, model: Any = None) -> 
     log_prediction_figure(model, val[0], title=f"{plan.name} step {step}")
     info = model_io.log_model(model, config.model, registered_name=registered,
                               extra={"preset": config.preset, "data": str(config.data),
+                                     "data_kind": manifest.config.kind,
                                      "frame_shape": list(manifest.config.frame_shape),
                                      "overrides": {k: list(v) if isinstance(v, tuple) else v
                                                    for k, v in config.overrides.items()},

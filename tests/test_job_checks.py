@@ -136,3 +136,18 @@ def test_resuming_a_named_run_with_another_model_is_refused_untouched(tmp_path):
                                           r"trains model.dim=999, not 24"):
         train(config)
     assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_model_trained_on_the_other_kind_of_data_is_noted(tmp_path, capsys):
+    """A 2D model on 3D data of the same frame shape ran without a word (review: M4)."""
+    from framecast import data as fdata
+    from jobs.common import note_other_data_kind
+
+    data = tiny_2d(tmp_path / "tri", num_sequences=6, frames=4, size=16)
+    manifest = fdata.read_manifest(data)
+    note_other_data_kind("evaluate", "vblt-3d", {"data_kind": "3d"}, manifest)
+    assert capsys.readouterr().out == ("evaluate: note: vblt-3d was trained on 3d data; this "
+                                       "data is 2d\n")
+    for meta in ({"data": str(data)}, {"data": str(tmp_path / "gone")}, {}):
+        note_other_data_kind("evaluate", "m", meta, manifest)  # same kind, or not known
+    assert capsys.readouterr().out == ""
