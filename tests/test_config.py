@@ -55,3 +55,19 @@ def test_from_dict_round_trips_and_is_strict():
         from_dict(Example, {"steps": True})
     with pytest.raises(ConfigError, match="not one of"):
         from_dict(Example, {"mode": "z"})
+
+
+@pytest.mark.parametrize(("job", "flag"), [("evaluate", "--experiment"), ("train", "--experiment"),
+                                           ("serve", "--app-name")])
+def test_an_empty_experiment_or_app_name_is_one_line_before_any_work(job, flag, capsys):
+    """`jobs.evaluate --experiment ''` and `jobs.serve --app-name ''` ended in MLflow's and
+    Serve's tracebacks after loading models and starting Ray."""
+    import importlib
+
+    main = importlib.import_module(f"jobs.{job}").main
+    argv = {"evaluate": ["--model", "m", "--data", "d"], "train": ["--data", "d"],
+            "serve": ["--model", "m"]}[job]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, flag, " "])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].endswith(f"{flag} must not be empty"), err

@@ -149,3 +149,13 @@ def test_publish_replaces_an_old_dataset_whole(tmp_path):
     assert fdata.read_manifest(out).config == bigger
     assert len(fdata.load_numpy(out, "all")[0]) == 12
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no staging or old copy left behind
+
+
+def test_an_out_folder_that_cannot_be_written_is_named_not_the_lock_file():
+    """`jobs.render --out /proc/nope` said "No such file or directory: '/proc/.nope.lock'",
+    a file the user never named."""
+    from framecast.data import DatasetError, render_lock
+
+    with pytest.raises(DatasetError, match=r"^--out /proc/nope: cannot write in /proc \("):
+        with render_lock(Path("/proc/nope")):
+            pass

@@ -645,3 +645,18 @@ def test_the_ingress_goes_on_the_head_and_fits_a_head_without_spare_cpus(ray_loc
     assert too_big == {"num_cpus": 0.0, "resources": {HEAD_RESOURCE: 0.001}}
     assert ingress_actor_options(AppArgs(ingress_cpus=3.0, ingress_on_head=False)) == {
         "num_cpus": 3.0}
+
+
+def test_a_damaged_png_is_named_without_our_memory_addresses():
+    """PIL says "cannot identify image file <_io.BytesIO object at 0x7f...>": the 400 told the
+    client an address in the replica's memory."""
+    from serve.codec import InputSpec, RequestError, decode_png_frames
+
+    spec = InputSpec(16, 16, 1, 1, 8, 8)
+    good = base64.b64decode(encode_png(np.zeros((16, 16, 1), np.uint8)))
+    with pytest.raises(RequestError) as err:
+        decode_png_frames([base64.b64encode(good[:40]).decode()], spec)
+    text = err.value.message
+    assert err.value.code == "bad_png" and text.startswith(
+        "frames[0] is a damaged PNG: cannot identify image file"), text
+    assert "0x" not in text and "object at" not in text, text

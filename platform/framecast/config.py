@@ -32,6 +32,11 @@ class ConfigError(ValueError):
     """A user-facing configuration error: one line naming the bad value and what is accepted."""
 
 
+# Names MLflow or Serve refuse with a traceback, after the job has done its work: every job
+# that has such a flag refuses it empty at once.
+NON_BLANK = ("experiment", "app_name")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -182,7 +187,11 @@ def parse_args(cls: type[T], argv: list[str] | None = None, *, description: str 
     try:
         path = namespace.pop("config", None) if config_flag else None
         # Flags are SUPPRESSed unless given, so those given are exactly the ones that win.
-        return from_dict(cls, {**(read_config_file(path) if path else {}), **namespace})
+        config = from_dict(cls, {**(read_config_file(path) if path else {}), **namespace})
+        for name in NON_BLANK:
+            if not str(getattr(config, name, "x")).strip():
+                raise ConfigError(f"{_flag(name)} must not be empty")
+        return config
     except ConfigError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -328,8 +328,13 @@ def render_lock(out: Path) -> Iterator[None]:
     staging folder for an interrupted one's leftovers. The lock file beside `out` is removed
     when the render ends (still locked, so a render that opened it meanwhile sees it gone and
     takes a new one): nothing is left beside --out."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        open(path, "a").close()
+    except OSError as err:  # the lock file is ours, not the user's: name --out
+        raise DatasetError(f"--out {out}: cannot write in {out.parent} "
+                           f"({err.strerror or err})") from None
     while True:
         handle = open(path, "a")
         try:
