@@ -33,6 +33,7 @@ import datetime
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -193,10 +194,12 @@ def prepare(config: CompareConfig, stamp: str) -> tuple[dict[str, Any], list[Ent
                                     lr=lr))
     for ref in config.run_refs:
         entrants += _logged_entrant(ref, manifests)
-    keys = [e.key for e in entrants if e.model is not None] + list(
-        {e.key for e in entrants if e.model is None})  # trained: one key for all its lrs
-    for e in entrants:  # a logged model named as another entrant: it would replace it in tables
-        if e.model is not None and keys.count(e.key) > 1:
+    # A logged model named as another entrant would replace it in the tables (a trained model
+    # has one key for all its lrs).
+    logged = Counter(e.key for e in entrants if e.model is not None)
+    trained = {e.key for e in entrants if e.model is None}
+    for e in entrants:
+        if e.model is not None and (logged[e.key] > 1 or e.key in trained):
             e.name = f"{e.name} ({e.ref})"
     check_context(config.context, manifests, entrants)
     return manifests, entrants

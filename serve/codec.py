@@ -177,7 +177,8 @@ def decode_png_frames(encoded: list[str], spec: InputSpec) -> np.ndarray:
         try:
             pixels = np.asarray(image)
         except Exception as err:
-            raise RequestError(400, "bad_png", f"frames[{i}] is a damaged PNG: {err}") from None
+            raise RequestError(400, "bad_png",
+                               f"frames[{i}] is a damaged PNG: {_no_repr(err)}") from None
         frames[i] = pixels.reshape(spec.height, spec.width, spec.channels)
     return frames
 

@@ -329,14 +329,13 @@ def render_lock(out: Path) -> Iterator[None]:
     when the render ends (still locked, so a render that opened it meanwhile sees it gone and
     takes a new one): nothing is left beside --out."""
     path = out.parent / f".{out.name}.lock"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        open(path, "a").close()
-    except OSError as err:  # the lock file is ours, not the user's: name --out
-        raise DatasetError(f"--out {out}: cannot write in {out.parent} "
-                           f"({err.strerror or err})") from None
     while True:
-        handle = open(path, "a")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a")
+        except OSError as err:  # the lock file is ours, not the user's: name --out
+            raise DatasetError(f"--out {out}: cannot write in {out.parent} "
+                               f"({err.strerror or err})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
