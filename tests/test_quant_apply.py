@@ -103,6 +103,15 @@ def test_half_linear_stores_fp16_and_stays_close():
     assert layer.weight_h.dtype == torch.float16
     x = torch.randn(4, 16)
     assert torch.allclose(layer(x), linear(x), atol=1e-2)
+    # in bf16 (the bf16 compute form) the bias is cast once and kept, not copied on each call
+    xb = x.bfloat16()
+    layer(xb)  # the first call widens the weight and the bias
+    assert layer.widened_bias(torch.bfloat16) is layer.widened_bias(torch.bfloat16)
+    assert layer.widened_bias(torch.float32) is layer.bias
+    with torch.profiler.profile() as prof:
+        out = layer(xb)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), linear(x), atol=5e-2)
+    assert not [e for e in prof.events() if e.name in ("aten::to", "aten::_to_copy")]
 
 
 def _plan(model: nn.Module, precisions) -> list[PlanEntry]:

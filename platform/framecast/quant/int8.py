@@ -86,6 +86,13 @@ class KeepsWidened(nn.Module):
             self._wide[key] = make()
         return self._wide[key]
 
+    def widened_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The layer's `bias` buffer (or None) in `dtype`, cast once and kept."""
+        bias = self.bias
+        if bias is None or dtype == bias.dtype:
+            return bias
+        return self.widened((dtype, "bias"), lambda: bias.to(dtype))
+
 
 def _forget_wide(module: KeepsWidened, _incompatible_keys: object) -> None:
     module._wide = {}
@@ -199,11 +206,6 @@ class Int8Linear(KeepsWidened):
     def widened_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """The dequantized weight in `dtype`, made once and kept."""
         return self.widened(dtype, lambda: self.dequantized_weight().to(dtype))
-
-    def widened_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.bias is None or dtype == self.bias.dtype:
-            return self.bias
-        return self.widened((dtype, "bias"), lambda: self.bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
@@ -322,8 +324,8 @@ class HalfLinear(KeepsWidened):
         return self.widened(dtype, lambda: self.weight_h.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.float_weight(0, x.dtype), bias)
+        # the bias in x's dtype kept too: a cast per call was a copy per layer and pass
+        return F.linear(x, self.float_weight(0, x.dtype), self.widened_bias(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, fp16 weights"
