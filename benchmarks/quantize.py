@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -134,7 +135,7 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
         pair = ort.OrtPair(fp32, videos[:1])
         for name in pair.sessions:
             forms[name] = functools.partial(pair.latency_ms, name)
-    by_batch: dict[int, dict[str, float]] = {}
+    by_batch: dict[int, dict[str, list[float]]] = {}
     for b in (1, 8):
         video = videos[:b]
         for name in warm & set(forms):
@@ -142,13 +143,13 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
         first = {name: run(video, 1) for name, run in forms.items()}
         slow = {name for name, ms in first.items() if ms > 5 * first["fp32"]}
         n = compare.timed_passes(first["fp32"], repeats, SPAN_MS)
-        timed = compare.median_of_rounds(
+        timed = compare.timed_rounds(
             {name: functools.partial(run, video, n) for name, run in forms.items()
              if name not in slow}, ROUNDS)
-        by_batch[b] = {name: timed.get(name, first[name]) for name in forms}
+        by_batch[b] = {name: timed.get(name, [first[name]]) for name in forms}
     rows: list[dict[str, float | str]] = []
     for b, columns in form_columns(by_batch).items():
-        ms = by_batch[b]
+        ms = {name: statistics.median(t) for name, t in by_batch[b].items()}
         row: dict[str, float | str] = {"preset": preset, "batch": b, "size_ratio": size_ratio,
                                        **columns}
         for name in ("w8a8_int_mm", "ort_fp32", "ort_int8"):
@@ -195,13 +196,15 @@ def main() -> None:
         nbp += nbp_rows("small", args.size, args.repeats, NBP_WIDE)
     trained = markdown_table(
         ["model", "MB fp32", "MB quant", "size ratio", "b1 ms fp32", "b1 ms quant", "speed-up b1",
-         "b8 ms fp32", "b8 ms quant", "speed-up b8", "best float", "W8A8 computes in",
+         "b8 ms fp32", "b8 ms quant", "speed-up b8", "best float b1 / b8",
+         "W8A8 computes in b1 / b8",
          "vs best float b1", "vs best float b8", "PSNR fp32", "PSNR quant", "SSIM fp32",
          "SSIM quant", "KL nats/byte", "PSNR bf16", "SSIM bf16", "KL bf16"],
         [["small, trained 2D", small["bytes_fp32"] / 1e6, small["bytes_quant"] / 1e6,
           small["size_ratio"], small["latency_ms_fp32_b1"], small["latency_ms_quant_b1"],
           small["speedup_b1"], small["latency_ms_fp32_b8"], small["latency_ms_quant_b8"],
-          small["speedup_b8"], small["best_float"], small["quant_compute"],
+          small["speedup_b8"], f"{small['best_float_b1']} / {small['best_float_b8']}",
+          f"{small['quant_compute_b1']} / {small['quant_compute_b8']}",
           small["speedup_vs_best_float_b1"], small["speedup_vs_best_float_b8"],
           small["psnr_fp32"], small["psnr_quant"], small["ssim_fp32"],
           small["ssim_quant"], small["kl_fp32_quant"], small["psnr_bf16"], small["ssim_bf16"],
@@ -237,9 +240,9 @@ def main() -> None:
              "(bf16 columns: a bf16 copy of the same fp32 model); "
              "latency as in the second table (jobs.quantize's timing), the forms alternated, "
              f"{os.cpu_count()} CPU threads. Second table: untrained models (post-training "
-             "plan, so no learned activation clipping), forms alternated, median of "
-             f"{ROUNDS} rounds of medians ({args.repeats} passes small, {args.paper_repeats} "
-             "paper, or as many "
+             "plan, so no learned activation clipping), forms alternated, ms the median of "
+             f"{ROUNDS} rounds of medians, ratios the median of the rounds' ratios "
+             f"({args.repeats} passes small, {args.paper_repeats} paper, or as many "
              f"as make {SPAN_MS:.0f} ms of fp32 (40 at most); a form whose "
              "first pass took 5x fp32 is timed once): bf16 = every weight and activation 16-bit "
              "(the paper's FP16 row), timed only where the CPU computes bf16 natively; W8A8 = "
@@ -263,10 +266,11 @@ def main() -> None:
              f"CPU int8/bf16 flags: {chosen['cpu_flags']}; int8 GEMM paths chosen (shape "
              f"classes per path): {chosen['int8_gemm']}; W8A8 layer shapes computed in int8 "
              f"or in float32 / bf16 from their int8 weights: {chosen['layers']}. W8A8 deployed "
-             "= the faster of its two compute forms (the float work in fp32, or in bf16 where "
-             "native: for a trained model only once jobs.quantize found that form within 0.3 "
-             "dB), as Serve's `precision: auto` keeps it; best float = the faster of fp32 and "
-             "bf16 (bf16 where native). Targets (issue 31): the deployed W8A8 model >= 0.95x "
+             "= the faster of its two compute forms at that batch size (the float work in "
+             "fp32, or in bf16 where native: for a trained model only once jobs.quantize found "
+             "that form within 0.3 dB), as Serve's `precision: auto` keeps a form per batch "
+             "size; best float = the faster of fp32 and bf16 at that batch size (bf16 where "
+             "native). Targets (issue 31): the deployed W8A8 model >= 0.95x "
              "the best float form at batch 1 and 8, >= 3.5x smaller than fp32, PSNR within "
              "0.3 dB of fp32.")
     by = {(r["preset"], r["batch"]): r for r in latency}

@@ -8,7 +8,7 @@ from framecast.models import create
 from framecast.quant import compute_form, kernels
 
 
-def test_the_faster_form_over_the_batch_sizes_is_kept_and_a_lone_form_is_never_timed():
+def test_the_faster_form_at_each_batch_size_is_kept_and_a_lone_form_is_never_timed():
     calls = []
     ms = {"fp32": {1: 10.0, 8: 80.0}, "bf16": {1: 11.0, 8: 40.0}}
 
@@ -16,11 +16,22 @@ def test_the_faster_form_over_the_batch_sizes_is_kept_and_a_lone_form_is_never_t
         calls.append((model, batch))
         return ms[model][batch]
     choice = compute_form.fastest({"fp32": "fp32", "bf16": "bf16"}, time_ms, (1, 8), rounds=2)
-    # mean ratio to fp32: bf16 (1.1 + 0.5) / 2 = 0.8 < 1: kept, though slower at batch 1
-    assert choice.chosen == "bf16" and choice.ms == ms and len(calls) == 8
-    assert "fastest measured" in choice.why() and choice.record()["ms"]["bf16"]["8"] == 40.0
+    # fp32 wins batch 1, bf16 a full batch: each kept for its batch sizes, the full batch's
+    # form named as the choice
+    assert choice.ms == ms and len(calls) == 8
+    assert choice.by_batch == {1: "fp32", 8: "bf16"} and choice.chosen == "bf16"
+    assert [choice.form_for(b) for b in (1, 2, 3, 8, 9)] == ["fp32", "bf16", "bf16", "bf16",
+                                                             "bf16"]
+    assert set(choice.forms()) == {"fp32", "bf16"}
+    assert "fp32 at batch 1" in choice.why() and "bf16 at batch 8" in choice.why()
+    assert choice.record()["ms"]["bf16"]["8"] == 40.0
+    assert choice.record()["by_batch"] == {"1": "fp32", "8": "bf16"}
+    ms["bf16"][1] = 9.0  # faster everywhere: one form kept
+    choice = compute_form.fastest({"fp32": "fp32", "bf16": "bf16"}, time_ms, (8, 1), rounds=1)
+    assert choice.forms() == ("bf16",) and choice.why().startswith("bf16: fastest measured")
     calls.clear()
-    assert compute_form.fastest({"fp32": "fp32"}, time_ms, (1, 8)).chosen == "fp32"
+    lone = compute_form.fastest({"fp32": "fp32"}, time_ms, (1, 8))
+    assert lone.chosen == "fp32" and lone.forms() == ("fp32",) and lone.form_for(4) == "fp32"
     assert calls == []  # one candidate: nothing to time
 
 
@@ -89,4 +100,31 @@ def test_fast_calls_get_more_passes_and_the_median_round_is_kept(monkeypatch):
                                     span_ms=300.0, rounds=4)
     assert passes == [1, 1] + [15] * 8
     assert out["latency_ms_fp32_b1"] == 20.5 and out["latency_ms_quant_b1"] == 10.5
-    assert out["speedup_b1"] == pytest.approx(20.5 / 10.5)
+    # the ratio is paired round by round (20/10, 100/11, 21/9, 19/50), the median of those:
+    # a round that slowed one form alone moves one ratio, not the answer
+    assert out["speedup_b1"] == pytest.approx((20 / 10 + 21 / 9) / 2)
+    assert compare.paired_ratio([20.0, 100.0, 21.0, 19.0], [10.0, 11.0, 9.0, 50.0]) \
+        == pytest.approx((20 / 10 + 21 / 9) / 2)
+
+
+def test_forms_are_chosen_per_batch_size_for_the_float_and_the_quantized_model(monkeypatch):
+    """fp32 faster at batch 1, bf16 at batch 8 (an NBP generator on Zen 4 measured so): the best
+    float form and the deployed quantized one are each chosen per batch size, and the ratio at
+    batch 8 is against bf16, not against the form that won batch 1."""
+    from framecast.quant import compare
+
+    models = {name: torch.nn.Linear(1, 1) for name in ("f32", "f16", "q32", "q16")}
+    ms = {"f32": {1: 50.0, 8: 240.0}, "f16": {1: 58.0, 8: 220.0},
+          "q32": {1: 52.0, 8: 250.0}, "q16": {1: 60.0, 8: 210.0}}
+    name_of = {id(m): n for n, m in models.items()}
+    monkeypatch.setattr(compare, "latency_ms", lambda model, video, repeats=5, warmup=1:
+                        ms[name_of[id(model)]][len(video)])
+    out = compare.deployed_speedups({"fp32": models["f32"], "bf16": models["f16"]},
+                                    {"fp32": models["q32"], "bf16": models["q16"]},
+                                    np.zeros((1, 2, 4, 4, 1), np.uint8), (1, 8), rounds=3)
+    assert (out["best_float_b1"], out["best_float_b8"]) == ("fp32", "bf16")
+    assert (out["quant_compute_b1"], out["quant_compute_b8"]) == ("fp32", "bf16")
+    assert (out["best_float"], out["quant_compute"]) == ("bf16", "bf16")  # the largest batch's
+    assert out["speedup_vs_best_float_b1"] == pytest.approx(50 / 52)
+    assert out["speedup_vs_best_float_b8"] == pytest.approx(220 / 210)
+    assert out["latency_ms_quant_b8"] == 210.0 and out["speedup_b8"] == pytest.approx(240 / 210)

@@ -87,14 +87,14 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
         forms["bf16"] = compute_form.in_form(fp32, "bf16")
         forms["w8a8_bf16"] = compute_form.in_form(quant, "bf16")
     label = preset + "".join(f", {k}={v}" for k, v in (overrides or {}).items())
-    by_batch: dict[int, dict[str, float]] = {}
+    by_batch: dict[int, dict[str, list[float]]] = {}
     for b in batches:
         video = videos[:b]
         for model in forms.values():  # warm-up: quantizer compile, kernel measurement
             compare.latency_ms(model, video, 1, warmup=0)
         n = compare.timed_passes(compare.latency_ms(fp32, video, 1, warmup=0), repeats,
                                  span_ms)
-        by_batch[b] = compare.median_of_rounds(
+        by_batch[b] = compare.timed_rounds(
             {name: functools.partial(compare.latency_ms, model, video, n, warmup=0)
              for name, model in forms.items()}, rounds)
     return [{"model": label, "batch": b,
@@ -106,31 +106,46 @@ def nbp_rows(preset: str, size: int, repeats: int, overrides: dict | None = None
 FORM_NAMES = ("fp32", "bf16", "w8a8", "w8a8_bf16", "bound")
 
 
-def form_columns(by_batch: dict[int, dict[str, float]]) -> dict[int, dict[str, float | str]]:
-    """Per batch size, each form's ms and speed-up over fp32 ('not native on this CPU' for the
-    bf16 forms where they were not run), and the two forms a user gets: the best float form
-    (fp32 or bf16) and the deployed W8A8 form (its float compute in fp32 or bf16), each the
-    faster over all batch sizes by `compute_form.best` (as Serve's `precision: auto` and
-    jobs.quantize choose), with W8A8's ratio to the best float form."""
-    from framecast.quant.compute_form import best
+def form_columns(by_batch: dict[int, dict[str, list[float]]]
+                 ) -> dict[int, dict[str, float | str]]:
+    """Per batch size, from each form's round times (`compare.timed_rounds`): each form's ms
+    (the median round) and speed-up over fp32 ('not native on this CPU' for the bf16 forms
+    where they were not run), and the two forms a user gets at that batch size: the best float
+    form (fp32 or bf16) and the deployed W8A8 form (its float compute in fp32 or bf16), each
+    the faster there (`compute_form.best_by_batch`, as Serve's `precision: auto` keeps a form
+    per batch size), with W8A8's ratios to fp32 and to the best float form as the median of
+    the rounds' ratios (`compare.paired_ratio`)."""
+    import statistics
 
-    def pick(pairs: dict[str, str]) -> str:
-        there = {form: name for form, name in pairs.items() if name in by_batch[min(by_batch)]}
-        return there[best({f: {b: ms[n] for b, ms in by_batch.items()}
-                           for f, n in there.items()})]
+    from framecast.quant.compare import paired_ratio
+    from framecast.quant.compute_form import best_by_batch
+
+    ms = {b: {name: statistics.median(t) for name, t in rounds.items()}
+          for b, rounds in by_batch.items()}
+
+    def pick(pairs: dict[str, str]) -> dict[int, str]:
+        there = {form: name for form, name in pairs.items() if name in ms[min(ms)]}
+        chosen = best_by_batch({f: {b: m[n] for b, m in ms.items()} for f, n in there.items()})
+        return {b: there[f] for b, f in chosen.items()}
+
+    def ratio(b: int, over: str, under: str) -> float:
+        rounds = by_batch[b]
+        if len(rounds[over]) == len(rounds[under]):
+            return paired_ratio(rounds[over], rounds[under])
+        return ms[b][over] / ms[b][under]  # one of them timed once (too slow to repeat)
     best_float = pick({"fp32": "fp32", "bf16": "bf16"})
     deployed = pick({"fp32": "w8a8", "bf16": "w8a8_bf16"})
     out: dict[int, dict[str, float | str]] = {}
-    for b, ms in by_batch.items():
+    for b, m in ms.items():
         row: dict[str, float | str] = {}
         for name in FORM_NAMES:
             missing = "not native on this CPU"
-            row[f"ms_{name}"] = ms.get(name, missing)
+            row[f"ms_{name}"] = m.get(name, missing)
             if name != "fp32":
-                row[f"speedup_{name}"] = ms["fp32"] / ms[name] if name in ms else missing
-        row.update({"best_float": best_float, "ms_best_float": ms[best_float],
-                    "w8a8_deployed": deployed, "ms_w8a8_deployed": ms[deployed],
-                    "speedup_w8a8_deployed": ms["fp32"] / ms[deployed],
-                    "w8a8_vs_best_float": ms[best_float] / ms[deployed]})
+                row[f"speedup_{name}"] = m["fp32"] / m[name] if name in m else missing
+        row.update({"best_float": best_float[b], "ms_best_float": m[best_float[b]],
+                    "w8a8_deployed": deployed[b], "ms_w8a8_deployed": m[deployed[b]],
+                    "speedup_w8a8_deployed": ratio(b, "fp32", deployed[b]),
+                    "w8a8_vs_best_float": ratio(b, best_float[b], deployed[b])})
         out[b] = row
     return out

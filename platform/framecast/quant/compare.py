@@ -58,14 +58,25 @@ def timed_passes(first_ms: float, repeats: int, span_ms: float) -> int:
     return max(repeats, min(MAX_PASSES, math.ceil(span_ms / max(first_ms, 1e-3))))
 
 
-def median_of_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+def timed_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
     """Each of `runs` (a timing in ms) called `rounds` times, the runs alternated within a round
-    so drift hits all alike; the median round of each."""
+    so drift hits all alike: every round's time of each."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             times[name].append(run())
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_of_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """The median round of each of `runs` (`timed_rounds`)."""
+    return {name: statistics.median(t) for name, t in timed_rounds(runs, rounds).items()}
+
+
+def paired_ratio(over: list[float], under: list[float]) -> float:
+    """The median of the rounds' ratios over / under: two forms timed in the same round share
+    that round's speed of the machine, so their ratio drifts less than either time."""
+    return statistics.median(o / u for o, u in zip(over, under, strict=True))
 
 
 def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module],
@@ -74,37 +85,45 @@ def deployed_speedups(floats: dict[str, nn.Module], quants: dict[str, nn.Module]
     """Latency of every float and quantized compute form (`compute_form`: fp32, and bf16 where
     native and allowed) per batch size, timed side by side: forms alternated, `rounds` rounds
     of medians of `repeats` passes (or as many as span `span_ms`, `timed_passes`), the median
-    round kept (a machine's speed drifts between rounds; forms are compared within a round).
-    The deployed quantized form is the fastest of `quants`, the best float form the fastest
-    of `floats` (`compute_form.fastest`'s rule); speed-ups of the deployed form against fp32
-    (`speedup_b*`) and against the best float form (`speedup_vs_best_float_b*`)."""
-    from framecast.quant.compute_form import best
+    round kept. At each batch size the deployed quantized form is the fastest of `quants` and
+    the best float form the fastest of `floats` (`compute_form.best_by_batch`, as Serve's
+    `precision: auto` keeps a form per batch size); speed-ups of the deployed form against fp32
+    (`speedup_b*`) and against the best float form (`speedup_vs_best_float_b*`) are the median
+    of the rounds' ratios (`paired_ratio`). `best_float` and `quant_compute` name the forms at
+    the largest batch size, `*_b<batch>` at each."""
+    from framecast.quant.compute_form import best_by_batch
 
     device = next(next(iter(floats.values())).parameters()).device
     forms = {**{f"float_{f}": m for f, m in floats.items()},
              **{f"quant_{f}": m for f, m in quants.items()}}
-    by_batch: dict[int, dict[str, float]] = {}
+    by_batch: dict[int, dict[str, list[float]]] = {}
     for b in batch_sizes:
         idx = np.arange(b) % len(videos)
         video = torch.from_numpy(np.ascontiguousarray(videos[idx])).to(device)
         first = {name: latency_ms(model, video, 1)  # after one-off work (compiles, kernels)
                  for name, model in forms.items()}
         passes = timed_passes(first["float_fp32"], repeats, span_ms)
-        by_batch[b] = median_of_rounds(
+        by_batch[b] = timed_rounds(
             {name: functools.partial(latency_ms, model, video, passes, warmup=0)
              for name, model in forms.items()}, rounds)
-    typical = {name: {b: by_batch[b][name] for b in batch_sizes} for name in forms}
-    best_float = best({f: typical[f"float_{f}"] for f in floats})
-    deployed = best({f: typical[f"quant_{f}"] for f in quants})
-    out: dict[str, float | str] = {"best_float": best_float, "quant_compute": deployed}
+    typical = {name: {b: statistics.median(by_batch[b][name]) for b in batch_sizes}
+               for name in forms}
+    best_float = best_by_batch({f: typical[f"float_{f}"] for f in floats})
+    deployed = best_by_batch({f: typical[f"quant_{f}"] for f in quants})
+    last = max(batch_sizes)
+    out: dict[str, float | str] = {"best_float": best_float[last],
+                                   "quant_compute": deployed[last]}
     for b in batch_sizes:
+        out[f"best_float_b{b}"], out[f"quant_compute_b{b}"] = best_float[b], deployed[b]
         for f in floats:
             out[f"latency_ms_{f}_b{b}"] = typical[f"float_{f}"][b]
         for f in quants:
             out[f"latency_ms_quant_{f}_compute_b{b}"] = typical[f"quant_{f}"][b]
-        out[f"latency_ms_quant_b{b}"] = quant_ms = typical[f"quant_{deployed}"][b]
-        out[f"speedup_b{b}"] = typical["float_fp32"][b] / quant_ms
-        out[f"speedup_vs_best_float_b{b}"] = typical[f"float_{best_float}"][b] / quant_ms
+        quant_rounds = by_batch[b][f"quant_{deployed[b]}"]
+        out[f"latency_ms_quant_b{b}"] = typical[f"quant_{deployed[b]}"][b]
+        out[f"speedup_b{b}"] = paired_ratio(by_batch[b]["float_fp32"], quant_rounds)
+        out[f"speedup_vs_best_float_b{b}"] = paired_ratio(
+            by_batch[b][f"float_{best_float[b]}"], quant_rounds)
     return out
 
 
@@ -124,7 +143,7 @@ def reported_keys(generator: bool, floats: Iterable[str], quants: Iterable[str],
     """The numeric keys `compression`, `deployed_speedups` (for these float and quantized
     compute forms and batch sizes) and `quality` (of token generators if `generator`, else of
     frame predictors) return, named before anything is measured; `deployed_speedups` also
-    returns its choices as text (best_float, quant_compute)."""
+    returns its choices as text (best_float, quant_compute, and each per batch size)."""
     blank = np.zeros((1, 1, 8, 8, 1), np.uint8)
     scored = tuple(metrics.frame_metrics(blank, blank))  # the names `quality` summarises
     keys = {"bytes_fp32", "bytes_quant", "bytes_total_fp32", "bytes_total_quant", "size_ratio",

@@ -92,20 +92,39 @@ def in_forms(model: nn.Module, forms: Iterable[str]) -> dict[str, nn.Module]:
 
 @dataclass
 class Choice:
-    """The form kept and why: ms per form and batch size, timed side by side."""
+    """The forms kept and why: ms per form and batch size, timed side by side; the fastest form
+    at each timed batch size (`by_batch`: a form can win at batch 1 and lose at a full batch);
+    `chosen`, the form at the largest one (what a loaded replica mostly runs)."""
     chosen: str
     ms: dict[str, dict[int, float]] = field(default_factory=dict)
+    by_batch: dict[int, str] = field(default_factory=dict)
+
+    def form_for(self, batch: int) -> str:
+        """The form a batch of `batch` computes in: that of the smallest timed batch size at
+        least as large (a batch of 3 rides with 4), the largest one's beyond them."""
+        for timed in sorted(self.by_batch):
+            if batch <= timed:
+                return self.by_batch[timed]
+        return self.chosen
+
+    def forms(self) -> tuple[str, ...]:
+        """The forms some batch size computes in: the models to keep."""
+        return tuple(dict.fromkeys([self.chosen, *self.by_batch.values()]))
 
     def why(self) -> str:
         if len(self.ms) < 2:
             return f"{self.chosen}: the only form considered"
         parts = ", ".join(f"{f} " + " / ".join(f"b{b} {ms:.1f} ms" for b, ms in by.items())
                           for f, by in self.ms.items())
-        return f"{self.chosen}: fastest measured ({parts})"
+        kept = self.chosen if len(self.forms()) == 1 else ", ".join(
+            f"{f} at batch {'/'.join(str(b) for b, g in self.by_batch.items() if g == f)}"
+            for f in self.forms())
+        return f"{kept}: fastest measured ({parts})"
 
     def record(self) -> dict:
         return {"chosen": self.chosen, "ms": {f: {str(b): round(ms, 3) for b, ms in by.items()}
                                               for f, by in self.ms.items()},
+                "by_batch": {str(b): f for b, f in self.by_batch.items()},
                 "why": self.why()}
 
 
@@ -115,18 +134,26 @@ def best(ms: dict[str, dict[int, float]]) -> str:
     return min(ms, key=lambda f: sum(t / ms[first][b] for b, t in ms[f].items()) / len(ms[f]))
 
 
+def best_by_batch(ms: dict[str, dict[int, float]]) -> dict[int, str]:
+    """{batch size: the form fastest at it}; on a tie the earlier form (fp32 before bf16)."""
+    first = next(iter(ms))
+    return {b: min(ms, key=lambda f: ms[f][b]) for b in ms[first]}
+
+
 def fastest(models: dict[str, nn.Module], time_ms: Callable[[nn.Module, int], float],
             batches: Iterable[int], rounds: int = 2) -> Choice:
-    """The form whose model is fastest (`best`): `time_ms(model, batch)` for every form and
-    batch size, forms alternated within each round (drift hits all alike), the fastest round
-    kept."""
-    batches = list(batches)
+    """The fastest form at each batch size (`best_by_batch`): `time_ms(model, batch)` for
+    every form and batch size, forms alternated within each round (drift hits all alike), the
+    fastest round kept."""
+    batches = sorted(batches)
     if len(models) == 1:
-        return Choice(next(iter(models)))
+        only = next(iter(models))
+        return Choice(only, by_batch=dict.fromkeys(batches, only))
     ms: dict[str, dict[int, float]] = {f: {} for f in models}
     for _ in range(rounds):
         for b in batches:
             for form, model in models.items():
                 t = time_ms(model, b)
                 ms[form][b] = min(ms[form].get(b, t), t)
-    return Choice(best(ms), ms)
+    by_batch = best_by_batch(ms)
+    return Choice(by_batch[batches[-1]], ms, by_batch)
