@@ -60,11 +60,11 @@ class ServeJobConfig:
                 "also held to the clip length it was trained on)"})
     app_name: str = field(default="framecast", metadata={"help": "Serve application name"})
     precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={
-        "help": "compute precision: auto keeps the faster of fp32 and bf16 as each replica "
-                "measures them at start (bf16 only on a CPU with native bf16, AMX / "
-                "avx512_bf16; for a quantized model only once jobs.quantize found its bf16 form "
-                "within its PSNR limit); a quantized model keeps its int8 weights either way. "
-                "bf16 is refused where it is not native"})
+        "help": "compute precision: auto keeps the faster of fp32 and bf16 for each batch "
+                "size as each replica measures them at start (bf16 only on a CPU with native "
+                "bf16, AMX / avx512_bf16; for a quantized model only once jobs.quantize found "
+                "its bf16 form within its PSNR limit); a quantized model keeps its int8 weights "
+                "either way. bf16 is refused where it is not native"})
 
     def __post_init__(self) -> None:
         if not model_specs(self.model, self.alias):

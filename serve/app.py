@@ -58,9 +58,10 @@ class ModelSpec(BaseModel):
     batch_wait_timeout_s: float = Field(DEFAULT_BATCH["batch_wait_timeout_s"], ge=0)
     torch_threads: int = Field(0, ge=0, description="torch threads per replica (0: Ray's)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="compute precision: auto keeps the faster of fp32 and bf16 as "
-                            "measured at start (bf16 only where the CPU computes it natively, "
-                            "AMX / avx512_bf16; for a quantized model only once jobs.quantize "
+        "auto", description="compute precision: auto keeps the faster of fp32 and bf16 for "
+                            "each batch size as measured at start (bf16 only where the CPU "
+                            "computes it natively, AMX / avx512_bf16; for a quantized model "
+                            "only once jobs.quantize "
                             "found its bf16 form within its PSNR limit); bf16 asked where it is "
                             "not native is refused")
 
@@ -97,12 +98,17 @@ class ModelInfo(BaseModel):
         description="the model's family: a frame predictor (/predict, /rollout) or a token "
                     "generator (/generate)")
     architecture: str = Field(description="the registry's model name, e.g. vblt")
-    precision: str = Field(description="a float model's form (fp32, bf16), or what a quantized "
-                                       "one stores (w8a8)")
-    compute: Literal["fp32", "bf16"] = Field(description="the form the replica computes in")
+    precision: str = Field(description="a float model's form at a full batch (fp32, bf16), or "
+                                       "what a quantized one stores (w8a8)")
+    compute: Literal["fp32", "bf16"] = Field(description="the form the replica computes a full "
+                                                         "batch in")
+    compute_by_batch: dict[str, Literal["fp32", "bf16"]] = Field(
+        default_factory=dict, description="the form each dynamic batch size computes in, keyed "
+        "by the power-of-two batch class (a batch of 3 computes as one of 4): the fastest "
+        "measured at start")
     precision_choice: dict[str, Any] = Field(
-        description="how the compute form was chosen: asked, candidates, ms per form and "
-                    "batch size measured at start, why")
+        description="how the compute forms were chosen: asked, candidates, ms per form and "
+                    "batch size measured at start, the form per batch size, why")
     preset: str | None
     config: dict[str, Any] = Field(description="the model's config (a generator's block shape, "
                                                "its tokenizer reference, ...)")
@@ -133,7 +139,9 @@ class Answer(BaseModel):
 
     model: str
     version: str
-    precision: str
+    precision: str = Field(description="a float model's compute form for this request's batch "
+                           "(fp32, bf16; fp32+bf16 for a rollout whose steps rode in batches of "
+                           "both), or what a quantized model stores (w8a8)")
     context_frames: int
 
 

@@ -10,7 +10,8 @@ settings. Batch size and wait are a `user_config` (`max_batch_size`, `batch_wait
 place (new application args, or a `serve.run` from Python, start new replicas);
 `max_batch_size: 1` turns batching off. A model
 runs in fp32 or, where the CPU computes bf16 natively, in bf16 (`precision`: auto keeps the faster
-measured form, `compute_form`; a quantized model keeps its int8 weights either way).
+measured form for each dynamic batch size, `compute_form`; a quantized model keeps its int8
+weights either way).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class ModelReplica:
         else:
             self.spec, workload = self._predictor_spec(meta["frame_shape"], max_context_frames,
                                                        max_future_frames)
-        self.model, choice = choose_form(self.model, forms, workload)
+        self.forms, self.choice = choose_form(self.model, forms, workload)
+        self.model = self.forms[self.choice.chosen]  # a full batch's; `_model_for` picks per batch
+        choice = self.choice
+        self.stored = stored
         self.frame_shape = (t, h, w, c)
         refs = self.model.component_refs(self.model.cfg)
         self.batching = dict(DEFAULT_BATCH)
@@ -108,7 +112,8 @@ class ModelReplica:
             "family": self.model.family, "architecture": meta["name"],
             # a float model's form, or what a quantized one stores (its compute: below)
             "precision": choice.chosen if stored == "fp32" else stored,
-            "compute": choice.chosen,
+            "compute": choice.chosen,  # at a full batch
+            "compute_by_batch": {str(b): f for b, f in choice.by_batch.items()},
             "precision_choice": {"asked": precision, "candidates": list(forms),
                                  **choice.record()},
             "config": meta.get("config", {}),
@@ -120,7 +125,7 @@ class ModelReplica:
             "heap": {"freed_memory_kept": kept, "from_process_start": heap.TUNABLES in
                      os.environ.get("GLIBC_TUNABLES", "")},
             # each W8A8 layer's form per token class, as chosen at warm-up on this replica
-            "layer_forms": compute_form.layer_forms(self.model),
+            "layer_forms": kept_layer_forms(self.forms.values()),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
             "input": self.spec,  # an InputSpec: pickled to the ingress, JSON only over HTTP
         }
@@ -186,22 +191,34 @@ class ModelReplica:
         # On the event loop, not in a thread: Serve forms the next batch as soon as the loop is
         # free, so a forward pass in a thread would leave each batch with only the requests of
         # the first few milliseconds; blocking here lets the whole wait fill the next batch.
-        steps = predict_steps(self.model, contexts)
+        form, model = self._model_for(len(contexts))
+        steps = predict_steps(model, contexts)
         ms = (time.perf_counter() - start) * 1e3
-        return [(s, ms, len(contexts)) for s in steps]
+        return [(s, ms, len(contexts), form) for s in steps]
 
     @serve.batch(max_batch_size=DEFAULT_BATCH["max_batch_size"],
                  batch_wait_timeout_s=DEFAULT_BATCH["batch_wait_timeout_s"])
     async def _generate(self, requests: list[GenerationRequest]
-                        ) -> list[tuple[np.ndarray, float, int]]:
+                        ) -> list[tuple[np.ndarray, float, int, str]]:
         start = time.perf_counter()  # on the event loop, for the reason given in _step
-        frames = generate_batch(self.model, requests)
+        form, model = self._model_for(len(requests))
+        frames = generate_batch(model, requests)
         ms = (time.perf_counter() - start) * 1e3
-        return [(f, ms, len(requests)) for f in frames]
+        return [(f, ms, len(requests), form) for f in frames]
 
-    def _answer_meta(self) -> dict[str, str]:
-        """Which model answered: the ingress's cached spec may be seconds older than a redeploy."""
-        return {"version": self.meta["version"], "precision": self.meta["precision"]}
+    def _model_for(self, batch: int) -> tuple[str, Any]:
+        """The compute form measured fastest for a batch of `batch` and the model in it."""
+        form = self.choice.form_for(batch)
+        return form, self.forms[form]
+
+    def _answer_meta(self, forms: list[str]) -> dict[str, str]:
+        """Which model answered (the ingress's cached spec may be seconds older than a
+        redeploy) and in what precision: a float model's compute forms for this request's
+        batches (fp32+bf16 where a rollout's steps rode in batches of both), else what a
+        quantized model stores."""
+        precision = ("+".join(dict.fromkeys(forms)) if self.stored == "fp32"
+                     else self.meta["precision"])
+        return {"version": self.meta["version"], "precision": precision}
 
     def _check(self, route: str, frames: np.ndarray) -> None:
         """The ingress's checks again, as ValueErrors (its 422 rejected_by_model), for callers
@@ -222,8 +239,8 @@ class ModelReplica:
         """The next `frames_per_step` frames after uint8 (T, H, W, C) context frames."""
         start = time.perf_counter()
         self._check("predict", frames)
-        step, ms, batch = await self._step(frames)
-        return {**self._answer_meta(), "frames": step.frames, "entropy": step.entropy,
+        step, ms, batch, form = await self._step(frames)
+        return {**self._answer_meta([form]), "frames": step.frames, "entropy": step.entropy,
                 "inference_ms": ms, "replica_ms": (time.perf_counter() - start) * 1e3,
                 "batch_sizes": [batch]}
 
@@ -235,17 +252,18 @@ class ModelReplica:
         most = self.spec.max_future_frames
         if not 0 < future_frames <= most:
             raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
-        context, preds, ents, ms, batches = frames, [], [], 0.0, []
+        context, preds, ents, ms, batches, forms = frames, [], [], 0.0, [], []
         while sum(len(p) for p in preds) < future_frames:
             window = context_window(context, self.spec.max_context_frames,
                                     self.spec.frames_per_step)
-            step, step_ms, batch = await self._step(window)
+            step, step_ms, batch, form = await self._step(window)
+            forms.append(form)
             preds.append(step.frames)
             ents.append(step.entropy)
             ms += step_ms
             batches.append(batch)
             context = np.concatenate([window, step.frames])
-        return {**self._answer_meta(), "frames": np.concatenate(preds)[:future_frames],
+        return {**self._answer_meta(forms), "frames": np.concatenate(preds)[:future_frames],
                 "entropy": np.concatenate(ents)[:future_frames], "inference_ms": ms,
                 "replica_ms": (time.perf_counter() - start) * 1e3, "batch_sizes": batches}
 
@@ -259,11 +277,11 @@ class ModelReplica:
             raise ValueError(f"future_frames={future_frames}: expected 1..{most}")
         # Checked here, not in the batch: one bad row would fail every request batched with it.
         check_sampling(float(temperature), int(top_k), int(seed))
-        out, ms, batch = await self._generate(GenerationRequest(
+        out, ms, batch, form = await self._generate(GenerationRequest(
             frames, future_frames, float(temperature), int(top_k), int(seed)))
         steps = self.model.forward_steps((len(frames) + future_frames, *self.frame_shape[1:]),
                                          len(frames))
-        return {**self._answer_meta(), "frames": out, "forward_steps": steps,
+        return {**self._answer_meta([form]), "frames": out, "forward_steps": steps,
                 "inference_ms": ms, "replica_ms": (time.perf_counter() - start) * 1e3,
                 "batch_sizes": [batch]}
 
@@ -275,26 +293,39 @@ def future_limit(spec: InputSpec, trained_frames: int, context: int) -> int:
 
 
 def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None]
-                ) -> tuple[Any, Choice]:
+                ) -> tuple[dict[str, Any], Choice]:
     """Warm `model` up in each compute form (`forms`, from `compute_form.candidates`) for every
     power-of-two batch up to a full one, now rather than on requests (W8A8 layers compile their
     quantizer and measure their kernels on first use: seconds), time the forms side by side at
-    batch 1 and a full batch where there are several, and keep the fastest (the others are
-    dropped)."""
+    each of those batch sizes where there are several, and keep, per batch size, the fastest
+    (a form can win at batch 1 and lose at a full batch: an NBP generator on an AVX-512 bf16 CPU
+    measured so). Returns the forms some batch size computes in, and the choice; the others are
+    dropped."""
     from framecast.quant import compute_form
 
     most = DEFAULT_BATCH["max_batch_size"]
-    batches = sorted({1, most})
-    models = compute_form.in_forms(model, forms)
     # Every power of two up to a full batch: a batch of any size then lands in a token class
-    # whose W8A8 layer forms are chosen, never measuring kernels while requests wait.
+    # whose W8A8 layer forms are chosen, never measuring kernels while requests wait, and in a
+    # batch class whose compute form was timed.
+    batches = sorted({*(2 ** i for i in range(most.bit_length())), most})
+    models = compute_form.in_forms(model, forms)
     for candidate in models.values():
-        compute_form.choose_layer_forms(
-            candidate, workload, sorted({*(2 ** i for i in range(most.bit_length())), most}))
+        compute_form.choose_layer_forms(candidate, workload, batches)
 
     def time_ms(candidate: Any, batch: int) -> float:
         start = time.perf_counter()
         workload(candidate, batch)
         return (time.perf_counter() - start) * 1e3
     choice = compute_form.fastest(models, time_ms, batches)
-    return models[choice.chosen], choice
+    return {form: models[form] for form in choice.forms()}, choice
+
+
+def kept_layer_forms(models: Any) -> dict[str, dict[str, str]]:
+    """Each W8A8 layer's forms per token class and input dtype over the kept compute forms."""
+    from framecast.quant import compute_form
+
+    out: dict[str, dict[str, str]] = {}
+    for model in models:
+        for name, forms in compute_form.layer_forms(model).items():
+            out.setdefault(name, {}).update(forms)
+    return out

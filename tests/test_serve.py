@@ -610,7 +610,8 @@ def test_the_docs_page_works_offline_its_assets_served_by_the_app(served):
 
 def test_auto_precision_keeps_the_faster_measured_form_and_says_why(second_app):
     """precision auto (the default): fp32, and bf16 where this CPU computes it natively, each
-    timed at batch 1 and a full batch at start; /v1/models lists the times and the choice."""
+    timed at every power-of-two batch up to a full one at start, the faster kept per batch
+    size; /v1/models lists the times and the choice, and an answer names its batch's form."""
     from framecast.quant import compute_form
 
     more, _, _ = second_app
@@ -619,17 +620,24 @@ def test_auto_precision_keeps_the_faster_measured_form_and_says_why(second_app):
     assert choice["asked"] == "auto"
     assert choice["candidates"] == list(compute_form.available())
     assert entry["compute"] == entry["precision"] == choice["chosen"]
-    if len(choice["candidates"]) > 1:  # timed side by side, the faster kept
+    assert entry["compute_by_batch"] == choice["by_batch"]
+    assert set(choice["by_batch"]) == {"1", "2", "4", "8"}
+    assert choice["by_batch"]["8"] == choice["chosen"]
+    if len(choice["candidates"]) > 1:  # timed side by side, the faster kept per batch size
         ms = choice["ms"]
-        assert set(ms) == {"fp32", "bf16"} and all(set(by) == {"1", "8"}
+        assert set(ms) == {"fp32", "bf16"} and all(set(by) == {"1", "2", "4", "8"}
                                                    for by in ms.values())
-        ratio = {f: sum(ms[f][b] / ms["fp32"][b] for b in ("1", "8")) for f in ms}
-        assert choice["chosen"] == min(ratio, key=ratio.__getitem__)
+        for b, form in choice["by_batch"].items():
+            assert form == min(ms, key=lambda f, b=b: ms[f][b])
         assert "fastest measured" in choice["why"]
+    else:
+        assert set(choice["by_batch"].values()) == {"fp32"}
     response = requests.post(f"{more}/v1/models/{NAME}/predict", json=png_body(context(2)),
                              timeout=60)
     assert response.status_code == 200
-    assert response.json()["precision"] == choice["chosen"]
+    # alone, it rode in a batch of one
+    assert response.json()["batch_sizes"] == [1]
+    assert response.json()["precision"] == choice["by_batch"]["1"]
 
 
 def test_the_ingress_goes_on_the_head_and_fits_a_head_without_spare_cpus(ray_local):
