@@ -187,6 +187,31 @@ def test_a_seven_bit_path_wins_only_when_eight_bit_ones_are_clearly_slower(monke
     kernels.reset_choices()
 
 
+def test_a_path_far_slower_on_its_first_timed_call_is_not_timed_again(monkeypatch, slow_down):
+    """A reference kernel (100x the best) costs two calls, its build and one timed call, not
+    seven: oneDNN on a CPU it has no kernel for made most of a replica's warm-up so."""
+    calls = []
+
+    def counted(path):
+        def run(*args):
+            calls.append(path.name)
+            return path.run(*args)
+        return dataclasses.replace(path, run=run)
+    fast = kernels.GemmPath("int_mm", 8, lambda _: True, kernels._int_mm_run)
+    monkeypatch.setitem(kernels.PATHS, "int_mm", counted(slow_down(fast, 0.001)))
+    monkeypatch.setitem(kernels.PATHS, "onednn", counted(slow_down(fast, 0.1, "onednn")))
+    monkeypatch.setitem(kernels.PATHS, "onednn_u7", counted(slow_down(fast, 0.006, "onednn_u7")))
+    monkeypatch.setitem(kernels.PATHS, "fp32_gemm", kernels.GemmPath(
+        "fp32_gemm", 8, lambda _: False, kernels._fp32_run))
+    kernels.reset_choices()
+    assert kernels.gemm_path(32, 32, 16, torch.device("cpu")).name == "int_mm"
+    measured = kernels._CHOSEN[kernels.shape_class(32, 32, 16)]
+    assert calls.count("onednn") == 2  # its build, one timed call: then screened
+    assert calls.count("onednn_u7") == calls.count("int_mm") == 7  # 6x: timed, then screened
+    assert measured.screened == {"onednn", "onednn_u7"}
+    kernels.reset_choices()
+
+
 def test_a_forced_path_is_used_and_an_unknown_one_is_refused():
     with kernels.choose(fused_quant=False, path="int_mm"):
         assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "int_mm"
