@@ -83,14 +83,20 @@ def bf16_quality(model_ref: str, data: str) -> dict[str, float]:
             "psnr_drop_bf16_db": q["psnr_drop_db"], "kl_fp32_bf16": q["kl_fp32_quant"]}
 
 
-def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
+# Columns kept for reference, not the targets: timed in one round (after a warm-up pass) under
+# --quick, where their four rounds of second-long passes would take the run past 5 minutes.
+REFERENCE_FORMS = frozenset({"w8a8_int_mm", "ort_fp32", "ort_int8"})
+
+
+def latency_rows(preset: str, size: int, repeats: int, with_ort: bool, quick: bool = False
                  ) -> list[dict[str, float | str]]:
     """One untrained `preset` on (12, size, size) videos, timed at batch 1 and 8 side by side:
     fp32; bf16 (every weight and activation 16-bit: the paper's FP16 row) only where the CPU
     computes bf16 natively; W8A8 with the plan rule of jobs.quantize on the measured kernels and
     on the fall-back (eager quantizer, torch._int_mm); fp32 with every linear layer free (the
     bound); ONNX Runtime fp32 and dynamic int8 (the `bench` extra). Forms alternate within each
-    round so drift hits all alike; a form whose first pass is 5x fp32 is timed once."""
+    round so drift hits all alike; a form whose first pass is 5x fp32 is timed once, and so
+    are the REFERENCE_FORMS under `quick`, warmed up first."""
     import copy
 
     from framecast.models import create
@@ -138,10 +144,11 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool
     by_batch: dict[int, dict[str, list[float]]] = {}
     for b in (1, 8):
         video = videos[:b]
-        for name in warm & set(forms):
+        for name in (warm | (REFERENCE_FORMS if quick else set())) & set(forms):
             forms[name](video, 1)
         first = {name: run(video, 1) for name, run in forms.items()}
-        slow = {name for name, ms in first.items() if ms > 5 * first["fp32"]}
+        slow = {name for name, ms in first.items()
+                if ms > 5 * first["fp32"] or (quick and name in REFERENCE_FORMS)}
         n = compare.timed_passes(first["fp32"], repeats, SPAN_MS)
         timed = compare.timed_rounds(
             {name: functools.partial(run, video, n) for name, run in forms.items()
@@ -188,7 +195,7 @@ def main() -> None:
         if not args.model:
             os.environ.setdefault("FRAMECAST_HOME", tmp)  # keep runs out of the user store
         small = trained_row(args, Path(tmp))
-    latency = latency_rows("small", args.size, args.repeats, with_ort=True)
+    latency = latency_rows("small", args.size, args.repeats, with_ort=True, quick=args.quick)
     if not args.quick:  # the paper preset's eager int_mm pass alone takes minutes on 2 cores
         latency += latency_rows("paper", 64, args.paper_repeats, with_ort=True)
     nbp = nbp_rows("small", args.size, args.repeats)
@@ -236,6 +243,8 @@ def main() -> None:
               f"sequences of 12x{args.size}x{args.size}")
     schedule = ("quick schedule: 3 steps per stage, 6 final" if args.quick else
                 "default schedule: 20 steps per stage, 40 final")
+    once_too = (", and with --quick so are int_mm eager and ORT, after a warm-up pass"
+                if args.quick else "")
     notes = (f"First table: {source}; quantized by jobs.quantize ({schedule}); test split scored "
              "(bf16 columns: a bf16 copy of the same fp32 model); "
              "latency as in the second table (jobs.quantize's timing), the forms alternated, "
@@ -244,10 +253,11 @@ def main() -> None:
              f"{ROUNDS} rounds of medians, ratios the median of the rounds' ratios "
              f"({args.repeats} passes small, {args.paper_repeats} paper, or as many "
              f"as make {SPAN_MS:.0f} ms of fp32 (40 at most); a form whose "
-             "first pass took 5x fp32 is timed once): bf16 = every weight and activation 16-bit "
-             "(the paper's FP16 row), timed only where the CPU computes bf16 natively; W8A8 = "
-             "the job's plan rule on the kernels measured fastest here (per layer shape: int8 "
-             "GEMM, or float32 from the int8 weights where that is faster); int_mm eager = the "
+             f"first pass took 5x fp32 is timed once{once_too}): bf16 = every weight and "
+             "activation 16-bit (the paper's FP16 row), timed only where the CPU computes bf16 "
+             "natively; W8A8 = the job's plan rule on the kernels measured fastest here (per "
+             "layer shape: int8 GEMM, or float32 from the int8 weights where that is faster); "
+             "int_mm eager = the "
              "fall-back (eager quantizer, torch._int_mm); linears free = fp32 with every linear "
              "layer costing nothing, the bound on any speed-up from quantizing linear layers; "
              "ORT = ONNX Runtime on the exported fp32 model and its quantize_dynamic int8 copy "
