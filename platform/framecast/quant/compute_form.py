@@ -128,12 +128,6 @@ class Choice:
                 "why": self.why()}
 
 
-def best(ms: dict[str, dict[int, float]]) -> str:
-    """The form with the lowest mean ratio to the first form's time over the batch sizes."""
-    first = next(iter(ms))
-    return min(ms, key=lambda f: sum(t / ms[first][b] for b, t in ms[f].items()) / len(ms[f]))
-
-
 def best_by_batch(ms: dict[str, dict[int, float]]) -> dict[int, str]:
     """{batch size: the form fastest at it}; on a tie the earlier form (fp32 before bf16)."""
     first = next(iter(ms))

@@ -315,7 +315,8 @@ def _screen(k: int, n: int, device: torch.device) -> tuple[dict[str, float], dic
         runs[name] = functools.partial(path.run, xq, wq, scale, packed[name])
     once = time_side_by_side(runs, 1)[0]
     far = {name for name, t in once.items() if t > PRESCREEN * min(once.values())}
-    ms, outs = time_side_by_side({n: r for n, r in runs.items() if n not in far}, 5)
+    near = {name: run for name, run in runs.items() if name not in far}
+    ms, outs = time_side_by_side(near, 5)
     for name, (xq, wq, scale) in operands.items():
         if name in far:  # over 4x the best whatever its exactness: screened by `_measure`
             ms[name] = once[name]
