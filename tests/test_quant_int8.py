@@ -188,8 +188,9 @@ def test_a_seven_bit_path_wins_only_when_eight_bit_ones_are_clearly_slower(monke
 
 
 def test_a_path_far_slower_on_its_first_timed_call_is_not_timed_again(monkeypatch, slow_down):
-    """A reference kernel (100x the best) costs two calls, its build and one timed call, not
-    seven: oneDNN on a CPU it has no kernel for made most of a replica's warm-up so."""
+    """A reference kernel (100x the best) costs three calls, its build and two timed calls, not
+    seven; an inexact path is never timed; the screen of (K, N) serves every token class:
+    oneDNN on a CPU it has no kernel for made most of a replica's warm-up so."""
     calls = []
 
     def counted(path):
@@ -206,9 +207,33 @@ def test_a_path_far_slower_on_its_first_timed_call_is_not_timed_again(monkeypatc
     kernels.reset_choices()
     assert kernels.gemm_path(32, 32, 16, torch.device("cpu")).name == "int_mm"
     measured = kernels._CHOSEN[kernels.shape_class(32, 32, 16)]
-    assert calls.count("onednn") == 2  # its build, one timed call: then screened
-    assert calls.count("onednn_u7") == calls.count("int_mm") == 7  # 6x: timed, then screened
+    assert calls.count("onednn") == 3  # its build, two timed calls: then screened
+    assert calls.count("onednn_u7") == calls.count("int_mm") == 8  # 6x: timed, then screened
     assert measured.screened == {"onednn", "onednn_u7"}
+    calls.clear()
+    kernels.gemm_path(16, 32, 16, torch.device("cpu"))  # another token class: screen kept
+    assert calls == []
+    kernels.reset_choices()
+
+
+def test_an_inexact_path_is_dropped_on_its_first_call_and_never_timed(monkeypatch, slow_down):
+    """Exactness is checked on a path's first call, before any timing: a slow inexact path
+    (over the 20x screen) is recorded as inexact (inf), not as a slow time, and never timed."""
+    calls = []
+
+    def off_by_one(xq, wq, scale, packed):
+        calls.append("onednn")
+        return kernels._int_mm_run(xq, wq, scale, packed) + scale
+
+    monkeypatch.setitem(kernels.PATHS, "onednn", slow_down(kernels.GemmPath(
+        "onednn", 8, lambda _: True, off_by_one), 0.1))
+    for name in ("onednn_u7", "fp32_gemm"):
+        monkeypatch.setitem(kernels.PATHS, name, kernels.GemmPath(
+            name, 8, lambda _: False, kernels._int_mm_run))
+    kernels.reset_choices()
+    assert kernels.gemm_path(64, 32, 16, torch.device("cpu")).name == "int_mm"
+    assert kernels._CHOSEN[kernels.shape_class(64, 32, 16)].ms["onednn"] == float("inf")
+    assert calls == ["onednn"]  # its first call only
     kernels.reset_choices()
 
 
