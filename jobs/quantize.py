@@ -88,9 +88,9 @@ def report_table(values: dict[str, float]) -> str:
     rows = [("size (MB)", "bytes_fp32", "bytes_quant",
              lambda: ratio_words(values['size_ratio'], "smaller", "larger"), 1e-6),
             ("latency b1 (ms)", "latency_ms_fp32_b1", "latency_ms_quant_b1",
-             lambda: ratio_words(values['speedup_b1'], "faster", "slower"), 1),
+             lambda: ratio_words(values['speedup_b1'], "faster", "slower") + " *", 1),
             ("latency b8 (ms)", "latency_ms_fp32_b8", "latency_ms_quant_b8",
-             lambda: ratio_words(values['speedup_b8'], "faster", "slower"), 1),
+             lambda: ratio_words(values['speedup_b8'], "faster", "slower") + " *", 1),
             ("PSNR (dB)", "psnr_fp32", "psnr_quant", lambda: f"{-values['psnr_drop_db']:+.3f} dB",
              1),
             ("SSIM", "ssim_fp32", "ssim_quant", lambda: f"{-values['ssim_drop']:+.4f}", 1),
@@ -102,10 +102,14 @@ def report_table(values: dict[str, float]) -> str:
     lines = [f"{'':22s} {'fp32':>10s} {'quantized':>10s}  change"]
     lines += [f"{name:22s} {values[a] * unit:10.4g} {values[b] * unit:10.4g}  {change()}"
               for name, a, b, change, unit in rows if a in values]
+    if "latency_ms_quant_b1" in values:
+        lines.append("* latency: each form's median timing round; a ratio is the median of the "
+                     "rounds' ratios (forms timed in the same round share the machine's speed), "
+                     "so it can differ from the ratio of the two medians")
     if "best_float" in values:
-        lines.append("quantized model against the best float form here (each the faster of its "
-                     "compute forms at that batch size; W8A8 layers each in their fastest "
-                     "form): " + ", ".join(
+        lines.append("quantized model against the best float form here, each the faster of its "
+                     "compute forms at that batch size (W8A8 layers each in their fastest "
+                     "form): " + "; ".join(
                          f"batch {b}: {values[f'quant_compute_b{b}']} against "
                          f"{values[f'best_float_b{b}']}, "
                          + ratio_words(values[f"speedup_vs_best_float_b{b}"], "faster", "slower")
@@ -182,15 +186,16 @@ def quantize(config: QuantizeJobConfig) -> dict:
                       forms, test, LATENCY_BATCH_SIZES, config.latency_repeats,
                       config.latency_span_ms)}
         # The deployed quality: the bf16 form's where some batch size computes in it.
-        in_bf16 = "bf16" in {values[f"quant_compute_b{b}"] for b in LATENCY_BATCH_SIZES}
-        values.update(bf16_quality if in_bf16 else
+        deployed = {b: values[f"quant_compute_b{b}"] for b in LATENCY_BATCH_SIZES}
+        scored = "bf16" if "bf16" in deployed.values() else "fp32"
+        values.update(bf16_quality if scored == "bf16" else
                       compare.quality(fp32, quant, test, config.batch_size))
         if bf16["measured"]:
             values["psnr_drop_bf16_compute_db"] = bf16["psnr_drop_db"]
-        computes = " / ".join(f"{values[f'quant_compute_b{b}']} at batch {b}"
-                              for b in LATENCY_BATCH_SIZES)
+        computes = ", ".join(f"{form} at batch {b}" for b, form in deployed.items())
         print(f"quantize: {len(test)} test sequences; layers {precision_counts(quant)}; "
-              f"compute {computes} ({bf16['why']})")
+              f"computes in {computes}; {bf16['why']}; quality below: its {scored} compute "
+              "form")
         print(report_table(values))
         mlflow.log_metrics({k: v for k, v in values.items() if not isinstance(v, str)})
         mlflow.set_tags({k: v for k, v in values.items() if isinstance(v, str)})
@@ -198,7 +203,7 @@ def quantize(config: QuantizeJobConfig) -> dict:
             mlflow.log_metric("stage_psnr_drop_db", row["psnr_drop_db"], step=i)
         # The artifacts show the compute form each layer chose here; the model's metadata
         # keeps the plan alone (another machine measures its own forms).
-        chosen = compute_form.layer_forms(forms[values["quant_compute"]])
+        chosen = compute_form.kept_layer_forms(forms[f] for f in set(deployed.values()))
         tracking.log_file_bytes(json.dumps(plan_records(result.plan, chosen), indent=1).encode(),
                                 "quantization", "plan.json")
         tracking.log_file_bytes(format_plan(result.plan, chosen).encode(), "quantization",
@@ -247,8 +252,9 @@ def bf16_compute(fp32, quant, test: np.ndarray, config: QuantizeJobConfig
     allowed = q["psnr_drop_db"] <= config.tau_psnr_db
     record = {"measured": True, "allowed": bool(allowed),
               "psnr_drop_db": round(float(q["psnr_drop_db"]), 4),
-              "why": f"bf16 form {-q['psnr_drop_db']:+.3f} dB against fp32 "
-                     f"({'within' if allowed else 'beyond'} {config.tau_psnr_db} dB)"}
+              "why": f"bf16 form's PSNR {-q['psnr_drop_db']:+.3f} dB against fp32: "
+                     f"{'allowed' if allowed else 'refused'}, the most a form may lose being "
+                     f"{config.tau_psnr_db} dB"}
     return record, q, forms if allowed else {"fp32": quant}
 
 

@@ -98,10 +98,10 @@ class ModelInfo(BaseModel):
         description="the model's family: a frame predictor (/predict, /rollout) or a token "
                     "generator (/generate)")
     architecture: str = Field(description="the registry's model name, e.g. vblt")
-    precision: str = Field(description="a float model's form at a full batch (fp32, bf16), or "
-                                       "what a quantized one stores (w8a8)")
-    compute: Literal["fp32", "bf16"] = Field(description="the form the replica computes a full "
-                                                         "batch in")
+    precision: str = Field(description="a float model's form at its max batch size (fp32, "
+                                       "bf16), or what a quantized one stores (w8a8)")
+    compute: Literal["fp32", "bf16"] = Field(description="the form the replica computes a batch "
+                                                         "of its max batch size in")
     compute_by_batch: dict[str, Literal["fp32", "bf16"]] = Field(
         default_factory=dict, description="the form each dynamic batch size computes in, keyed "
         "by the power-of-two batch class (a batch of 3 computes as one of 4): the fastest "
@@ -491,7 +491,8 @@ def build_app(args: AppArgs) -> serve.Application:
             user_config={"max_batch_size": m.max_batch_size,
                          "batch_wait_timeout_s": m.batch_wait_timeout_s})
         handles[m.name] = deployment.bind(m.name, m.alias, tracking_uri, args.max_context_frames,
-                                          args.max_future_frames, m.torch_threads, m.precision)
+                                          args.max_future_frames, m.torch_threads, m.precision,
+                                          m.max_batch_size)
     return Ingress.options(ray_actor_options=ingress_actor_options(args)).bind(
         handles, int(args.max_body_mb * MiB))
 

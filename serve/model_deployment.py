@@ -67,7 +67,8 @@ class ModelReplica:
 
     def __init__(self, name: str, alias: str, tracking_uri: str, max_context_frames: int = 0,
                  max_future_frames: int = 32, torch_threads: int = 0,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto",
+                 max_batch_size: int = DEFAULT_BATCH["max_batch_size"]) -> None:
         import mlflow
         import torch
 
@@ -100,7 +101,9 @@ class ModelReplica:
         else:
             self.spec, workload = self._predictor_spec(meta["frame_shape"], max_context_frames,
                                                        max_future_frames)
-        self.forms, self.choice = choose_form(self.model, forms, workload)
+        # Timed up to the deployment's own max batch (its user_config arrives only after this).
+        self.forms, self.choice = choose_form(self.model, forms, workload, max_batch_size)
+        self._workload, self._warmed = workload, max(1, max_batch_size)
         self.model = self.forms[self.choice.chosen]  # a full batch's; `_model_for` picks per batch
         choice = self.choice
         self.stored = stored
@@ -112,7 +115,7 @@ class ModelReplica:
             "family": self.model.family, "architecture": meta["name"],
             # a float model's form, or what a quantized one stores (its compute: below)
             "precision": choice.chosen if stored == "fp32" else stored,
-            "compute": choice.chosen,  # at a full batch
+            "compute": choice.chosen,  # at the deployment's max batch size
             "compute_by_batch": {str(b): f for b, f in choice.by_batch.items()},
             "precision_choice": {"asked": precision, "candidates": list(forms),
                                  **choice.record()},
@@ -125,7 +128,7 @@ class ModelReplica:
             "heap": {"freed_memory_kept": kept, "from_process_start": heap.TUNABLES in
                      os.environ.get("GLIBC_TUNABLES", "")},
             # each W8A8 layer's form per token class, as chosen at warm-up on this replica
-            "layer_forms": kept_layer_forms(self.forms.values()),
+            "layer_forms": compute_form.kept_layer_forms(self.forms.values()),
             "preset": meta.get("preset"), "frame_shape": [t, h, w, c],
             "input": self.spec,  # an InputSpec: pickled to the ingress, JSON only over HTTP
         }
@@ -176,6 +179,14 @@ class ModelReplica:
         if size < 1 or wait < 0:
             raise ValueError(f"user_config {config}: max_batch_size must be >= 1 and "
                              f"batch_wait_timeout_s >= 0")
+        if size > self._warmed:  # a live update to larger batches: warm them now, not on requests
+            from framecast.quant import compute_form
+
+            for model in self.forms.values():
+                compute_form.choose_layer_forms(model, self._workload,
+                                                warm_batches(size, above=self._warmed))
+            self._warmed = size
+            self.meta["layer_forms"] = compute_form.kept_layer_forms(self.forms.values())
         for batcher in (self._step, self._generate):
             batcher.set_max_batch_size(size)
             batcher.set_batch_wait_timeout_s(wait)
@@ -216,7 +227,9 @@ class ModelReplica:
         redeploy) and in what precision: a float model's compute forms for this request's
         batches (fp32+bf16 where a rollout's steps rode in batches of both), else what a
         quantized model stores."""
-        precision = ("+".join(dict.fromkeys(forms)) if self.stored == "fp32"
+        from framecast.quant.compute_form import FORMS
+
+        precision = ("+".join(f for f in FORMS if f in forms) if self.stored == "fp32"
                      else self.meta["precision"])
         return {"version": self.meta["version"], "precision": precision}
 
@@ -292,22 +305,25 @@ def future_limit(spec: InputSpec, trained_frames: int, context: int) -> int:
     return min(spec.max_future_frames, trained_frames - context)
 
 
-def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None]
-                ) -> tuple[dict[str, Any], Choice]:
+def warm_batches(most: int, above: int = 0) -> list[int]:
+    """Every power of two up to `most`, and `most`, over `above`: a batch of any size up to
+    `most` then lands in a token class whose W8A8 layer forms are chosen (never measuring
+    kernels while requests wait) and in a batch class whose compute form was timed."""
+    return sorted(b for b in {*(2 ** i for i in range(most.bit_length())), most} if b > above)
+
+
+def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int], None],
+                most: int = DEFAULT_BATCH["max_batch_size"]) -> tuple[dict[str, Any], Choice]:
     """Warm `model` up in each compute form (`forms`, from `compute_form.candidates`) for every
-    power-of-two batch up to a full one, now rather than on requests (W8A8 layers compile their
-    quantizer and measure their kernels on first use: seconds), time the forms side by side at
-    each of those batch sizes where there are several, and keep, per batch size, the fastest
-    (a form can win at batch 1 and lose at a full batch: an NBP generator on an AVX-512 bf16 CPU
-    measured so). Returns the forms some batch size computes in, and the choice; the others are
-    dropped."""
+    power-of-two batch up to `most` (the deployment's max batch size), now rather than on
+    requests (W8A8 layers compile their quantizer and measure their kernels on first use:
+    seconds), time the forms side by side at each of those batch sizes where there are several,
+    and keep, per batch size, the fastest (a form can win at batch 1 and lose at a full batch:
+    an NBP generator on an AVX-512 bf16 CPU measured so). Returns the forms some batch size
+    computes in, and the choice; the others are dropped."""
     from framecast.quant import compute_form
 
-    most = DEFAULT_BATCH["max_batch_size"]
-    # Every power of two up to a full batch: a batch of any size then lands in a token class
-    # whose W8A8 layer forms are chosen, never measuring kernels while requests wait, and in a
-    # batch class whose compute form was timed.
-    batches = sorted({*(2 ** i for i in range(most.bit_length())), most})
+    batches = warm_batches(max(1, most))
     models = compute_form.in_forms(model, forms)
     for candidate in models.values():
         compute_form.choose_layer_forms(candidate, workload, batches)
@@ -319,13 +335,3 @@ def choose_form(model: Any, forms: tuple[str, ...], workload: Callable[[Any, int
     choice = compute_form.fastest(models, time_ms, batches)
     return {form: models[form] for form in choice.forms()}, choice
 
-
-def kept_layer_forms(models: Any) -> dict[str, dict[str, str]]:
-    """Each W8A8 layer's forms per token class and input dtype over the kept compute forms."""
-    from framecast.quant import compute_form
-
-    out: dict[str, dict[str, str]] = {}
-    for model in models:
-        for name, forms in compute_form.layer_forms(model).items():
-            out.setdefault(name, {}).update(forms)
-    return out

@@ -47,3 +47,31 @@ def test_one_form_faster_everywhere_keeps_one_model():
     forms, choice = choose_form(model, ("fp32",), lambda m, b: None)
     assert list(forms) == ["fp32"] and choice.why() == "fp32: the only form considered"
     assert choice.by_batch == dict.fromkeys((1, 2, 4, 8), "fp32")
+
+
+def test_forms_are_timed_up_to_the_deployments_max_batch_and_a_larger_one_is_warmed_live():
+    """A deployment with max batch 1 times batch 1 only (its `compute` is batch 1's form), and
+    a live user_config update to larger batches warms their classes before requests meet them;
+    a rollout whose steps rode in both forms names them in one order."""
+    model = create("vblt", "tiny").eval()
+    seen = []
+
+    def workload(candidate, batch):
+        seen.append(batch)
+        time.sleep(SLEEP_MS[next(candidate.parameters()).dtype].get(batch, 1.0) / 1e3)
+    forms, choice = choose_form(model, ("fp32", "bf16"), workload, most=1)
+    assert set(seen) == {1} and choice.by_batch == {1: "fp32"} and choice.chosen == "fp32"
+    assert list(forms) == ["fp32"]
+
+    replica = object.__new__(ModelReplica.func_or_class)
+    replica.forms, replica.choice, replica.stored = forms, choice, "fp32"
+    replica._workload, replica._warmed = workload, 1
+    replica.meta = {"version": "1", "precision": "fp32"}
+    seen.clear()
+    replica.reconfigure({"max_batch_size": 16})
+    assert seen == [2, 4, 8, 16] and replica._warmed == 16
+    assert replica.batching["max_batch_size"] == 16
+    seen.clear()
+    replica.reconfigure({"max_batch_size": 4})  # smaller: already warm
+    assert seen == []
+    assert replica._answer_meta(["bf16", "fp32", "bf16"])["precision"] == "fp32+bf16"

@@ -65,6 +65,16 @@ def layer_forms(model: nn.Module) -> dict[str, dict[str, str]]:
             if isinstance(m, Int8Linear) and m.forms}
 
 
+def kept_layer_forms(models: Iterable[nn.Module]) -> dict[str, dict[str, str]]:
+    """`layer_forms` over several compute forms of one model (the forms kept per batch size):
+    each layer's keys name their input dtype, so the forms' choices sit side by side."""
+    out: dict[str, dict[str, str]] = {}
+    for model in models:
+        for name, forms in layer_forms(model).items():
+            out.setdefault(name, {}).update(forms)
+    return out
+
+
 def choose_layer_forms(model: nn.Module, workload: Callable[[nn.Module, int], object],
                        batches: Iterable[int]) -> dict[str, dict[str, str]]:
     """The explicit step that fixes every W8A8 layer's compute form: `workload(model, batch)`
