@@ -355,7 +355,7 @@ def main() -> None:
     parser = new_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke-size budget: < 5 minutes")
     parser.add_argument("--requests", type=int, default=None,
-                        help="requests per row (default 600; 240 with --quick)")
+                        help="requests per row (default 600; 192 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per row, the deployments alternated, the median kept")
@@ -368,7 +368,7 @@ def main() -> None:
     parser.add_argument("--int8-model", default="", help="registered int8 model name[@alias]")
     parser.add_argument("--no-nbp", action="store_true", help="skip the NBP /generate rows")
     args = parser.parse_args()
-    args.requests = args.requests or (240 if args.quick else 600)
+    args.requests = args.requests or (192 if args.quick else 600)
 
     with tempfile.TemporaryDirectory() as tmp:
         if not (args.fp32_model or args.int8_model):
