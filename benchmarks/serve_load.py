@@ -347,8 +347,9 @@ def model_ms(result: dict) -> float:
 def paired_ratio(a: dict, b: dict) -> float:
     """a's req/s over b's, round by round (the two were loaded one after the other in each
     round, so a drift of the machine's speed between rounds hits both), the median round."""
-    return float(np.median([x / y for x, y in zip(a["rps_rounds"], b["rps_rounds"],
-                                                  strict=True)]))
+    from framecast.quant.compare import paired_ratio as median_round_ratio
+
+    return median_round_ratio(a["rps_rounds"], b["rps_rounds"])
 
 
 def main() -> None:

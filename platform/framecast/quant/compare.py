@@ -68,11 +68,6 @@ def timed_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str,
     return times
 
 
-def median_of_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
-    """The median round of each of `runs` (`timed_rounds`)."""
-    return {name: statistics.median(t) for name, t in timed_rounds(runs, rounds).items()}
-
-
 def paired_ratio(over: list[float], under: list[float]) -> float:
     """The median of the rounds' ratios over / under: two forms timed in the same round share
     that round's speed of the machine, so their ratio drifts less than either time."""
