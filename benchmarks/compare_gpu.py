@@ -9,6 +9,9 @@ matplotlib only: no Ray, MLflow or PyVista.
     # a lease shorter than that: probe step times, then the most equal steps that fit 360 s
     python benchmarks/compare_gpu.py --npz data/compare-paper.npz --budget-s 360
     python benchmarks/compare_gpu.py --quick          # CPU, seconds: tiny presets, made-up data
+    # one more row: V-BLT `paper` with config overrides, beside (or, with --models "", alone)
+    python benchmarks/compare_gpu.py --npz data/compare-paper.npz --models "" --steps 600 \
+        --variant vblt_ob=vblt:init=ordinal,byte_skip=true
 
 Every model trains with the library's own loop (`framecast.train.train_loop`, bf16 autocast on a
 GPU) at the same budget: steps, batch, AdamW, lr schedule, seed. Scoring and tables are
@@ -26,6 +29,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,6 +47,34 @@ from framecast.predict import adopt_best_decode, describe_decode_choice  # noqa:
 from framecast.train import OptimConfig, make_optimizer, train_loop  # noqa: E402
 
 MODELS = ("vblt", "vivit", "unet3d")
+Variants = dict[str, tuple[str, dict]]  # row label -> (registry model, config overrides)
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """'vblt_recipe=vblt:init=ordinal,byte_skip=true' -> ('vblt_recipe', ('vblt', overrides));
+    raises ValueError (one line) on a bad label, an unknown model, key or value."""
+    from framecast.config import ConfigError
+    from framecast.models import registry
+
+    label, sep, spec = text.partition("=")
+    name, _, items = spec.partition(":")
+    label, name = label.strip(), name.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", label) or label in registry.available_models():
+        raise ValueError(f"--variant {text!r}: give LABEL=MODEL:KEY=VALUE,... with a LABEL of "
+                         "letters, digits and _ that names no registered model")
+    try:
+        overrides = registry.parse_overrides(name, items)
+        registry.model_config(name, "small", **overrides)  # the config's own checks
+    except (ConfigError, KeyError, ValueError) as err:
+        raise ValueError(f"--variant {text!r}: {err}") from None
+    return label, (name, overrides)
+
+
+def build(label: str, preset: str, variants: Variants | None = None, **kwargs) -> torch.nn.Module:
+    """The model a table row names: a registered model, or a variant's model with its
+    overrides, at `preset`."""
+    name, overrides = (variants or {}).get(label, (label, {}))
+    return create(name, preset, **overrides, **kwargs)
 
 
 def smoke_data(kinds: tuple[str, ...] = ("2d", "3d"), n: int = 12, frames: int = 6,
@@ -75,12 +107,12 @@ def batches(videos: np.ndarray, batch_size: int, device: torch.device, seed: int
 
 
 def train_one(name: str, preset: str, train: np.ndarray, val: np.ndarray, context: int,
-              optim: OptimConfig, eval_every: int, device: torch.device, seed: int
-              ) -> tuple[torch.nn.Module, list[dict], float]:
+              optim: OptimConfig, eval_every: int, device: torch.device, seed: int,
+              variants: Variants | None = None) -> tuple[torch.nn.Module, list[dict], float]:
     """Train one model; returns (model, learning curve, seconds)."""
     torch.manual_seed(seed)
     frame_shape = tuple(train.shape[1:])
-    model = create(name, preset, channels=frame_shape[-1]).to(device)
+    model = build(name, preset, variants, channels=frame_shape[-1]).to(device)
     model.check_data(frame_shape)
     optimizer = make_optimizer(model, optim)
     curve: list[dict] = []
@@ -106,12 +138,13 @@ def train_one(name: str, preset: str, train: np.ndarray, val: np.ndarray, contex
 
 
 def probe_step_seconds(name: str, preset: str, train: np.ndarray, optim: OptimConfig,
-                       device: torch.device, seed: int, steps: int = 10) -> float:
+                       device: torch.device, seed: int, steps: int = 10,
+                       variants: Variants | None = None) -> float:
     """Seconds per training step of `name` as `train_one` runs it: a few warm-up steps (kernel
     choice, allocator), then `steps` timed ones. Includes the end-of-run checkpoint save, so it
     errs long."""
     torch.manual_seed(seed)
-    model = create(name, preset, channels=train.shape[-1]).to(device)
+    model = build(name, preset, variants, channels=train.shape[-1]).to(device)
     optimizer = make_optimizer(model, optim)
     data = batches(train, optim.batch_size, device, seed)
     warm = 3
@@ -157,14 +190,15 @@ def kind_tables(kind: str, context: int, held: dict, copy: dict, frames: str, ah
 
 def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, steps: int,
         batch_size: int, lr: float, eval_every: int, val_sequences: int, out: Path,
-        device: torch.device, context: int = 4, seed: int = 0, budget_s: float | None = None
-        ) -> dict:
+        device: torch.device, context: int = 4, seed: int = 0, budget_s: float | None = None,
+        variants: Variants | None = None) -> dict:
     """Train and score every model on every kind in `arrays`; writes the tables to `out` after
     every model (a run cut short keeps what it finished). With `budget_s`, each model's step time
-    is probed first and `steps` shrinks so that all training fits in that many seconds."""
+    is probed first and `steps` shrinks so that all training fits in that many seconds.
+    `variants` names rows of `models` that are a registered model with config overrides."""
     kinds = sorted({k.split("_")[0] for k in arrays})
     frames = min(arrays[f"{k}_test"].shape[1] for k in kinds)
-    least = {n: create(n, preset).context_frames for n in models}
+    least = {n: build(n, preset, variants).context_frames for n in models}
     if not max(least.values()) <= context < frames:
         raise ValueError(f"--context {context}: give {max(least.values())}..{frames - 1} (the "
                          f"models' least context frames: {least}; clips of {frames} frames)")
@@ -178,7 +212,8 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
     if budget_s is not None:
         first = arrays[f"{kinds[0]}_train"]
         for name in models:
-            probe[name] = probe_step_seconds(name, preset, first, optim_for(steps), device, seed)
+            probe[name] = probe_step_seconds(name, preset, first, optim_for(steps), device, seed,
+                                             variants=variants)
             print(f"probe: {name} ({preset}) {probe[name] * 1000:.1f} ms per step of batch "
                   f"{batch_size}", flush=True)
         steps = plan_steps(probe, len(kinds), budget_s, steps)
@@ -189,6 +224,7 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
     budget = {"models": models, "preset": preset, "steps": steps, "batch_size": batch_size,
               "lr": lr, "eval_every": eval_every, "budget_s": budget_s,
               "probe_s_per_step": probe,
+              "variants": {k: {"model": m, **o} for k, (m, o) in (variants or {}).items()},
               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "train_seconds": {}, "failed": {}}
     cost, quality, curves, seconds = [], [], [], budget["train_seconds"]
@@ -196,7 +232,7 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
     for kind in kinds:
         train, val, test = (arrays[f"{kind}_{s}"] for s in ("train", "val", "test"))
         val = val[:val_sequences]
-        shared = comparison.common_context([create(n, preset) for n in models])
+        shared = comparison.common_context([build(n, preset, variants) for n in models])
         copy = comparison.copy_last_score(test, shared)
         held = comparison.hold_last_metrics(test, context)
         frames = f"{shared}..{test.shape[1] - 1}"
@@ -208,7 +244,7 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
                   flush=True)
             try:
                 model, curve, secs = train_one(name, preset, train, val, shared, optim,
-                                               eval_every, device, seed)
+                                               eval_every, device, seed, variants)
                 seconds[f"{kind}_{name}"] = secs
                 curves += [{"data": kind, "model": name, **c} for c in curve]
                 # read test the way val rollouts read best (jobs.compare does the same)
@@ -258,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU smoke run (seconds, what `make bench` runs): tiny presets, "
                              "4 steps, made-up 6x16x16 data")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=MODEL:K=V,...",
+                        help="one more row: a registered model with config overrides, e.g. "
+                             "vblt_recipe=vblt:init=ordinal,byte_skip=true (repeatable; rows "
+                             "follow --models)")
     parser.add_argument("--preset", default="paper", help="model preset (default paper)")
     parser.add_argument("--steps", type=int, default=3000, help="steps per model (default 3000)")
     parser.add_argument("--batch-size", type=int, default=32, help="default 32")
@@ -286,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("give --npz FILE (or --quick)")
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    try:
+        variants = dict(parse_variant(v) for v in args.variant)
+    except ValueError as err:
+        parser.error(str(err))
+    models += tuple(variants)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -295,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(arrays, models=models, preset=args.preset, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                      val_sequences=args.val_sequences, out=Path(args.out), device=device,
-                     context=args.context, budget_s=args.budget_s)
+                     context=args.context, budget_s=args.budget_s, variants=variants)
     except ValueError as err:  # a budget too small for one step, an unknown model or preset
         print(f"compare_gpu: error: {err}", file=sys.stderr)
         return 2

@@ -214,24 +214,43 @@ def test_the_gpu_script_runs_without_ray_mlflow_or_pyvista_and_fits_its_budget(
         tmp_path, run_gpu_script):
     out = tmp_path / "g"
     # The carried tokenizer library is not needed by the V-BLT/baseline comparison either.
-    run = run_gpu_script("compare_gpu.py", ["--smoke", "--budget-s", "60", "--out", str(out)],
+    run = run_gpu_script("compare_gpu.py", ["--smoke", "--budget-s", "60", "--out", str(out),
+                                            "--variant", "vblt_ord=vblt:init=ordinal"],
                          also=("vector_quantize_pytorch",))
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.strip().splitlines()
     assert lines[-1].startswith("RESULT compare_gpu rollout_psnr_vblt_2d=")
     assert " psnr_copy_3d=" in lines[-1] and " rollout_psnr_copy_3d=" in lines[-1]
     assert "context=2" in lines[-1]
-    assert sum(line.startswith("probe: ") for line in lines) == 3
+    assert sum(line.startswith("probe: ") for line in lines) == 4  # the variant too
     assert {"table1.csv", "table2.csv", "horizon.csv", "horizon.png", "teacher_forced.csv",
             "curves.csv", "budget.json"} <= {p.name for p in out.iterdir()}
     assert "| 2d | unet3d | 2 | 1 |" in run.stdout  # rollout rows: same context, own steps
     budget = json.loads((out / "budget.json").read_text())
-    assert budget["steps"] == 4 and set(budget["probe_s_per_step"]) == {"vblt", "vivit", "unet3d"}
-    assert not budget["failed"] and len(budget["train_seconds"]) == 6
+    assert budget["steps"] == 4
+    assert set(budget["probe_s_per_step"]) == {"vblt", "vivit", "unet3d", "vblt_ord"}
+    assert budget["variants"] == {"vblt_ord": {"model": "vblt", "init": "ordinal"}}
+    assert " rollout_psnr_vblt_ord_3d=" in lines[-1]
+    assert not budget["failed"] and len(budget["train_seconds"]) == 8
     # each model read on test with the decoding that scored best on val, recorded
-    assert len(budget["decode"]) == 6
+    assert len(budget["decode"]) == 8
     for choice in budget["decode"].values():
         assert choice["chosen"] == max(("trimmed", "mean", "argmax"), key=lambda d: choice[d])
+
+
+def test_a_gpu_variant_is_a_registered_model_with_its_overrides_or_a_one_line_error():
+    from benchmarks.compare_gpu import build, parse_variant
+
+    label, spec = parse_variant("vblt_ob=vblt:init=ordinal,byte_skip=true")
+    assert (label, spec) == ("vblt_ob", ("vblt", {"init": "ordinal", "byte_skip": True}))
+    model = build(label, "tiny", {label: spec})
+    assert model.cfg.init == "ordinal" and model.cfg.byte_skip
+    assert build("vblt", "tiny", {label: spec}).cfg.init == "gpt"  # the plain row unchanged
+    for bad in ("vblt=vblt:init=ordinal",  # a label that hides a registered model
+                "no label", "a b=vblt:init=ordinal", "x=nope:init=ordinal",
+                "x=vblt:nokey=1", "x=vblt:heads=-1"):
+        with pytest.raises(ValueError, match="--variant"):
+            parse_variant(bad)
 
 
 def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
