@@ -242,7 +242,7 @@ def main() -> None:
     notes = (f"Budget per row and data set: {args.steps} AdamW steps of batch {args.batch_size} "
              f"at each lr of {','.join(f'{x:g}' for x in lrs)} (kept: best val rollout PSNR), "
              f"seeds {','.join(map(str, seeds))} (numbers: means over seeds), `small` "
-             f"presets plus the row's change; data `jobs.render "
+             f"presets with each row's overrides (Rows, below); data `jobs.render "
              f"--preset hard`, 12x{args.size}x{args.size} "
              f"({args.npz or f'{args.sequences} sequences rendered'}); rollouts from "
              f"{args.context} context frames on the whole test split; teacher-forced PSNR on "

@@ -1,5 +1,7 @@
 """Every registered model: interface, gradients, causality, learning (tiny presets)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -178,6 +180,14 @@ def test_the_scaled_init_starts_vblt_tokens_at_unit_scale_where_gpt_init_starts_
                                               video).std().item()
     assert gpt < 0.01  # variance below LayerNorm's epsilon (1e-5)
     assert 0.3 < scaled < 3.0
+
+
+def test_vblt_paper_starts_from_the_ordinal_init_and_paper_gpt_is_it_before():
+    paper, before = model_config("vblt", "paper"), model_config("vblt", "paper_gpt")
+    assert paper.init == "ordinal" and before.init == "gpt"
+    assert dataclasses.replace(before, init="ordinal") == paper  # the init alone differs
+    # a `paper` model saved before the change (its config says gpt) rebuilds as it was
+    assert create_from_config("vblt", to_dict(before)).cfg.init == "gpt"
 
 
 @pytest.mark.parametrize("options", [{"rope_width": "model"}, {"init": "scaled"},
