@@ -131,7 +131,11 @@ def check_models(specs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether Serve's proxy could listen on host:port: no socket listens there. Probed with
+    SO_REUSEADDR, as the proxy binds, so a port whose last server closed moments ago (its
+    connections in TIME_WAIT) is free, as it is to the proxy."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

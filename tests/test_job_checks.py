@@ -1,6 +1,8 @@
 """Inputs the jobs refuse at once, in one line, where Ray or a replica would otherwise wait
 without a word, fail a minute later or deep inside a constructor."""
 
+import socket
+
 import mlflow
 import pytest
 import torch
@@ -10,7 +12,7 @@ from framecast import model_io, tracking
 from framecast.cluster import check_gpus
 from framecast.config import ConfigError
 from framecast.models import create
-from jobs.serve import check_host, check_models
+from jobs.serve import check_host, check_models, port_is_free
 from jobs.train import TrainJobConfig, plan
 
 
@@ -66,6 +68,24 @@ def test_a_host_this_machine_cannot_bind_is_named_as_such():
     check_host("127.0.0.1")
     with pytest.raises(ConfigError, match="--host 192.0.2.1: cannot bind it here"):
         check_host("192.0.2.1")  # TEST-NET-1: never one of this machine's addresses
+
+
+def test_a_port_is_busy_while_a_server_listens_and_free_once_it_closed():
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Serve's proxy binds
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not port_is_free("127.0.0.1", port)
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()
+    server.close()  # closed first, the server's end waits in TIME_WAIT: a restart right after
+    client.close()
+    assert port_is_free("127.0.0.1", port)  # as it is to a proxy that binds it again
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
 
 
 def test_a_relative_data_folder_reaches_ray_train_workers_absolute(tmp_path, monkeypatch):
