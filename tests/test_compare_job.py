@@ -253,6 +253,15 @@ def test_a_gpu_variant_is_a_registered_model_with_its_overrides_or_a_one_line_er
             parse_variant(bad)
 
 
+def test_the_gpu_script_refuses_a_run_with_no_model_in_one_line(capsys):
+    from benchmarks.compare_gpu import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--quick", "--models", ""])
+    assert exit_.value.code == 2
+    assert "--models and --variant name no model" in capsys.readouterr().err
+
+
 def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
     from benchmarks.compare_gpu import plan_steps
 
