@@ -3,6 +3,10 @@
 from framecast.models.registry import register_model
 from framecast.models.vblt import VBLT
 
+# Table 1's V-BLT (the `paper` preset below): its architecture, shared by `paper_gpt`.
+_PAPER = {"patch": (4, 4, 4), "conv_dim": 16, "dim": 96, "heads": 2, "encoder_layers": 1,
+          "global_layers": 2, "decoder_dim": 108, "decoder_heads": 3, "decoder_layers": 4}
+
 VBLT_PRESETS = {
     # The paper's table 1 model (6.5 MB, 51.2 GFLOPs per 12x64x64 sequence): here 6.52 MB
     # (fp32) and 49.2 GFLOPs (a multiply-add = 2, attention counted; models/profile.py) with
@@ -15,12 +19,8 @@ VBLT_PRESETS = {
     # this model's rollouts by 1.4-4.3 dB at 16x16 on CPU over two seeds and, with the byte
     # skip, 3D by 2.8 dB on the H200 at 64x64 (RESULTS.md, issue 28, 2026-12-04). Saved with
     # the init before (gpt): `paper_gpt`.
-    "paper": {"patch": (4, 4, 4), "conv_dim": 16, "dim": 96, "heads": 2, "encoder_layers": 1,
-              "global_layers": 2, "decoder_dim": 108, "decoder_heads": 3, "decoder_layers": 4,
-              "init": "ordinal"},
-    "paper_gpt": {"patch": (4, 4, 4), "conv_dim": 16, "dim": 96, "heads": 2,
-                  "encoder_layers": 1, "global_layers": 2, "decoder_dim": 108,
-                  "decoder_heads": 3, "decoder_layers": 4},
+    "paper": {**_PAPER, "init": "ordinal"},
+    "paper_gpt": _PAPER,
     # The `paper` preset before it was fitted to table 1: d = 384 as the paper states, 8 heads,
     # 1 + 6 transformer layers, 4x4x4 patches (the config defaults): 63.1 MB, 42.0 GFLOPs per
     # 12x64x64 sequence, ten times table 1's size. Models saved with the old `paper` load as
