@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.lib.cli import new_parser  # noqa: E402
+from benchmarks.lib.cli import model_spec, new_parser  # noqa: E402
 from framecast import comparison  # noqa: E402
 from framecast.models import create  # noqa: E402
 from framecast.predict import adopt_best_decode, describe_decode_choice  # noqa: E402
@@ -57,17 +57,14 @@ def parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
     from framecast.models import registry
 
     label, sep, spec = text.partition("=")
-    name, _, items = spec.partition(":")
-    label, name = label.strip(), name.strip()
+    label = label.strip()
     if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", label) or label in registry.available_models():
         raise ValueError(f"--variant {text!r}: give LABEL=MODEL:KEY=VALUE,... with a LABEL of "
                          "letters, digits and _ that names no registered model")
     try:
-        overrides = registry.parse_overrides(name, items)
-        registry.model_config(name, "small", **overrides)  # the config's own checks
+        return label, model_spec(spec)
     except (ConfigError, KeyError, ValueError) as err:
         raise ValueError(f"--variant {text!r}: {err}") from None
-    return label, (name, overrides)
 
 
 def build(label: str, preset: str, variants: Variants | None = None, **kwargs) -> torch.nn.Module:

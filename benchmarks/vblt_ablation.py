@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.lib.cli import comma_items, new_parser, parse_kinds  # noqa: E402
+from benchmarks.lib.cli import comma_items, model_spec, new_parser, parse_kinds  # noqa: E402
 from benchmarks.lib.report import key_values, markdown_table, report  # noqa: E402
 
 # One change each against the V-BLT `small` preset (and UNet-3D `small` as the bar to reach). The
@@ -62,7 +62,6 @@ def parse_row(spec: str) -> tuple[str, dict, dict]:
     """'vblt:init=scaled,own_inputs=0.5' -> (model, model overrides, optim overrides); raises
     ConfigError (one line) on an unknown model, key or value."""
     from framecast.config import ConfigError
-    from framecast.models import registry
 
     name, _, text = spec.partition(":")
     items = [i for i in comma_items(text)]
@@ -74,9 +73,8 @@ def parse_row(spec: str) -> tuple[str, dict, dict]:
         except ValueError:
             raise ConfigError(f"{spec!r}: {key.strip()}={value!r} is not a number") from None
         items.remove(item)
-    overrides = registry.parse_overrides(name.strip(), ",".join(items))
-    registry.model_config(name.strip(), "small", **overrides)  # the config's own checks
-    return name.strip(), overrides, optim
+    name, overrides = model_spec(f"{name}:{','.join(items)}")
+    return name, overrides, optim
 
 
 def seed_mean(runs: list[dict], key: str) -> float:

@@ -32,6 +32,19 @@ def parse_kinds(text: str, parser: argparse.ArgumentParser) -> list[str]:
     return kinds
 
 
+def model_spec(spec: str) -> tuple[str, dict]:
+    """'vblt:init=ordinal,byte_skip=true' -> ('vblt', typed config overrides), checked against
+    the model's config (on its `small` preset); raises ConfigError (one line) on an unknown
+    model, key or value."""
+    from framecast.models import registry
+
+    name, _, items = spec.partition(":")
+    name = name.strip()
+    overrides = registry.parse_overrides(name, items)
+    registry.model_config(name, "small", **overrides)  # the config's own checks
+    return name, overrides
+
+
 class _Help(argparse.RawDescriptionHelpFormatter):
     """The docstring as written, and each option's default after its help, unless the help
     already states one or there is none to state."""
