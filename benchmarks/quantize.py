@@ -88,15 +88,16 @@ def bf16_quality(model_ref: str, data: str) -> dict[str, float]:
 REFERENCE_FORMS = frozenset({"w8a8_int_mm", "ort_fp32", "ort_int8"})
 
 
-def latency_rows(preset: str, size: int, repeats: int, with_ort: bool, quick: bool = False
-                 ) -> list[dict[str, float | str]]:
+def latency_rows(preset: str, size: int, repeats: int, with_ort: bool, quick: bool = False,
+                 device: str = "cpu") -> list[dict[str, float | str]]:
     """One untrained `preset` on (12, size, size) videos, timed at batch 1 and 8 side by side:
     fp32; bf16 (every weight and activation 16-bit: the paper's FP16 row) only where the CPU
     computes bf16 natively; W8A8 with the plan rule of jobs.quantize on the measured kernels and
     on the fall-back (eager quantizer, torch._int_mm); fp32 with every linear layer free (the
     bound); ONNX Runtime fp32 and dynamic int8 (the `bench` extra). Forms alternate within each
     round so drift hits all alike; a form whose first pass is 5x fp32 is timed once, and so
-    are the REFERENCE_FORMS under `quick`, warmed up first."""
+    are the REFERENCE_FORMS under `quick`, warmed up first. On `device` (ONNX Runtime on the
+    CPU only): `benchmarks/quantize_gpu.py` runs it on CUDA."""
     import copy
 
     from framecast.models import create
@@ -109,8 +110,8 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool, quick: bo
     from framecast.train import batch_loss
 
     torch.manual_seed(0)
-    fp32 = create("vblt", preset).eval()
-    videos = torch.randint(0, 256, (8, 12, size, size, 1), dtype=torch.uint8)
+    fp32 = create("vblt", preset).eval().to(device)
+    videos = torch.randint(0, 256, (8, 12, size, size, 1), dtype=torch.uint8).to(device)
     quant = copy.deepcopy(fp32)
     linearize(quant)
     sens = weight_sensitivity(quant, [videos[:1]], batch_loss)
@@ -133,11 +134,11 @@ def latency_rows(preset: str, size: int, repeats: int, with_ort: bool, quick: bo
 
     forms = {"fp32": torch_form(fp32), "w8a8": torch_form(quant),
              "w8a8_int_mm": torch_form(quant, False, "int_mm"), "bound": torch_form(free)}
-    if kernels.native_16bit(torch.bfloat16):
+    if kernels.native_16bit(torch.bfloat16, device):
         forms["bf16"] = torch_form(compute_form.in_form(fp32, "bf16"))
         forms["w8a8_bf16"] = torch_form(compute_form.in_form(quant, "bf16"))
         warm.add("w8a8_bf16")  # its layers measure their forms for bf16 inputs
-    if with_ort and ort.available():
+    if with_ort and ort.available() and device == "cpu":
         pair = ort.OrtPair(fp32, videos[:1])
         for name in pair.sessions:
             forms[name] = functools.partial(pair.latency_ms, name)

@@ -123,15 +123,22 @@ def test_latency_of_a_generator_times_a_greedy_generation():
 def test_the_gpu_latency_script_runs_without_ray_mlflow_or_pyvista(tmp_path, run_gpu_script):
     """benchmarks/quantize_gpu.py is what runs on the lent GPU machine (torch, numpy and the
     carried vector-quantize-pytorch only): its CPU smoke mode must import nothing else and give
-    every form's row and the RESULT line."""
+    every form's row of both models and the RESULT line."""
     import json
 
     run = run_gpu_script("quantize_gpu.py", ["--quick", "--out", str(tmp_path)])
     assert run.returncode == 0, run.stderr[-2000:]
     last = run.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT quantize_gpu speedup_b1_nbp=") and "bound_b2_nbp=" in last
+    for key in ("w8a8_vs_best_float_b1_nbp=", "best_float_b2_nbp=", "speedup_b8_vblt=",
+                "w8a8_vs_best_float_b8_vblt=", "size_ratio_vblt="):
+        assert key in last, key
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [r["batch"] for r in rows] == [1, 2]
-    for r in rows:
+    assert [r["batch"] for r in rows["nbp"]] == [1, 2]
+    assert [r["batch"] for r in rows["vblt"]] == [1, 8]
+    for r in rows["nbp"] + rows["vblt"]:
         assert r["ms_fp32"] > 0 and r["ms_w8a8"] > 0 and r["ms_bound"] > 0
-        assert r["size_ratio"] > 3.5 and 0.5 < r["argmax_agreement"] <= 1.0
+        assert r["size_ratio"] > 3.5 and r["w8a8_deployed"] in ("w8a8", "w8a8_bf16")
+    for r in rows["nbp"]:
+        assert 0.5 < r["argmax_agreement"] <= 1.0
+    assert (tmp_path / "tables.md").read_text().count("| small |") == 4

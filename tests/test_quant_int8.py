@@ -340,7 +340,7 @@ def test_each_layer_form_computes_what_the_float_reference_computes(monkeypatch,
     """int8: the W8A8 reference to float rounding; fp32: the linear of the dequantized weights
     exactly; bf16: that linear within bf16's rounding (8 bits of mantissa: ~1% relative)."""
     kernels.reset_choices()
-    monkeypatch.setattr(int8_module, "_measure_layer", lambda *a: {
+    monkeypatch.setattr(int8_module, "_measure_layer", lambda *a, **_: {
         f: (0.0 if f == form else 1.0) for f in a[5]})
     monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     torch.manual_seed(4)
@@ -370,6 +370,51 @@ def test_the_real_layer_measurement_times_every_form_it_is_given():
         forms = ("int8", kernels.FLOAT, kernels.BF16)  # bf16 timed even where emulated
         ms = int8_module._measure_layer(64, 32, 16, asymmetric, torch.float32, forms)
         assert set(ms) == set(forms) and all(0 < t < 1e4 for t in ms.values())
+    kernels.reset_choices()
+
+
+def test_a_layer_measures_its_forms_on_its_own_device_and_cuda_times_are_synchronized(
+        monkeypatch):
+    """Off the CPU too a W8A8 layer measures its forms rather than computing in int8 whatever
+    it costs (on an H200 all-int8 was 2.2x slower than fp32): the measurement gets the layer's
+    device, and on CUDA each timed call waits for its kernels (a launch returns at once)."""
+    kernels.reset_choices()
+    seen = []
+
+    def measure(*a, **kw):
+        seen.append(kw)
+        return {"int8": 2.0, kernels.FLOAT: 1.0}
+    monkeypatch.setattr(int8_module, "_measure_layer", measure)
+    layer = Int8Linear.from_float(nn.Linear(32, 16))
+    with kernels.choose(fused_quant=False):
+        layer(torch.randn(4, 32))
+        assert not kernels.int8_forced()
+    assert seen == [{"device": layer.weight_q.device}]
+    with kernels.choose(fused_quant=False, path="int_mm"):
+        assert kernels.int8_forced()
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    forms = ("int8", kernels.FLOAT)
+    ms = int8_module.time_forms(forms, lambda: torch.zeros(1), lambda d: lambda: torch.ones(1))
+    assert set(ms) == set(forms) and not syncs
+    int8_module.time_forms(forms, lambda: torch.zeros(1), lambda d: lambda: torch.ones(1),
+                           "cuda")
+    assert len(syncs) == 2 * (1 + 5)  # every call: the warm-up and five timed, per form
+    kernels.reset_choices()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_layer_on_cuda_chooses_a_measured_form_and_computes_it():
+    kernels.reset_choices()
+    torch.manual_seed(6)
+    linear = nn.Linear(64, 48).cuda()
+    layer = Int8Linear.from_float(linear)
+    x = torch.randn(3, 40, 64, device="cuda")
+    y = layer(x)
+    form = layer.chosen_forms()["128@float32"]
+    assert form in ("int8", kernels.FLOAT)
+    exact = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+    assert torch.allclose(y, exact, atol=5e-2 if form == "int8" else 1e-5)
     kernels.reset_choices()
 
 
@@ -450,7 +495,7 @@ def test_a_layer_keeps_the_form_it_chose_shows_it_and_forgets_it_when_told(monke
     kernels.reset_choices()
     monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(int8_module, "_measure_layer",
-                        lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+                        lambda *a, **_: {"int8": 2.0, kernels.FLOAT: 1.0})
     layer = Int8Linear.from_float(nn.Linear(32, 16))
     x = torch.randn(2, 100, 32)
     with kernels.choose(fused_quant=False):
@@ -459,7 +504,7 @@ def test_a_layer_keeps_the_form_it_chose_shows_it_and_forgets_it_when_told(monke
         assert "computes 256@float32: fp32_from_int8" in repr(layer)
         kernels._LAYERS.clear()  # measured differently later: this layer keeps its form
         monkeypatch.setattr(int8_module, "_measure_layer",
-                            lambda *a: {"int8": 1.0, kernels.FLOAT: 2.0})
+                            lambda *a, **_: {"int8": 1.0, kernels.FLOAT: 2.0})
         assert layer.compute_form(200, torch.float32) == kernels.FLOAT
         assert layer.compute_form(16, torch.float32) == "int8"  # a new token class: measured
         with kernels.choose(fused_quant=False, float_layers=False):
@@ -480,7 +525,7 @@ def test_forward_follows_the_form_through_forced_blocks_resets_and_loads(monkeyp
     kernels.reset_choices()
     monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(int8_module, "_measure_layer",
-                        lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+                        lambda *a, **_: {"int8": 2.0, kernels.FLOAT: 1.0})
     torch.manual_seed(5)
     layer = Int8Linear.from_float(nn.Linear(32, 16))
     x = torch.randn(2, 100, 32)
@@ -494,12 +539,12 @@ def test_forward_follows_the_form_through_forced_blocks_resets_and_loads(monkeyp
         assert torch.equal(layer(x), as_float)  # the block left the route as it was
         kernels.reset_choices()
         monkeypatch.setattr(int8_module, "_measure_layer",
-                            lambda *a: {"int8": 1.0, kernels.FLOAT: 2.0})
+                            lambda *a, **_: {"int8": 1.0, kernels.FLOAT: 2.0})
         assert torch.equal(layer(x), as_int8)  # measured again: now int8
         other = Int8Linear.from_float(nn.Linear(32, 16))
         layer.load_state_dict(other.state_dict())  # new weights: no stale widened copy
         monkeypatch.setattr(int8_module, "_measure_layer",
-                            lambda *a: {"int8": 2.0, kernels.FLOAT: 1.0})
+                            lambda *a, **_: {"int8": 2.0, kernels.FLOAT: 1.0})
         kernels.reset_choices()
         want = torch.nn.functional.linear(x, other.dequantized_weight(), other.bias)
         assert torch.equal(layer(x), want)

@@ -196,14 +196,16 @@ class FrameConv3d(_ConvAsLinear):
         linear = nn.Linear(k, n, bias=self.proj.bias is not None)
         if linear.bias is not None:
             linear.bias.data.copy_(self.proj.bias.float())
-        probe.proj = Int8Linear.from_float(linear, asymmetric=asymmetric)
+        device = self.proj.weight_q.device
+        probe.proj = Int8Linear.from_float(linear, asymmetric=asymmetric).to(device)
         cin = k // math.prod(self.kernel)
-        x = torch.empty(1, cin, *_grid(rows, self._plane)).normal_(generator=gen).to(dtype)
+        x = torch.empty(1, cin, *_grid(rows, self._plane)).normal_(generator=gen).to(device,
+                                                                                      dtype)
 
         def floated(compute: torch.dtype) -> Callable[[], torch.Tensor]:
             weight = probe.proj.widened_weight(compute)
             return lambda: probe._float(x.to(compute), weight).to(dtype)
-        return time_forms(forms, lambda: probe._gemm(x), floated)
+        return time_forms(forms, lambda: probe._gemm(x), floated, device)
 
     def _float(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel

@@ -9,6 +9,7 @@ come from `maths`, the formulas the fake quantization of `learnable` uses too.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -191,16 +192,17 @@ class Int8Linear(KeepsWidened):
         int8 while `kernels.choose` or the environment force int8 compute. `measure` and
         `kind`: where the layer is a convolution's GEMM form, its owner times the whole
         convolution in each form (`gemm_form`), not the product alone."""
-        device = self.weight_q.device
-        if kernels.int8_forced(device):
+        if kernels.int8_forced():
             return "int8"
         if self._forms_epoch != kernels.epoch():  # the measurements were forgotten
             self.forms, self._forms_epoch = {}, kernels.epoch()
         key = kernels.form_key(tokens, dtype)
         if key not in self.forms:
             self.forms[key] = kernels.layer_mode(tokens, self.in_features, self.out_features,
-                                                 self.asymmetric, device,
-                                                 measure or _measure_layer, dtype, kind)
+                                                 self.asymmetric, self.weight_q.device,
+                                                 measure or functools.partial(
+                                                     _measure_layer, device=self.weight_q.device),
+                                                 dtype, kind)
         return self.forms[key]
 
     def widened_weight(self, dtype: torch.dtype) -> torch.Tensor:
@@ -266,35 +268,47 @@ class Int8Linear(KeepsWidened):
 
 
 def time_forms(forms: tuple[str, ...], int8: Callable[[], torch.Tensor],
-               floated: Callable[[torch.dtype], Callable[[], torch.Tensor]]
-               ) -> dict[str, float]:
+               floated: Callable[[torch.dtype], Callable[[], torch.Tensor]],
+               device: torch.device | str = "cpu") -> dict[str, float]:
     """ms of each of `forms` (a `kernels.Measure` answer): `int8` for the int8 form,
     `floated(dtype)` for a float form computing in `dtype`. Each is warmed up (the quantizer
     compiles on its first call in the process), then they alternate, the fastest of five calls
-    each (replicas warming up side by side add noise)."""
+    each (replicas warming up side by side add noise). On CUDA each call is timed to the end
+    of its kernels, not of their launch."""
     runs = {form: int8 if form == "int8" else floated(kernels.FORM_DTYPES[form])
             for form in forms}
+    if torch.device(device).type == "cuda":
+        runs = {form: _synchronized(run) for form, run in runs.items()}
     with torch.no_grad():
         for run in runs.values():
             run()
         return kernels.time_side_by_side(runs, 5)[0]
 
 
+def _synchronized(run: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    def call() -> torch.Tensor:
+        out = run()
+        torch.cuda.synchronize()
+        return out
+    return call
+
+
 def _measure_layer(rows: int, k: int, n: int, asymmetric: bool,
                    dtype: torch.dtype = torch.float32,
-                   forms: tuple[str, ...] = ("int8", kernels.FLOAT)) -> dict[str, float]:
+                   forms: tuple[str, ...] = ("int8", kernels.FLOAT), *,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
     """ms of one (rows, k) -> n W8A8 layer on `dtype` inputs in each of `forms` (int8, or a
     float32 / bf16 product with its dequantized int8 weights, casts included), on random
-    operands (`time_forms`)."""
+    operands on `device` (`time_forms`)."""
     gen = torch.Generator().manual_seed(0)
-    layer = Int8Linear.from_float(nn.Linear(k, n), asymmetric=asymmetric)
-    x = torch.randn(rows, k, generator=gen).to(dtype)
+    layer = Int8Linear.from_float(nn.Linear(k, n), asymmetric=asymmetric).to(device)
+    x = torch.randn(rows, k, generator=gen).to(device, dtype)
 
     def floated(compute: torch.dtype) -> Callable[[], torch.Tensor]:
         weight, bias = layer.widened_weight(compute), layer.widened_bias(compute)
         return lambda: F.linear(x.to(compute), weight, bias).to(dtype)
 
-    return time_forms(forms, lambda: layer._int8_forward(x), floated)
+    return time_forms(forms, lambda: layer._int8_forward(x), floated, device)
 
 
 class HalfLinear(KeepsWidened):

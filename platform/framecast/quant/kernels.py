@@ -429,10 +429,12 @@ _EPOCH = [0]  # bumped by reset_choices: layers then forget the forms they chose
 _ROUTING = [0]
 
 
-def int8_forced(device: torch.device) -> bool:
+def int8_forced() -> bool:
     """Whether W8A8 layers compute in int8 whatever is faster: a forced GEMM path (`choose`,
-    FRAMECAST_INT8_KERNEL), FRAMECAST_FLOAT_LAYERS=0, or a device other than a CPU."""
-    return CHOICE.path != "auto" or not CHOICE.float_layers or device.type != "cpu"
+    FRAMECAST_INT8_KERNEL) or FRAMECAST_FLOAT_LAYERS=0. On CUDA too the forms are measured
+    (synchronized), not assumed: there the quantizer's and rescale's launches cost more than
+    a small GEMM saves (benchmarks/RESULTS.md, quantize_gpu)."""
+    return CHOICE.path != "auto" or not CHOICE.float_layers
 
 
 def form_key(tokens: int, dtype: torch.dtype) -> tuple[int, torch.dtype]:
@@ -470,7 +472,7 @@ def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.devi
     FRAMECAST_INT8_KERNEL) always computes in int8, and so does FRAMECAST_FLOAT_LAYERS=0.
     `kind` names what `measure` times besides the product (a convolution's GEMM form): layers of
     one shape and different kinds are measured apart."""
-    if int8_forced(device):
+    if int8_forced():
         return "int8"
     key = (shape_class(tokens, k, n), asymmetric, dtype, kind)
     if key not in _LAYERS:
