@@ -608,27 +608,33 @@ def train_node_kill(root: Path, steps: int = 120, checkpoint_every: int = 20,
 
 
 def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> dict[str, float]:
-    """A Tune study of 3 training trials on a 2-node cluster, one `trainer` slot per node (so 2
-    trials train at once, one per node); once a trial has finished and another one's Ray Train
-    worker runs on the worker node, kill that node (every process, SIGKILL). The trials differ
-    in length (a grid over steps: steps // 2, 2 * steps, 3 * steps), each pair far apart, so
-    that moment comes whichever two trials take the slots first and whatever the CPU's speed:
-    when the shorter of the two ends, the worker node either still trains the other or takes
-    the third. (With 2 * steps and 2 * steps + 1 the two long trials could train first and
-    end within a second of each other: no moment came and the study ran through.) No node
-    replaces it: the rest of the study runs on the head. The trial that lost its worker is
-    retried by Ray Train from its checkpoint (--max-failures 1) or, when its trial process died
-    with the node, marked failed by the study (Tune's max_failures=0). Reports the study's
-    outcome per trial and whether a trial that had finished before the kill ran again."""
+    """A Tune study of 3 training trials on a 3-node cluster: the head (the driver, Tune's
+    controller, no `trainer` slot) and two worker nodes with one `trainer` slot each, so 2
+    trials train at once, one per worker node, and the third waits for a slot. Once a trial
+    has finished, the third has taken its slot and every trial has logged a step, and nothing
+    is starting on the cluster (`_settled`: no placement group waits, no Ray Train or Tune
+    actor is being created), kill a worker node that trains a trial (every process, SIGKILL).
+    The third trial always trains on a worker node, so that moment always comes. (A kill 0.6 s
+    into a trial's start-up once left a `trainer` slot reserved by a placement group nobody
+    used, and the hit trial's retry waited on it until the test's timeout; with the head's
+    slot, the moment came only when the survivor on the worker node outlasted the third's
+    start-up of up to 26 s.) No node replaces it: the rest of the study runs on the other worker
+    node. The trial that lost its worker is retried by Ray Train from its checkpoint
+    (--max-failures 1) or, when its trial process died with the node, marked failed by the
+    study (Tune's max_failures=0). The trials differ in length (a grid over steps: steps,
+    2 * steps, 3 * steps). Reports the study's outcome per trial and whether a trial that had
+    finished before the kill ran again."""
     import mlflow
     import yaml
 
     from jobs.train import NODE_TAG
     from jobs.tune import TRIAL_TAG, TuneJobConfig, tune_job
 
-    resources = {"num_cpus": 2, "resources": {"trainer": 1}}
-    with ray_cluster(**resources) as cluster:
-        worker = cluster.add_node(**resources)
+    with ray_cluster(num_cpus=2) as cluster:
+        workers = {}
+        for _ in range(2):
+            node = cluster.add_node(num_cpus=2, resources={"trainer": 1})
+            workers[node.node_id] = node
         data = _tiny_data(root)
         name = f"fault-tune-{int(time.time())}"
         space = root / f"{name}.yaml"
@@ -637,8 +643,7 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
             "base": {"model": "vblt", "preset": "tiny", "lr": 0.002, "batch_size": 2,
                      "log_every": 1, "checkpoint_every": checkpoint_every, "eval_every": 1000,
                      "eval_sequences": 2, "worker_resources": "trainer=1"},
-            # Any two trials may take the two slots first: every pair ends far apart.
-            "params": {"steps": {"grid": [max(2, steps // 2), 2 * steps, 3 * steps]}},
+            "params": {"steps": {"grid": [steps, 2 * steps, 3 * steps]}},
             "metric": "val_psnr",
             "mode": "max", "scheduler": "fifo", "trial_resources": {"cpu": 1}}))
         outcome: dict = {}
@@ -662,13 +667,16 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
         while thread.is_alive() and time.time() < deadline and kill_wall is None:
             runs = children()
             done = {r.data.tags[TRIAL_TAG]: r for r in runs if r.info.status == "FINISHED"}
-            # A running trial whose worker trains there: its rank 0 tag names the node.
-            there = [r.data.tags[TRIAL_TAG] for r in runs if r.info.status == "RUNNING"
-                     and r.data.tags.get(NODE_TAG.format(0)) == worker.node_id]
-            if done and there and _train_workers_on(worker.node_id):
-                _, kill_wall = _kill_node(cluster, worker)
+            running = [r for r in runs if r.info.status == "RUNNING"]
+            # A running trial's rank 0 tag names the node its worker trains on.
+            on = {r.data.tags[TRIAL_TAG]: r.data.tags.get(NODE_TAG.format(0)) for r in running}
+            started = len(runs) == 3 and all("loss" in r.data.metrics for r in running)
+            target = next((n for n in on.values() if n in workers), None)
+            if (done and started and target and _train_workers_on(target)
+                    and _settled()):
+                _, kill_wall = _kill_node(cluster, workers[target])
                 finished_before = {k: r.info.end_time for k, r in done.items()}
-                hit = there
+                hit = [k for k, n in on.items() if n == target]
             time.sleep(0.5)
         thread.join(timeout=max(1.0, deadline - time.time()))
     if errors or kill_wall is None or "rows" not in outcome:
@@ -697,6 +705,28 @@ def tune_node_kill(root: Path, steps: int = 20, checkpoint_every: int = 5) -> di
             "finished_trials_rerun": sum(reran(k) for k in finished_before),
             "hit_trials": len(hit), "hit_retried": sum(s == "finished" for s in hit_status),
             "hit_marked_failed": sum(s == "failed" for s in hit_status)}
+
+
+def _settled() -> bool:
+    """Nothing is starting: no placement group waits or is being rescheduled, and no Ray Train
+    or Tune actor is being created or restarted. (Ray Data's read actors come and go all
+    through training, waiting for a CPU: they do not count.)"""
+    import ray
+    from ray.util.state import list_actors, list_placement_groups
+
+    address = ray.get_runtime_context().gcs_address
+    starting = list_actors(address=address, filters=[("state", "!=", "ALIVE"),
+                                                     ("state", "!=", "DEAD")],
+                           raise_on_missing_output=False)
+    groups = list_placement_groups(address=address, filters=[("state", "!=", "CREATED"),
+                                                             ("state", "!=", "REMOVED")],
+                                   raise_on_missing_output=False)
+    return not groups and not any(a.class_name in _TRIAL_ACTORS for a in starting)
+
+
+# Ray Train's and Tune's actors of a trial (Tune's function trainable is an ImplicitFunc).
+_TRIAL_ACTORS = frozenset({"ImplicitFunc", "TrainController", "RayTrainWorker",
+                           "SynchronizationActor", "PlacementGroupCleaner"})
 
 
 def _train_workers_on(node_id: str) -> list[int]:
@@ -783,8 +813,8 @@ def _rows(got: dict[str, dict]) -> list[list[str]]:
                      f"{tn['final_step']:.0f}, {tn['mlflow_runs']:.0f} MLflow run"])
     if "tune_node" in got:
         tu = got["tune_node"]
-        rows.append(["Ray node killed under a Tune study (3 training trials, one per node at a "
-                     "time)", f"{tu['finished_before_kill']:.0f} trial(s) finished, one training "
+        rows.append(["Ray node killed under a Tune study (3 training trials, one per worker "
+                     "node at a time)", f"{tu['finished_before_kill']:.0f} trial(s) finished, one training "
                      "on the lost node; no node replaces it",
                      f"the study ended: {tu['finished']:.0f} of {tu['trials']:.0f} trials "
                      f"finished, {tu['failed']:.0f} failed; the hit trial retried "
