@@ -814,7 +814,8 @@ def _rows(got: dict[str, dict]) -> list[list[str]]:
     if "tune_node" in got:
         tu = got["tune_node"]
         rows.append(["Ray node killed under a Tune study (3 training trials, one per worker "
-                     "node at a time)", f"{tu['finished_before_kill']:.0f} trial(s) finished, one training "
+                     "node at a time)",
+                     f"{tu['finished_before_kill']:.0f} trial(s) finished, one training "
                      "on the lost node; no node replaces it",
                      f"the study ended: {tu['finished']:.0f} of {tu['trials']:.0f} trials "
                      f"finished, {tu['failed']:.0f} failed; the hit trial retried "

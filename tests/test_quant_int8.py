@@ -392,6 +392,18 @@ def test_a_layer_measures_its_forms_on_its_own_device_and_cuda_times_are_synchro
     assert seen == [{"device": layer.weight_q.device}]
     with kernels.choose(fused_quant=False, path="int_mm"):
         assert kernels.int8_forced()
+    kernels.reset_choices()
+    calls = []
+
+    def fake(rows, k, n, asymmetric, dtype, forms):  # int8 fastest on the CPU only
+        calls.append(1)
+        return {"int8": 1.0 if len(calls) == 1 else 3.0, kernels.FLOAT: 2.0}
+    with kernels.choose(fused_quant=False):  # measured apart per device, filed apart
+        assert kernels.layer_mode(64, 32, 16, False, torch.device("cpu"), fake) == "int8"
+        assert kernels.layer_mode(64, 32, 16, False, torch.device("meta"), fake) == kernels.FLOAT
+        assert kernels.layer_mode(64, 32, 16, False, torch.device("cpu"), fake) == "int8"
+    assert len(calls) == 2
+    assert set(kernels.choices()["layer_ms"]) == {"64x32x16", "64x32x16@meta"}
     syncs = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(1))
     forms = ("int8", kernels.FLOAT)

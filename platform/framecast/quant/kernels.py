@@ -411,6 +411,7 @@ class LayerMeasured:
     # ...), whose int8 form pays layout copies (an im2col) that its float form, a direct
     # convolution, does not (quant/gemm_form.py).
     kind: str = "linear"
+    device: str = "cpu"  # a CPU's forms and a GPU's are measured apart
 
     @property
     def chosen(self) -> str:
@@ -474,12 +475,12 @@ def layer_mode(tokens: int, k: int, n: int, asymmetric: bool, device: torch.devi
     one shape and different kinds are measured apart."""
     if int8_forced():
         return "int8"
-    key = (shape_class(tokens, k, n), asymmetric, dtype, kind)
+    key = (shape_class(tokens, k, n), asymmetric, dtype, kind, str(device))
     if key not in _LAYERS:
         rows = min(key[0][0], MEASURE_ROWS)
         forms = layer_forms(dtype, device)
         m = LayerMeasured(key[0], asymmetric, str(dtype).removeprefix("torch."),
-                          measure(rows, k, n, asymmetric, dtype, forms), kind)
+                          measure(rows, k, n, asymmetric, dtype, forms), kind, str(device))
         _LAYERS[key] = m
         log.info("W8A8 %s %dx%dx%d%s, %s in: %s (%s)", kind, *m.shape,
                  " asymmetric" if asymmetric else "", m.dtype, m.chosen,
@@ -506,10 +507,11 @@ def choices() -> dict[str, Any]:
 
 
 def _layer_key(lm: LayerMeasured) -> str:
-    """'512x32x16' (+ 'a' when asymmetric, + '@bfloat16' for inputs other than float32;
-    'FrameConv3d:' first for a convolution's GEMM form)."""
+    """'512x32x16' (+ 'a' when asymmetric, + '@bfloat16' for inputs other than float32, +
+    '@cuda:0' off the CPU; 'FrameConv3d:' first for a convolution's GEMM form)."""
     return (("" if lm.kind == "linear" else f"{lm.kind}:") + "x".join(map(str, lm.shape))
-            + ("a" if lm.asymmetric else "") + ("" if lm.dtype == "float32" else f"@{lm.dtype}"))
+            + ("a" if lm.asymmetric else "") + ("" if lm.dtype == "float32" else f"@{lm.dtype}")
+            + ("" if lm.device == "cpu" else f"@{lm.device}"))
 
 
 def reset_choices() -> None:
