@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.lib.cli import model_spec, new_parser  # noqa: E402
+from benchmarks.lib.cli import model_spec, new_parser, parse_kinds  # noqa: E402
 from framecast import comparison  # noqa: E402
 from framecast.models import create  # noqa: E402
 from framecast.predict import adopt_best_decode, describe_decode_choice  # noqa: E402
@@ -219,7 +219,7 @@ def run(arrays: dict[str, np.ndarray], *, models: tuple[str, ...], preset: str, 
               flush=True)
     optim = optim_for(steps)
     budget = {"models": models, "preset": preset, "steps": steps, "batch_size": batch_size,
-              "lr": lr, "eval_every": eval_every, "budget_s": budget_s,
+              "lr": lr, "eval_every": eval_every, "budget_s": budget_s, "seed": seed,
               "probe_s_per_step": probe,
               "variants": {k: {"model": m, **o} for k, (m, o) in (variants or {}).items()},
               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
@@ -308,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=4,
                         help="frames every model is given before its rollout (default 4; 2 with "
                              "--quick)")
+    parser.add_argument("--kinds", default="2d,3d",
+                        help="data sets of the .npz to train and score on (default 2d,3d)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the models' init and the batches' order (default 0)")
     parser.add_argument("--out", default="compare-gpu", help="folder for the tables")
     args = parser.parse_args(argv)
+    kinds = parse_kinds(args.kinds, parser)
     if args.smoke:
         arrays = smoke_data()
         args.preset, args.steps, args.batch_size, args.eval_every = "tiny", 4, 4, 2
@@ -322,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             arrays = {k: npz[k] for k in npz.files}
     else:
         parser.error("give --npz FILE (or --quick)")
+    missing = [k for k in kinds if f"{k}_test" not in arrays]
+    if missing:
+        parser.error(f"--kinds: {', '.join(missing)} not in the data ({', '.join(arrays)})")
+    arrays = {k: v for k, v in arrays.items() if k.split("_")[0] in kinds}
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     try:
         variants = dict(parse_variant(v) for v in args.variant)
@@ -339,14 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         result = run(arrays, models=models, preset=args.preset, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
                      val_sequences=args.val_sequences, out=Path(args.out), device=device,
-                     context=args.context, budget_s=args.budget_s, variants=variants)
+                     context=args.context, seed=args.seed, budget_s=args.budget_s,
+                     variants=variants)
     except ValueError as err:  # a budget too small for one step, an unknown model or preset
         print(f"compare_gpu: error: {err}", file=sys.stderr)
         return 2
     psnr = comparison.psnr_keys(result["quality"], result["teacher_forced"])
     print(f"wall {time.perf_counter() - start:.0f} s; tables in {args.out}")
     print("RESULT compare_gpu " + " ".join(f"{k}={v:.2f}" for k, v in psnr.items())
-          + f" context={args.context} steps={result['steps']}")
+          + f" context={args.context} steps={result['steps']} seed={args.seed}")
     return 0
 
 

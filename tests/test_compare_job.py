@@ -262,6 +262,24 @@ def test_the_gpu_script_refuses_a_run_with_no_model_in_one_line(capsys):
     assert "--models and --variant name no model" in capsys.readouterr().err
 
 
+def test_the_gpu_script_trains_the_kinds_and_seed_it_is_given(tmp_path, capsys):
+    """--kinds 3d scores 3D alone; --seed reaches the training (another init, recorded)."""
+    from benchmarks.compare_gpu import main
+
+    results = {}
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        assert main(["--quick", "--models", "vblt", "--kinds", "3d", "--seed", str(seed),
+                     "--out", str(out)]) == 0
+        results[seed] = capsys.readouterr().out.strip().splitlines()[-1]
+        assert json.loads((out / "budget.json").read_text())["seed"] == seed
+    assert "_3d=" in results[0] and "_2d=" not in results[0] and results[0].endswith("seed=0")
+    loss = {seed: (tmp_path / f"s{seed}" / "curves.csv").read_text() for seed in (0, 1)}
+    assert loss[0] != loss[1]
+    with pytest.raises(SystemExit):
+        main(["--quick", "--kinds", "4d"])
+
+
 def test_the_gpu_budget_gives_every_model_the_same_steps_that_fit():
     from benchmarks.compare_gpu import plan_steps
 
