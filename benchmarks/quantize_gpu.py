@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))  # no 
 
 import torch  # noqa: E402
 
-from benchmarks.lib.cli import new_parser, parse_sizes  # noqa: E402
+from benchmarks.lib.cli import comma_items, new_parser, parse_sizes  # noqa: E402
 from benchmarks.lib.nbp_forms import NBP_WIDE, nbp_rows  # noqa: E402
 from benchmarks.lib.report import markdown_table  # noqa: E402
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     batches = (1, 2) if args.quick else tuple(parse_sizes(args.batches, parser, "--batches"))
-    models = {m.strip() for m in args.models.split(",") if m.strip()}
+    models = set(comma_items(args.models))
     if not models or models - {"vblt", "nbp"}:
         parser.error(f"--models: vblt, nbp or both, not {args.models!r}")
     if args.repeats < 1 or args.size < 1:
