@@ -580,3 +580,57 @@ def test_runs_are_timed_side_by_side_alternated_and_the_fastest_call_kept(monkey
     assert order == ["a", "b"] * 3
     assert ms == {"a": pytest.approx(1.0), "b": pytest.approx(2.0)}
     assert outs["b"] == now[0] and outs["a"] < outs["b"]
+
+
+def test_a_compiled_quantizer_that_disagrees_with_the_eager_one_is_dropped_for_it(
+        monkeypatch, caplog):
+    """A kernel can compile and still be wrong (Inductor's cache handed a process capped to AVX2
+    the AVX-512 kernel of an earlier one: garbage codes). Its first call of each signature is
+    checked against the eager function, and a disagreeing kernel is never used."""
+    eager_calls, compiled_calls = [], []
+
+    def quantize(x):
+        eager_calls.append(x.dtype)
+        return int8_module.quantize_tokens(x)
+
+    def compile_wrong(fn, dynamic):
+        def wrong(x):
+            compiled_calls.append(1)
+            q, s = fn(x)
+            return q, s * 3  # scales off: the codes would dequantize 3x too large
+        return wrong
+    monkeypatch.setattr(kernels.torch, "compile", compile_wrong)
+    call = kernels.fused(quantize)
+    x = torch.randn(64, 32)
+    with kernels.choose(fused_quant=True), caplog.at_level("WARNING"):
+        for _ in range(3):
+            q, s = call(x)
+            assert torch.equal(s, int8_module.quantize_tokens(x)[1])
+    assert len(compiled_calls) == 1 and "disagrees with the eager ops" in caplog.text
+
+    def compile_right(fn, dynamic):
+        def right(x):
+            compiled_calls.append(1)
+            return fn(x)
+        return right
+    monkeypatch.setattr(kernels.torch, "compile", compile_right)
+    compiled_calls.clear()
+    call = kernels.fused(quantize)
+    with kernels.choose(fused_quant=True):
+        for _ in range(3):
+            call(x)
+        eager_calls.clear()
+        call(x.to(torch.bfloat16))  # a new dtype (the compiler recompiles): checked again
+        call(x.to(torch.bfloat16))
+    assert len(compiled_calls) == 5
+    assert eager_calls == [torch.bfloat16] * 3  # 2 inside the kernel stand-in, 1 check
+
+
+def test_kernel_outputs_agree_up_to_a_tie_rounded_the_other_way():
+    codes = torch.zeros(10000, dtype=torch.int8)
+    tie = codes.clone()
+    tie[0] = 1
+    assert kernels._agrees((tie, torch.ones(3)), (codes, torch.ones(3)))
+    assert not kernels._agrees((codes + 2, torch.ones(3)), (codes, torch.ones(3)))
+    assert not kernels._agrees((codes, torch.full((3,), float("nan"))), (codes, torch.ones(3)))
+    assert not kernels._agrees((codes,), (codes, torch.ones(3)))

@@ -101,8 +101,18 @@ def _set_choice(choice: KernelChoice) -> None:
 
 def fused(fn: F) -> F:
     """`fn` compiled on first use into a fused kernel (dynamic shapes: one compile serves every
-    token count); `fn` itself where compiling is switched off or fails (logged once)."""
-    state: dict = {"on": True, "compiled": None}
+    token count); `fn` itself where compiling is switched off or fails, or where the compiled
+    kernel disagrees with `fn` (logged once). The first call for each dtype and device of the
+    first argument (the tensor quantized: what makes the compiler recompile) is checked
+    against `fn`: a kernel that compiles can still be wrong. Measured: Inductor's on-disk
+    graph cache hands a process run with `ATEN_CPU_CAPABILITY=avx2` the kernel compiled for
+    AVX-512 by an earlier process, which returns garbage codes (benchmarks/RESULTS.md, the
+    note on emulated ISAs)."""
+    state: dict = {"on": True, "compiled": None, "checked": set()}
+
+    def off(why: str) -> None:
+        state["on"] = False
+        log.warning("fused %s unavailable (%s); using eager ops", fn.__name__, why)
 
     @functools.wraps(fn)
     def call(*args):  # type: ignore[no-untyped-def]
@@ -110,21 +120,56 @@ def fused(fn: F) -> F:
             try:
                 if state["compiled"] is None:  # lazily: importing dynamo costs a second
                     state["compiled"] = torch.compile(fn, dynamic=True)
-                return state["compiled"](*args)
+                out = state["compiled"](*args)
             except Exception as err:  # no C++ compiler, unsupported backend: stay correct
-                state["on"] = False
-                log.warning("fused %s unavailable (%s: %s); using eager ops", fn.__name__,
-                            type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                first = str(err).splitlines()[0] if str(err) else ""
+                off(f"{type(err).__name__}: {first}")
+                return fn(*args)
+            key = (args[0].dtype, args[0].device)  # cheap: every call of the hot path
+            if key in state["checked"]:
+                return out
+            want = fn(*args)
+            if not _agrees(out, want):
+                off("its output disagrees with the eager ops'; a stale compiler cache? "
+                    "(TORCHINDUCTOR_CACHE_DIR)")
+                return want
+            state["checked"].add(key)
+            return out
         return fn(*args)
     return call  # type: ignore[return-value]
 
 
+def _agrees(got: Any, want: Any, share: float = 1e-3) -> bool:
+    """Whether a compiled kernel's outputs match the eager ones: equal structure, and at most
+    `share` of the elements of each tensor apart (integer codes by more than 1, floats beyond
+    rtol 1e-3): a fused multiply-add may round a value at a tie the other way."""
+    if isinstance(want, tuple | list):
+        return (isinstance(got, tuple | list) and len(got) == len(want)
+                and all(_agrees(g, w, share) for g, w in zip(got, want, strict=True)))
+    if not isinstance(want, torch.Tensor):
+        return bool(got == want)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    if want.numel() == 0:
+        return True
+    if want.is_floating_point():
+        apart = ~torch.isclose(got, want, rtol=1e-3, atol=1e-6, equal_nan=True)
+    else:
+        apart = (got.long() - want.long()).abs() > 1
+    return float(apart.float().mean()) <= share
+
+
 @functools.cache
 def cpu_flags() -> frozenset[str]:
+    """The CPU's flags, less those named in `FRAMECAST_CPU_FLAGS_OFF` (comma-separated): with
+    oneDNN's, MKL's and ATen's ISA caps, that runs this library as on an older CPU kind
+    (`benchmarks/emulate_isa.py` sets all of them)."""
+    off = {f.strip() for f in os.environ.get("FRAMECAST_CPU_FLAGS_OFF", "").split(",")
+           if f.strip()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split()) - off
     except OSError:
         pass
     return frozenset()
