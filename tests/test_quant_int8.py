@@ -600,6 +600,7 @@ def test_a_compiled_quantizer_that_disagrees_with_the_eager_one_is_dropped_for_i
             return q, s * 3  # scales off: the codes would dequantize 3x too large
         return wrong
     monkeypatch.setattr(kernels.torch, "compile", compile_wrong)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # read for the warning's hint only
     call = kernels.fused(quantize)
     x = torch.randn(64, 32)
     with kernels.choose(fused_quant=True), caplog.at_level("WARNING"):
@@ -607,6 +608,8 @@ def test_a_compiled_quantizer_that_disagrees_with_the_eager_one_is_dropped_for_i
             q, s = call(x)
             assert torch.equal(s, int8_module.quantize_tokens(x)[1])
     assert len(compiled_calls) == 1 and "disagrees with the eager ops" in caplog.text
+    assert "ATEN_CPU_CAPABILITY=avx2 is set" in caplog.text
+    assert "its own TORCHINDUCTOR_CACHE_DIR" in caplog.text
 
     def compile_right(fn, dynamic):
         def right(x):

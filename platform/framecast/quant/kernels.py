@@ -130,13 +130,20 @@ def fused(fn: F) -> F:
                 return out
             want = fn(*args)
             if not _agrees(out, want):
-                off("its output disagrees with the eager ops'; a stale compiler cache? "
-                    "(TORCHINDUCTOR_CACHE_DIR)")
+                off("its output disagrees with the eager ops'" + _cache_hint())
                 return want
             state["checked"].add(key)
             return out
         return fn(*args)
     return call  # type: ignore[return-value]
+
+
+def _cache_hint() -> str:
+    capped = os.environ.get("ATEN_CPU_CAPABILITY")
+    if capped:
+        return (f"; ATEN_CPU_CAPABILITY={capped} is set and Inductor's cache may hold another "
+                "ISA's kernels: give it its own TORCHINDUCTOR_CACHE_DIR")
+    return "; a stale Inductor cache? (TORCHINDUCTOR_CACHE_DIR)"
 
 
 def _agrees(got: Any, want: Any, share: float = 1e-3) -> bool:
