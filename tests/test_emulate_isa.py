@@ -1,4 +1,4 @@
-"""benchmarks/emulate_isa.py: a command run at a capped instruction set, seen as such by
+"""benchmarks/lib/emulate_isa.py: a command run at a capped instruction set, seen as such by
 framecast's CPU checks and by the benchmarks' machine line."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import emulate_isa
+from benchmarks.lib import emulate_isa
 from framecast.quant import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "lib" / "emulate_isa.py"
 ZEN4 = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"})
 
 
@@ -60,8 +61,8 @@ def test_hidden_flags_are_absent_to_the_kernel_choices(monkeypatch):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "emulate_isa.py"), *args],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= emulate_isa.host_flags(), reason="needs AVX2")

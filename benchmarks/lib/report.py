@@ -29,7 +29,7 @@ def machine() -> str:
         from framecast.quant.kernels import cpu_summary
 
         cpu = f"{cpu}; int8/bf16 flags: {cpu_summary()}"
-        if os.environ.get("FRAMECAST_EMULATED_ISA"):  # benchmarks/emulate_isa.py
+        if os.environ.get("FRAMECAST_EMULATED_ISA"):  # benchmarks/lib/emulate_isa.py
             cpu = (f"{cpu}; emulating {os.environ['FRAMECAST_EMULATED_ISA']}: oneDNN "
                    f"{os.environ.get('ONEDNN_MAX_CPU_ISA', '?')}, ATen "
                    f"{torch.backends.cpu.get_cpu_capability()}")

@@ -170,7 +170,7 @@ def _agrees(got: Any, want: Any, share: float = 1e-3) -> bool:
 def cpu_flags() -> frozenset[str]:
     """The CPU's flags, less those named in `FRAMECAST_CPU_FLAGS_OFF` (comma-separated): with
     oneDNN's, MKL's and ATen's ISA caps, that runs this library as on an older CPU kind
-    (`benchmarks/emulate_isa.py` sets all of them)."""
+    (`benchmarks/lib/emulate_isa.py` sets all of them)."""
     off = {f.strip() for f in os.environ.get("FRAMECAST_CPU_FLAGS_OFF", "").split(",")
            if f.strip()}
     try:

@@ -1,9 +1,9 @@
 """Run a command as on an older x86 CPU kind: the instruction sets of PyTorch's kernels (ATen),
 oneDNN and MKL capped, and framecast's view of the CPU flags cut to match.
 
-    python benchmarks/emulate_isa.py --isa avx512_vnni -- python benchmarks/quantize.py --quick
-    python benchmarks/emulate_isa.py --isa avx2 -- python benchmarks/serve_load.py --quick
-    python benchmarks/emulate_isa.py --list
+    python benchmarks/lib/emulate_isa.py --isa avx512_vnni -- python benchmarks/quantize.py --quick
+    python benchmarks/lib/emulate_isa.py --isa avx2 -- python benchmarks/serve_load.py --quick
+    python benchmarks/lib/emulate_isa.py --list
 
 Issue 31's goals name CPU kinds this project's machines may not be: an Intel CPU with AVX-512
 VNNI and no bf16 (Cascade Lake, Ice Lake), an AVX2-only one. On a newer CPU this runs the same
@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 
 from benchmarks.lib.cli import new_parser  # noqa: E402
 
