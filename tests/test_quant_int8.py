@@ -455,6 +455,8 @@ def test_fused_quantizer_gives_the_eager_quantizer_s_codes(tokens):
     assert torch.allclose(s_fused, s_eager, rtol=1e-6)
     changed = q_fused.int() - q_eager.int()
     assert changed.abs().max() <= 1 and (changed != 0).float().mean() < 1e-3
+    # the compiled kernel itself, checked against the eager one and kept (not an eager rerun)
+    assert "quantize_tokens" not in kernels.FUSED_DROPPED
 
 
 def test_fused_falls_back_to_eager_ops_when_compiling_fails(monkeypatch, caplog):
@@ -463,7 +465,7 @@ def test_fused_falls_back_to_eager_ops_when_compiling_fails(monkeypatch, caplog)
             raise RuntimeError("no C++ compiler")
         return run
     monkeypatch.setattr(torch, "compile", broken_compile)
-    double = kernels.fused(lambda x: x * 2)
+    double = kernels.fused(lambda x: x * 2, lambda got, want: True)
     with caplog.at_level("WARNING"):
         assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
         assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
@@ -586,22 +588,23 @@ def test_a_compiled_quantizer_that_disagrees_with_the_eager_one_is_dropped_for_i
         monkeypatch, caplog):
     """A kernel can compile and still be wrong (Inductor's cache handed a process capped to AVX2
     the AVX-512 kernel of an earlier one: garbage codes). Its first call of each signature is
-    checked against the eager function, and a disagreeing kernel is never used."""
+    checked against the eager function, and a disagreeing kernel is never used again."""
     eager_calls, compiled_calls = [], []
 
-    def quantize(x):
-        eager_calls.append(x.dtype)
-        return int8_module.quantize_tokens(x)
+    def quantize(x, delta=None):
+        eager_calls.append((x.dtype, delta is None))
+        return int8_module.quantize_tokens(x, delta)
 
     def compile_wrong(fn, dynamic):
-        def wrong(x):
+        def wrong(*args):
             compiled_calls.append(1)
-            q, s = fn(x)
+            q, s = fn(*args)
             return q, s * 3  # scales off: the codes would dequantize 3x too large
         return wrong
     monkeypatch.setattr(kernels.torch, "compile", compile_wrong)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # read for the warning's hint only
-    call = kernels.fused(quantize)
+    monkeypatch.setattr(kernels, "FUSED_DROPPED", {})
+    call = kernels.fused(quantize, int8_module.quantized_alike)
     x = torch.randn(64, 32)
     with kernels.choose(fused_quant=True), caplog.at_level("WARNING"):
         for _ in range(3):
@@ -610,30 +613,64 @@ def test_a_compiled_quantizer_that_disagrees_with_the_eager_one_is_dropped_for_i
     assert len(compiled_calls) == 1 and "disagrees with the eager ops" in caplog.text
     assert "ATEN_CPU_CAPABILITY=avx2 is set" in caplog.text
     assert "its own TORCHINDUCTOR_CACHE_DIR" in caplog.text
+    assert "disagrees" in kernels.choices()["fused_dropped"]["quantize"]
 
     def compile_right(fn, dynamic):
-        def right(x):
+        def right(*args):
             compiled_calls.append(1)
-            return fn(x)
+            return fn(*args)
         return right
     monkeypatch.setattr(kernels.torch, "compile", compile_right)
     compiled_calls.clear()
-    call = kernels.fused(quantize)
+    eager_calls.clear()
+    call = kernels.fused(quantize, int8_module.quantized_alike)
     with kernels.choose(fused_quant=True):
         for _ in range(3):
             call(x)
-        eager_calls.clear()
-        call(x.to(torch.bfloat16))  # a new dtype (the compiler recompiles): checked again
-        call(x.to(torch.bfloat16))
-    assert len(compiled_calls) == 5
-    assert eager_calls == [torch.bfloat16] * 3  # 2 inside the kernel stand-in, 1 check
+        assert len(eager_calls) == 3 + 1  # 3 inside the stand-in, 1 check
+        # each new graph is checked once: a bf16 input, a learned delta (its own graph,
+        # met only after the layer's measurement without one), a single row
+        for args in ((x.bfloat16(),), (x, torch.tensor(0.5)), (x[:1],)):
+            eager_calls.clear()
+            call(*args)
+            call(*args)
+            assert len(eager_calls) == 3
+    assert len(compiled_calls) == 9 and kernels.choices()["fused_dropped"] == {
+        "quantize": kernels.FUSED_DROPPED["quantize"]}
 
 
-def test_kernel_outputs_agree_up_to_a_tie_rounded_the_other_way():
-    codes = torch.zeros(10000, dtype=torch.int8)
-    tie = codes.clone()
-    tie[0] = 1
-    assert kernels._agrees((tie, torch.ones(3)), (codes, torch.ones(3)))
-    assert not kernels._agrees((codes + 2, torch.ones(3)), (codes, torch.ones(3)))
-    assert not kernels._agrees((codes, torch.full((3,), float("nan"))), (codes, torch.ones(3)))
-    assert not kernels._agrees((codes,), (codes, torch.ones(3)))
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_quantizations_agree_up_to_ties_and_sums_kept_wider_and_not_beyond(asymmetric):
+    torch.manual_seed(3)
+    x = torch.randn(300, 64) * 4 + 1
+
+    def quantize(v):
+        return (int8_module.quantize_asymmetric(v, 1, 8) if asymmetric
+                else int8_module.quantize_tokens(v, torch.tensor(0.5)))
+    want = quantize(x)
+    alike = int8_module.quantized_alike
+    assert alike(want, want)
+    def shifted(codes: torch.Tensor) -> torch.Tensor:
+        return (codes.int() + 1).clamp(-128, 127).to(torch.int8)
+    tie = list(want)
+    tie[0] = want[0].clone()
+    tie[0][0, 0] = shifted(want[0][0, 0])  # one code rounded the other way
+    if asymmetric:  # a zero point at a tie: its row's codes shift with it
+        tie[0][1] = shifted(want[0][1])
+        tie[2] = want[2].clone()
+        tie[2][1] += 1
+    assert alike(tuple(tie), want)
+    # a bf16 input whose sums a compiler keeps in float32: scales ~1% apart, codes to match
+    wider = quantize(x * 1.01)
+    assert alike(wider, want)
+    garbage = (want[0], want[1] * 1e26, *want[2:])
+    off_by_one = (shifted(want[0]), *want[1:])  # every code one step up: biased
+    nan = (want[0], torch.full_like(want[1], float("nan")), *want[2:])
+    for wrong in (garbage, off_by_one, nan, want[:1]):
+        assert not alike(wrong, want)
+    # rows the eager quantizer itself could not scale (NaN inputs) are not compared
+    x[5, 3] = float("nan")
+    with_nan = quantize(x)
+    other = (with_nan[0].clone(), *with_nan[1:])
+    other[0][5] = 7
+    assert alike(other, with_nan)

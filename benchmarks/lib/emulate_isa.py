@@ -12,8 +12,9 @@ VNNI (or AVX2) kernels, ATen its AVX-512 (or AVX2) ones. It is an emulation of t
 set, not of the machine: caches, clocks and the core's own execution units stay this CPU's, so
 its timings are evidence on the code paths and their choices, not a measurement of that CPU.
 The benchmarks' machine line says so ("emulating ..."), and only capping down is accepted: an
-ISA this CPU lacks (AMX on an AMD CPU) is refused. The environment is inherited by the
-processes the command starts, Ray's local workers and Serve replicas included.
+ISA this CPU lacks is refused. AMX is not offered: no cap turns another CPU into one with
+AMX. The environment is inherited by the processes the command starts, Ray's local workers
+and Serve replicas included.
 """
 
 from __future__ import annotations
@@ -80,12 +81,19 @@ def environment(name: str, flags: frozenset[str], base: dict[str, str]) -> dict[
     # by a native run is handed to a capped one, and computes garbage there (measured,
     # benchmarks/RESULTS.md). Each ISA gets its own cache.
     cache = env.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+        tempfile.gettempdir(), f"torchinductor_{_user()}")
     env.update(ATEN_CPU_CAPABILITY=isa.aten, ONEDNN_MAX_CPU_ISA=isa.onednn,
                MKL_ENABLE_INSTRUCTIONS=isa.mkl, FRAMECAST_EMULATED_ISA=name,
                FRAMECAST_CPU_FLAGS_OFF=",".join(sorted(off | set(isa.flags_off))),
                TORCHINDUCTOR_CACHE_DIR=f"{cache.rstrip('/')}-{name}")
     return env
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no passwd entry and no $USER
+        return str(os.getuid())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     flags = host_flags()
     if args.list:
+        if command:
+            parser.error("--list runs no command; give --isa NAME to run one")
         for name, isa in ISAS.items():
             ok = "yes" if isa.needs <= flags else "no (lacks " + " ".join(
                 sorted(isa.needs - flags)) + ")"

@@ -59,8 +59,38 @@ def quantize_tokens(x: torch.Tensor, delta: torch.Tensor | None = None, qmax: in
     return maths.symmetric_codes(x, rng, qmax).to(torch.int8), rng / qmax
 
 
-_quantize_tokens_fused = kernels.fused(quantize_tokens)
-_quantize_asymmetric_fused = kernels.fused(quantize_asymmetric)
+def quantized_alike(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...],
+                    scale_rtol: float = 0.05) -> bool:
+    """Whether two quantizations of the same rows, (codes, scales[, zero points]), agree as
+    quantizations: scales within `scale_rtol`, each dequantized value within two steps of the
+    other's and no bias of a quarter step on average. Exact codes are not asked: a fused
+    multiply-add rounds a tie the other way (1 code in 2M measured), a zero point at a tie
+    shifts its row's codes with it, and a compiler that keeps a bf16 input's sums in float32
+    gives slightly other scales. A garbage kernel (1e26, NaN) fails, and so does one whose codes
+    are off by one in one direction. Rows whose eager scale is not finite (NaN or inf inputs)
+    are not compared."""
+    if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want, strict=True)):
+        return False
+    rows = torch.isfinite(want[1]).all(dim=-1)
+    if not bool(rows.any()):
+        return True
+
+    def dequantized(out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        codes, scale = out[0][rows].float(), out[1][rows].float()
+        if len(out) == 3:
+            codes = codes - out[2][rows].float()
+        return codes * scale, scale
+
+    values, scale = dequantized(got)
+    values_want, scale_want = dequantized(want)
+    if not bool(((scale - scale_want).abs() <= scale_rtol * scale_want.abs()).all()):
+        return False
+    apart = (values - values_want) / torch.maximum(scale, scale_want).clamp_min(1e-30)
+    return bool((apart.abs() <= 2.0).all()) and abs(float(apart.mean())) <= 0.25
+
+
+_quantize_tokens_fused = kernels.fused(quantize_tokens, quantized_alike)
+_quantize_asymmetric_fused = kernels.fused(quantize_asymmetric, quantized_alike)
 
 
 class KeepsWidened(nn.Module):

@@ -99,19 +99,21 @@ def _set_choice(choice: KernelChoice) -> None:
         choice.fused_quant, choice.path, choice.float_layers)
 
 
-def fused(fn: F) -> F:
+def fused(fn: F, agrees: Callable[[Any, Any], bool]) -> F:
     """`fn` compiled on first use into a fused kernel (dynamic shapes: one compile serves every
     token count); `fn` itself where compiling is switched off or fails, or where the compiled
-    kernel disagrees with `fn` (logged once). The first call for each dtype and device of the
-    first argument (the tensor quantized: what makes the compiler recompile) is checked
-    against `fn`: a kernel that compiles can still be wrong. Measured: Inductor's on-disk
-    graph cache hands a process run with `ATEN_CPU_CAPABILITY=avx2` the kernel compiled for
-    AVX-512 by an earlier process, which returns garbage codes (benchmarks/RESULTS.md, the
-    note on emulated ISAs)."""
+    kernel disagrees with `fn` (logged once, and listed by `choices`). The first call of each
+    argument signature (dtypes, device, which arguments are tensors and the others' values, a
+    single row, grad mode: what makes the compiler build another graph) is checked against
+    `fn` with `agrees(compiled_out, eager_out)`: a kernel that compiles can still be wrong.
+    Measured: Inductor's on-disk graph cache hands a process run with
+    `ATEN_CPU_CAPABILITY=avx2` the kernel compiled for AVX-512 by an earlier process, which
+    returns garbage codes (benchmarks/RESULTS.md, the note on emulated ISAs)."""
     state: dict = {"on": True, "compiled": None, "checked": set()}
 
     def off(why: str) -> None:
         state["on"] = False
+        FUSED_DROPPED[fn.__name__] = why
         log.warning("fused %s unavailable (%s); using eager ops", fn.__name__, why)
 
     @functools.wraps(fn)
@@ -125,11 +127,11 @@ def fused(fn: F) -> F:
                 first = str(err).splitlines()[0] if str(err) else ""
                 off(f"{type(err).__name__}: {first}")
                 return fn(*args)
-            key = (args[0].dtype, args[0].device)  # cheap: every call of the hot path
+            key = _signature(args)
             if key in state["checked"]:
                 return out
             want = fn(*args)
-            if not _agrees(out, want):
+            if not agrees(out, want):
                 off("its output disagrees with the eager ops'" + _cache_hint())
                 return want
             state["checked"].add(key)
@@ -138,32 +140,22 @@ def fused(fn: F) -> F:
     return call  # type: ignore[return-value]
 
 
+FUSED_DROPPED: dict[str, str] = {}  # fused function -> why it runs eager in this process
+
+
+def _signature(args: tuple) -> tuple:
+    """What a compiled graph is specialized on, cheaply (every call of the hot path): about 1 us."""
+    x = args[0]
+    return (x.dtype, x.device, x.shape[0] == 1, torch.is_grad_enabled(),
+            *[(a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args[1:]])
+
+
 def _cache_hint() -> str:
     capped = os.environ.get("ATEN_CPU_CAPABILITY")
     if capped:
         return (f"; ATEN_CPU_CAPABILITY={capped} is set and Inductor's cache may hold another "
                 "ISA's kernels: give it its own TORCHINDUCTOR_CACHE_DIR")
     return "; a stale Inductor cache? (TORCHINDUCTOR_CACHE_DIR)"
-
-
-def _agrees(got: Any, want: Any, share: float = 1e-3) -> bool:
-    """Whether a compiled kernel's outputs match the eager ones: equal structure, and at most
-    `share` of the elements of each tensor apart (integer codes by more than 1, floats beyond
-    rtol 1e-3): a fused multiply-add may round a value at a tie the other way."""
-    if isinstance(want, tuple | list):
-        return (isinstance(got, tuple | list) and len(got) == len(want)
-                and all(_agrees(g, w, share) for g, w in zip(got, want, strict=True)))
-    if not isinstance(want, torch.Tensor):
-        return bool(got == want)
-    if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
-        return False
-    if want.numel() == 0:
-        return True
-    if want.is_floating_point():
-        apart = ~torch.isclose(got, want, rtol=1e-3, atol=1e-6, equal_nan=True)
-    else:
-        apart = (got.long() - want.long()).abs() > 1
-    return float(apart.float().mean()) <= share
 
 
 @functools.cache
@@ -549,6 +541,7 @@ def choices() -> dict[str, Any]:
     for lm in _LAYERS.values():
         layers[lm.chosen] = layers.get(lm.chosen, 0) + 1
     return {"cpu_flags": cpu_summary(), "fused_quant": CHOICE.fused_quant,
+            "fused_dropped": dict(FUSED_DROPPED),
             "forced": None if CHOICE.path == "auto" else CHOICE.path,
             "float_layers": CHOICE.float_layers,
             "int8_gemm": counts, "layers": layers,
