@@ -258,13 +258,26 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         rounds = max(1, min(args.rounds, args.requests // args.concurrency))
         per_round = args.requests // rounds
         parts: dict[tuple, list[dict]] = {t: [] for t in targets}
+        # Every deployment warmed before any round is timed, and (with an even --rounds) each
+        # leading as often: the one leading round 1 read 0.79x the other there and 1.10x in
+        # round 2, and with 3 rounds the first deployment led twice (benchmarks/RESULTS.md,
+        # the note on emulated ISAs). A slow round can remain; the median of 4 leaves it out.
+        for kind, _, prefix in targets:
+            warm(kind, prefix)
         for r in range(rounds):
             for kind, precision, prefix in targets if r % 2 == 0 else targets[::-1]:
                 parts[kind, precision, prefix].append(
                     one_round(kind, prefix, f"max batch {batch}, round {r + 1}/{rounds}",
-                              per_round, warmup=r == 0))
+                              per_round, warmup=False))
         for (kind, precision, prefix), got in parts.items():
             record(kind, precision, prefix, batch, got)
+
+    def url(kind: str, prefix: str) -> str:
+        return f"http://127.0.0.1:{port}{prefix}v1/models/{label(kind, prefix)[0]}/{route}"
+
+    def warm(kind: str, prefix: str) -> None:
+        """`load`'s warm-up alone (2 x concurrency requests, untimed) on one deployment."""
+        load(url(kind, prefix), body, 0, args.concurrency, warmup=True)
 
     def one_round(kind: str, prefix: str, what_round: str, requests_total: int,
                   warmup: bool) -> dict:
@@ -272,8 +285,7 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         name, what, _ = label(kind, prefix)
         print(f"serve_load: {name} ({what}) /{route}, {what_round}: {requests_total} requests "
               f"at {args.concurrency} concurrent")
-        got = load(f"http://127.0.0.1:{port}{prefix}v1/models/{name}/{route}", body,
-                   requests_total, args.concurrency, warmup=warmup)
+        got = load(url(kind, prefix), body, requests_total, args.concurrency, warmup=warmup)
         print(f"serve_load:   {round_rps(got):.1f} req/s")
         return got
 
@@ -358,8 +370,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None,
                         help="requests per row (default 600; 192 with --quick)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds per row, the deployments alternated, the median kept")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds per row, the deployments alternated and their order "
+                        "reversed every other round (an even number: each leads as often), "
+                        "the median kept")
     parser.add_argument("--context", type=int, default=10,
                         help="context frames per request (default 10: 12 with the step)")
     parser.add_argument("--max-batch", type=int, default=8, help="max batch, batching on")
