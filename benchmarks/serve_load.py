@@ -272,8 +272,8 @@ def phase(args: argparse.Namespace, port: int, route: str, refs: dict[str, str],
         for (kind, precision, prefix), got in parts.items():
             record(kind, precision, prefix, batch, got)
 
-    def url(kind: str, prefix: str) -> str:
-        return f"http://127.0.0.1:{port}{prefix}v1/models/{label(kind, prefix)[0]}/{route}"
+    def url(kind: str, prefix: str) -> str:  # the name from the reference: no request
+        return f"http://127.0.0.1:{port}{prefix}v1/models/{refs[kind].partition('@')[0]}/{route}"
 
     def warm(kind: str, prefix: str) -> None:
         """`load`'s warm-up alone (2 x concurrency requests, untimed) on one deployment."""
